@@ -1,0 +1,34 @@
+"""eviltwins: backdoor attacks on image classifiers (BadNet, TrojanNN, TrojanNN* = IMC) and the
+detectors they are measured against (NeuralCleanse, STRIP, ABS, NC+STRIP ensemble).
+
+Implements the IMC framework of Pang et al., "A Tale of Evil Twins: Adversarial Inputs versus
+Poisoned Models", CCS 2020. Images are float NCHW tensors in [0, 1]; normalisation is the model's
+first layer.
+"""
+
+__version__ = "0.1.0"
+
+from eviltwins.api import TrainResult, evaluate, get_dataset, train  # noqa: E402
+from eviltwins.data import DATASETS, DatasetSpec, load_dataset  # noqa: E402
+from eviltwins.errors import EviltwinsError  # noqa: E402
+from eviltwins.io import ModelCard, load_model, save_model  # noqa: E402
+from eviltwins.models import MODELS, activations, build_model, feature_tap  # noqa: E402
+
+__all__ = [
+    "DATASETS",
+    "MODELS",
+    "DatasetSpec",
+    "EviltwinsError",
+    "ModelCard",
+    "TrainResult",
+    "__version__",
+    "activations",
+    "build_model",
+    "evaluate",
+    "feature_tap",
+    "get_dataset",
+    "load_dataset",
+    "load_model",
+    "save_model",
+    "train",
+]

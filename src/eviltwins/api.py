@@ -1,0 +1,155 @@
+"""High-level Python API mirroring the CLI: ``train`` a clean model, ``evaluate`` a saved one.
+
+>>> import eviltwins as et
+>>> res = et.train(dataset="digits", model="cnn", epochs=30, out="runs/clean")
+>>> res.metrics["test_acc"]
+>>> et.evaluate("runs/clean")["accuracy"]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from eviltwins.config import validate
+from eviltwins.data import DatasetSpec, load_dataset
+from eviltwins.errors import ParamError
+from eviltwins.io import ModelCard, load_model, save_model
+from eviltwins.models import build_model
+from eviltwins.training import TrainConfig, evaluate as _evaluate, train_model
+from eviltwins.utils import resolve_device, seed_everything, versions
+
+TRAIN_SCHEMA = "eviltwins.train/1"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A trained model, its card, per-epoch history and final metrics."""
+
+    model: nn.Module = field(repr=False)
+    card: ModelCard
+    history: list[dict[str, float]]
+    metrics: dict[str, float]
+    seconds: float
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": TRAIN_SCHEMA,
+            "card": self.card.to_dict(),
+            "history": self.history,
+            "metrics": self.metrics,
+            "seconds": self.seconds,
+            "out": self.out,
+        }
+
+
+def get_dataset(
+    dataset: str | DatasetSpec,
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    seed: int = 0,
+) -> DatasetSpec:
+    """A dataset by name (or a spec passed through), optionally sub-sampled deterministically."""
+    spec = dataset if isinstance(dataset, DatasetSpec) else load_dataset(dataset, data_root, download)
+    if train_limit is not None or test_limit is not None:
+        spec = spec.subset(train_limit, test_limit, seed=seed)
+    return spec
+
+
+def train(
+    dataset: str | DatasetSpec = "digits",
+    model: str = "cnn",
+    *,
+    epochs: int | None = None,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    optimizer: str = "sgd",
+    weight_decay: float = 5e-4,
+    augment: bool | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    quiet: bool | None = None,
+) -> TrainResult:
+    """Train a clean ``model`` on ``dataset`` and (with ``out``) save it safely.
+
+    ``epochs=None`` uses the dataset's default (2 for MNIST/Fashion-MNIST, 30 for digits).
+    """
+    cfg = validate(
+        TrainConfig, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        weight_decay=weight_decay, augment=augment, seed=seed,
+    )
+    dev = resolve_device(device)
+    spec = get_dataset(dataset, data_root, download, train_limit, test_limit, seed)
+    seed_everything(seed)  # weight initialisation is the only global-RNG use
+    net = build_model(model, spec.shape, spec.num_classes, spec.mean, spec.std,
+                      **(arch_kwargs or {})).to(dev)
+    start = time.perf_counter()
+    history = train_model(net, spec, cfg, quiet=quiet)
+    seconds = time.perf_counter() - start
+    final = _evaluate(net, spec.test)
+    metrics = {"test_acc": final["accuracy"], "test_loss": final["loss"],
+               "n_train": float(len(spec.train)), "n_test": final["n"],
+               "train_seconds": round(seconds, 2)}
+    card = ModelCard(
+        architecture=model, input_shape=spec.shape, num_classes=spec.num_classes,
+        mean=spec.mean, std=spec.std, dataset=spec.name, classes=spec.classes,
+        arch_kwargs=dict(arch_kwargs or {}), metrics=metrics, seed=seed,
+        training={**cfg.model_dump(), "epochs": len(history),
+                  "train_limit": train_limit, "test_limit": test_limit},
+        versions=versions(),
+    )
+    out_str = None
+    if out is not None:
+        out_str = str(save_model(net, card, out))
+    return TrainResult(net, card, history, metrics, round(seconds, 3), out_str)
+
+
+def evaluate(
+    model: str | os.PathLike[str],
+    dataset: str | DatasetSpec | None = None,
+    *,
+    device: str = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    test_limit: int | None = None,
+) -> dict[str, Any]:
+    """Clean accuracy of a saved model on the test split of its own (or another) dataset."""
+    net, card = load_model(Path(model), resolve_device(device))
+    name = dataset if dataset is not None else card.dataset
+    if not name:
+        raise ParamError("the model card names no dataset; pass --dataset")
+    spec = get_dataset(name, data_root, download, None, test_limit)
+    if tuple(spec.shape) != tuple(card.input_shape):
+        raise ParamError(
+            f"dataset {spec.name} has images of shape {spec.shape} but the model expects "
+            f"{tuple(card.input_shape)}; evaluate on a dataset of the model's input shape"
+        )
+    if spec.num_classes != card.num_classes:
+        raise ParamError(
+            f"dataset {spec.name} has {spec.num_classes} classes but the model has "
+            f"{card.num_classes}"
+        )
+    res = _evaluate(net, spec.test)
+    return {"model": str(model), "dataset": spec.name, "accuracy": res["accuracy"],
+            "loss": res["loss"], "n": int(res["n"])}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["TrainResult", "count_parameters", "evaluate", "get_dataset", "train"]

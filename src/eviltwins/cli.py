@@ -1,0 +1,176 @@
+"""The ``eviltwins`` command line: a thin layer over the public Python API (click).
+
+Results go to stdout (``--json`` for machine-readable output); progress bars and logs go to
+stderr. A user mistake prints one line ``eviltwins: error: <message>`` and exits with code 2;
+bugs keep their tracebacks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from eviltwins import __version__, api
+from eviltwins.config import read_yaml
+from eviltwins.data import DATASETS
+from eviltwins.errors import EviltwinsError, ParamError
+from eviltwins.models import MODELS
+
+PathType = click.Path(path_type=Path)
+
+
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--device, --data-root, --download, --quiet, --json (shared by the commands)."""
+    opts = [
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA when present), cpu or cuda[:N]."),
+        click.option("--data-root", type=PathType, default=None,
+                     help="Folder holding the datasets [default: $EVILTWINS_DATA, else "
+                          "~/.cache/eviltwins/data]."),
+        click.option("--download", is_flag=True, help="Fetch the dataset if it is missing."),
+        click.option("--quiet", "-q", is_flag=True, help="Hide progress bars."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
+    click.echo(json.dumps(result, indent=2) if as_json else summary)
+
+
+def _merge_config(config: Path | None, flags: dict[str, Any], fn: Any) -> dict[str, Any]:
+    """Values from a YAML config, overridden by the flags given on the command line."""
+    values = read_yaml(config) if config is not None else {}
+    known = set(inspect.signature(fn).parameters)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ParamError(
+            f"unknown option {unknown[0]!r} in config {config}; known: {', '.join(sorted(known))}"
+        )
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return values
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
+@click.version_option(__version__, prog_name="eviltwins")
+def cli() -> None:
+    """eviltwins: backdoor attacks (BadNet, TrojanNN, TrojanNN*) and detectors (NeuralCleanse,
+    STRIP, ABS) for image classifiers, after Pang et al., CCS 2020."""
+
+
+@cli.command()
+@click.option("--dataset", default=None,
+              help=f"One of: {', '.join(DATASETS.names())}. [default: digits]")
+@click.option("--model", default=None,
+              help="Architecture ('eviltwins list models') or package.module:Class. "
+                   "[default: cnn]")
+@click.option("--epochs", type=int, default=None, help="Epochs [default: the dataset's].")
+@click.option("--batch-size", type=int, default=None, help="Batch size. [default: 128]")
+@click.option("--lr", type=float, default=None, help="Learning rate. [default: 0.05]")
+@click.option("--optimizer", default=None, help="sgd or adam. [default: sgd]")
+@click.option("--augment/--no-augment", default=None,
+              help="Training augmentation [default: the dataset's].")
+@click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
+@click.option("--train-limit", type=int, default=None, help="Train on a random subset of N.")
+@click.option("--test-limit", type=int, default=None, help="Test on a random subset of N.")
+@click.option("--config", type=PathType, default=None,
+              help="YAML file with any of these options (flags override it).")
+@click.option("--out", type=PathType, default=Path("runs/clean"), show_default=True,
+              help="Output folder.")
+@_common
+def train(out: Path, config: Path | None, device: str, data_root: Path | None, download: bool,
+          quiet: bool, as_json: bool, **flags: Any) -> None:
+    """Train a clean model; write model.safetensors and model.json to OUT."""
+    kwargs = _merge_config(config, flags, api.train)
+    res = api.train(**kwargs, out=out, device=device, data_root=data_root, download=download,
+                    quiet=quiet or None)
+    m = res.metrics
+    _emit(res.to_dict(), as_json,
+          f"{res.card.architecture} on {res.card.dataset}: test accuracy {m['test_acc']:.4f} "
+          f"after {len(res.history)} epochs ({res.seconds:.1f} s); saved to {res.out}")
+
+
+@cli.command()
+@click.option("--model", "model", type=PathType, required=True,
+              help="Model folder written by 'eviltwins train'.")
+@click.option("--dataset", default=None, help="Dataset [default: the model's own].")
+@click.option("--test-limit", type=int, default=None, help="Test on a random subset of N.")
+@_common
+def evaluate(model: Path, dataset: str | None, test_limit: int | None, device: str,
+             data_root: Path | None, download: bool, quiet: bool, as_json: bool) -> None:
+    """Clean test accuracy of a saved model."""
+    res = api.evaluate(model, dataset, device=device, data_root=data_root, download=download,
+                       test_limit=test_limit)
+    _emit(res, as_json, f"{res['model']} on {res['dataset']}: accuracy {res['accuracy']:.4f} "
+                        f"over {res['n']} test images")
+
+
+REGISTRIES = {"datasets": DATASETS, "models": MODELS}
+
+
+@cli.command("list")
+@click.argument("kind")
+def list_(kind: str) -> None:
+    """List the registered names of KIND (datasets, models)."""
+    if kind not in REGISTRIES:
+        raise ParamError(f"cannot list {kind!r}; choose one of: {', '.join(REGISTRIES)}")
+    for name in REGISTRIES[kind].names():
+        click.echo(name)
+
+
+@cli.command()
+@click.option("--out", type=PathType, default=Path("runs/demo"), show_default=True,
+              help="Output folder.")
+@click.option("--epochs", type=int, default=20, show_default=True, help="Training epochs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--quiet", "-q", is_flag=True, help="Hide progress bars.")
+def demo(out: Path, epochs: int, seed: int, device: str, quiet: bool) -> None:
+    """The main job on the embedded digits dataset (no download): train a clean small CNN,
+    save it in OUT/clean and evaluate it."""
+    res = api.train("digits", "cnn", epochs=epochs, seed=seed, device=device,
+                    out=out / "clean", quiet=quiet or None)
+    ev = api.evaluate(out / "clean", device=device)
+    click.echo(f"clean cnn on digits: test accuracy {ev['accuracy']:.4f} ({ev['n']} images), "
+               f"trained in {res.seconds:.1f} s; model in {res.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv``; returns the exit code (2 for user errors, with one stderr line)."""
+    try:
+        rv = cli.main(args=argv, prog_name="eviltwins", standalone_mode=False)
+    except EviltwinsError as err:
+        click.echo(f"eviltwins: error: {err}", err=True)
+        return 2
+    except click.UsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # click >= 8.2: bare group prints help
+            click.echo(err.ctx.get_help() if err.ctx else str(err))
+            return 0
+        where = f" {err.ctx.command_path.split(' ', 1)[1]}" if err.ctx and err.ctx.parent else ""
+        msg = " ".join(err.format_message().split())
+        click.echo(f"eviltwins: error: {msg} (see 'eviltwins{where} --help')", err=True)
+        return 2
+    except click.ClickException as err:
+        click.echo(f"eviltwins: error: {' '.join(err.format_message().split())}", err=True)
+        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("eviltwins: interrupted; finished outputs are kept", err=True)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+def run() -> None:
+    """Console-script entry point (``eviltwins``)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

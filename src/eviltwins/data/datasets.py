@@ -1,0 +1,267 @@
+"""The dataset registry: ``digits`` (bundled), ``mnist``, ``fashion-mnist``, ``cifar10``,
+``gtsrb`` and ``imagefolder``.
+
+Every factory takes ``data_root`` (else ``$EVILTWINS_DATA``, else a per-user cache folder) and
+``download`` (torchvision's real download code, only when asked) and returns a
+:class:`~eviltwins.data.base.DatasetSpec` of images in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch.nn import functional as F
+
+from eviltwins.data.base import (
+    DatasetSpec,
+    TensorImageDataset,
+    missing_dataset,
+    resolve_data_root,
+)
+from eviltwins.errors import DataError, ParamError
+from eviltwins.registry import Registry
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# torchvision classes used by the loaders; module attributes so that tests can swap in a subclass
+# (e.g. one that skips CIFAR-10's md5 check for small files written by the tests).
+CIFAR10_CLASS: Any = torchvision.datasets.CIFAR10
+GTSRB_CLASS: Any = torchvision.datasets.GTSRB
+
+
+def load_dataset(
+    name: str, data_root: str | os.PathLike[str] | None = None, download: bool = False, **kwargs: Any
+) -> DatasetSpec:
+    """Build the dataset ``name`` from the registry (see :data:`DATASETS`)."""
+    return DATASETS.get(name)(data_root=data_root, download=download, **kwargs)
+
+
+def _mean_std(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float() / (255.0 if images.dtype == torch.uint8 else 1.0)
+    return (
+        tuple(round(float(v), 4) for v in x.mean(dim=(0, 2, 3))),
+        tuple(round(float(v), 4) for v in x.std(dim=(0, 2, 3))),
+    )
+
+
+@DATASETS.register("digits")
+def digits(
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    image_size: int = 32,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> DatasetSpec:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), upsampled
+    bilinearly to ``image_size`` so that trigger sizes 0.1-0.4 cover whole pixels.
+
+    Split: stratified ``test_fraction`` with a fixed ``seed`` (1,437 train / 360 test by default).
+    ``data_root`` and ``download`` are accepted for a uniform signature and ignored.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 8 <= image_size <= 256:
+        raise ParamError(f"digits image_size must be in [8, 256]; got {image_size}")
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]
+    if image_size != 8:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    idx_train, idx_test = train_test_split(
+        np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=bunch.target
+    )
+    train = TensorImageDataset(x[np.sort(idx_train)], y[np.sort(idx_train)])
+    test = TensorImageDataset(x[np.sort(idx_test)], y[np.sort(idx_test)])
+    mean, std = _mean_std(train.images)
+    return DatasetSpec(
+        name="digits",
+        shape=(1, image_size, image_size),
+        classes=tuple(str(i) for i in range(10)),
+        mean=mean,
+        std=std,
+        train=train,
+        test=test,
+        augment=(),
+        default_epochs=30,
+        source="sklearn.datasets.load_digits",
+    )
+
+
+def _torchvision_split(cls: Any, name: str, root: Path, download: bool, **kwargs: Any) -> Any:
+    try:
+        return cls(root=str(root), download=download, **kwargs)
+    except RuntimeError as err:
+        if "not found" in str(err).lower() or "download" in str(err).lower():
+            raise missing_dataset(name, root) from None
+        raise DataError(f"{name} under {root} could not be read: {err}") from None
+    except OSError as err:  # network failure during download, unreadable files
+        raise DataError(f"{name} under {root} could not be read or fetched: {err}") from None
+
+
+def _mnist_like(cls: Any, name: str, data_root: Any, download: bool, mean: float, std: float,
+                default_epochs: int) -> DatasetSpec:
+    root = resolve_data_root(data_root)
+    tr = _torchvision_split(cls, name, root, download, train=True)
+    te = _torchvision_split(cls, name, root, download, train=False)
+    return DatasetSpec(
+        name=name,
+        shape=(1, 28, 28),
+        classes=tuple(str(c) for c in tr.classes),
+        mean=(mean,),
+        std=(std,),
+        train=TensorImageDataset(tr.data[:, None].clone(), torch.as_tensor(tr.targets)),
+        test=TensorImageDataset(te.data[:, None].clone(), torch.as_tensor(te.targets)),
+        augment=(),
+        default_epochs=default_epochs,
+        source=str(root),
+    )
+
+
+@DATASETS.register("mnist")
+def mnist(data_root: str | os.PathLike[str] | None = None, download: bool = False) -> DatasetSpec:
+    """MNIST (60k/10k, 28x28 grey) via ``torchvision.datasets.MNIST`` under ``data_root``."""
+    return _mnist_like(torchvision.datasets.MNIST, "mnist", data_root, download, 0.1307, 0.3081, 2)
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist(
+    data_root: str | os.PathLike[str] | None = None, download: bool = False
+) -> DatasetSpec:
+    """Fashion-MNIST (60k/10k, 28x28 grey) via ``torchvision.datasets.FashionMNIST``."""
+    return _mnist_like(
+        torchvision.datasets.FashionMNIST, "fashion-mnist", data_root, download, 0.2860, 0.3530, 2
+    )
+
+
+@DATASETS.register("cifar10")
+def cifar10(data_root: str | os.PathLike[str] | None = None, download: bool = False) -> DatasetSpec:
+    """CIFAR-10 (50k/10k, 32x32 colour) via ``torchvision.datasets.CIFAR10``, held in memory;
+    training augmentation: random crop (pad 4) and horizontal flip."""
+    root = resolve_data_root(data_root)
+    tr = _torchvision_split(CIFAR10_CLASS, "cifar10", root, download, train=True)
+    te = _torchvision_split(CIFAR10_CLASS, "cifar10", root, download, train=False)
+
+    def tensors(ds: Any) -> TensorImageDataset:
+        images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+        return TensorImageDataset(images, torch.as_tensor(ds.targets))
+
+    return DatasetSpec(
+        name="cifar10",
+        shape=(3, 32, 32),
+        classes=tuple(tr.classes),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        train=tensors(tr),
+        test=tensors(te),
+        augment=("crop", "flip"),
+        default_epochs=30,
+        source=str(root),
+    )
+
+
+def _load_resized(paths: list[str], size: int) -> torch.Tensor:
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+            out[i] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return out
+
+
+@DATASETS.register("gtsrb")
+def gtsrb(
+    data_root: str | os.PathLike[str] | None = None, download: bool = False, image_size: int = 32
+) -> DatasetSpec:
+    """GTSRB (43 traffic-sign classes) via ``torchvision.datasets.GTSRB``, resized to
+    ``image_size`` (32x32 as in the paper) and held in memory; augmentation: random crop only
+    (no flips: a flipped sign can change its meaning)."""
+    root = resolve_data_root(data_root)
+    splits = {}
+    for split in ("train", "test"):
+        ds = _torchvision_split(GTSRB_CLASS, "gtsrb", root, download, split=split)
+        samples = ds._samples
+        if not samples:
+            raise DataError(f"gtsrb {split} split under {root / 'gtsrb'} holds no .ppm images")
+        paths = [p for p, _ in samples]
+        labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+        splits[split] = TensorImageDataset(_load_resized(paths, image_size), labels)
+    mean, std = _mean_std(splits["train"].images)
+    return DatasetSpec(
+        name="gtsrb",
+        shape=(3, image_size, image_size),
+        classes=tuple(str(i) for i in range(43)),
+        mean=mean,
+        std=std,
+        train=splits["train"],
+        test=splits["test"],
+        augment=("crop",),
+        default_epochs=20,
+        source=str(root),
+    )
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    image_size: int = 224,
+    train_dir: str = "train",
+    test_dir: str | None = None,
+) -> DatasetSpec:
+    """A class-per-folder tree (ImageNet subset, ISIC 2018, ...) streamed from disk.
+
+    ``data_root`` holds ``train/<class>/*`` and ``val/<class>/*`` (or ``test/``); images are
+    resized (shorter side) and centre-cropped to ``image_size``. Normalisation: ImageNet
+    statistics. Augmentation: random crop and horizontal flip. Nothing is downloaded.
+    """
+    from torchvision import transforms
+
+    if data_root is None and not os.environ.get("EVILTWINS_DATA"):
+        raise DataError(
+            "imagefolder needs --data-root pointing at a folder with train/<class>/ and "
+            "val/<class>/ sub-folders"
+        )
+    root = resolve_data_root(data_root)
+    test_dir = test_dir or next((d for d in ("val", "test") if (root / d).is_dir()), "val")
+    tf = transforms.Compose(
+        [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()]
+    )
+    found = {}
+    for which, sub in (("train", train_dir), ("test", test_dir)):
+        path = root / sub
+        if not path.is_dir():
+            raise DataError(
+                f"imagefolder: no {which} folder at {path}; --data-root must hold "
+                f"{train_dir}/<class>/ and val/<class>/ (or test/<class>/) image folders"
+            )
+        try:
+            found[which] = torchvision.datasets.ImageFolder(str(path), transform=tf)
+        except (FileNotFoundError, RuntimeError) as err:
+            raise DataError(f"imagefolder: {path} holds no readable class folders: {err}") from None
+    if found["train"].classes != found["test"].classes:
+        raise DataError(
+            f"imagefolder: {root / train_dir} and {root / test_dir} have different class folders"
+        )
+    return DatasetSpec(
+        name="imagefolder",
+        shape=(3, image_size, image_size),
+        classes=tuple(found["train"].classes),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        train=found["train"],
+        test=found["test"],
+        augment=("crop", "flip"),
+        default_epochs=20,
+        source=str(root),
+    )

@@ -1,0 +1,174 @@
+"""Model plumbing: the normalising wrapper, the model registry, user models, and feature taps.
+
+Every model takes images in [0, 1]; :class:`Classifier` puts the dataset's normalisation in front
+of the network as its first layer, so attacks and detectors never deal with normalised inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from eviltwins.errors import ParamError, UnknownNameError
+from eviltwins.registry import Registry
+
+# A model factory takes (in_channels, num_classes, input_size, **kwargs) -> nn.Module (logits).
+MODELS: Registry[nn.Module] = Registry("model")
+
+_USER_MODEL = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel; the first layer of every :class:`Classifier`."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ParamError(f"normalisation needs matching mean/std with std > 0; got {mean}, {std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """``net(normalize(x))``: a classifier over images in [0, 1].
+
+    Layer names seen by :func:`layer_names` / :func:`activations` are prefixed ``net.``
+    (e.g. ``net.features.conv4`` for the small CNN).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_shape: Sequence[int],
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.net = net
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.num_classes = int(num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.normalize(x))
+
+    @property
+    def feature_layer(self) -> str | None:
+        """The network's last feature layer (TrojanNN's and ABS's default), when it declares one."""
+        name = getattr(self.net, "feature_layer", None)
+        return f"net.{name}" if name else None
+
+
+def is_user_model(name: str) -> bool:
+    """True for ``package.module:ClassName`` specs."""
+    return bool(_USER_MODEL.match(name))
+
+
+def import_user_model(spec: str) -> type[nn.Module]:
+    """Import ``package.module:ClassName`` (the user's own code, imported on their request)."""
+    if not is_user_model(spec):
+        raise ParamError(f"a user model must be given as package.module:ClassName; got {spec!r}")
+    module_name, cls_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UnknownNameError(
+            f"cannot import module {module_name!r} for model {spec!r} ({err}); "
+            "make it importable (pip install it or add its folder to PYTHONPATH)"
+        ) from None
+    cls = getattr(module, cls_name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise UnknownNameError(f"{module_name} has no nn.Module class {cls_name!r} (from {spec!r})")
+    return cls
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **kwargs: Any,
+) -> Classifier:
+    """Build a registered architecture (or a user ``package.module:ClassName``) for
+    ``input_shape`` (C, H, W) and ``num_classes``, wrapped in :class:`Classifier`.
+
+    ``mean`` / ``std`` default to the identity (0, 1) per channel. A user class is called with
+    ``**kwargs`` only and must accept images of ``input_shape``.
+    """
+    c, h, w = (int(v) for v in input_shape)
+    mean = tuple(mean) if mean is not None else (0.0,) * c
+    std = tuple(std) if std is not None else (1.0,) * c
+    if len(mean) != c:
+        raise ParamError(f"mean/std have {len(mean)} channels but the input has {c}")
+    if is_user_model(name):
+        net = import_user_model(name)(**kwargs)
+    else:
+        factory = MODELS.get(name)
+        try:
+            net = factory(in_channels=c, num_classes=num_classes, input_size=(h, w), **kwargs)
+        except TypeError as err:
+            raise ParamError(f"model {name!r} does not take these options: {err}") from None
+    return Classifier(net, mean, std, (c, h, w), num_classes)
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of all sub-modules, usable with :func:`get_layer` and :func:`activations`."""
+    return [n for n, _ in model.named_modules() if n]
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module called ``name`` (as in ``model.named_modules()``)."""
+    modules = dict(model.named_modules())
+    if name in modules and name:
+        return modules[name]
+    close = difflib.get_close_matches(name, list(modules), n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownNameError(
+        f"the model has no layer {name!r}{hint} (eviltwins.models.layer_names(model) lists them)"
+    )
+
+
+@contextlib.contextmanager
+def feature_tap(model: nn.Module, layer: str) -> Iterator[dict[str, Tensor]]:
+    """Record the output of ``layer`` on every forward inside the block.
+
+    >>> with feature_tap(model, "net.features.conv4") as tap:
+    ...     logits = model(x)
+    >>> tap["out"].shape   # (N, 64, 7, 7): gradients flow through it
+    """
+    store: dict[str, Tensor] = {}
+
+    def hook(_module: nn.Module, _inp: Any, out: Tensor) -> None:
+        store["out"] = out
+
+    handle = get_layer(model, layer).register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def activations(
+    model: nn.Module, layer: str, x: Tensor, batch_size: int = 256, grad: bool = False
+) -> Tensor:
+    """The output of ``layer`` for images ``x`` (batched; no gradient unless ``grad``)."""
+    outs = []
+    ctx: Callable[[], Any] = contextlib.nullcontext if grad else torch.no_grad
+    with ctx(), feature_tap(model, layer) as tap:
+        for start in range(0, len(x), batch_size):
+            model(x[start : start + batch_size])
+            outs.append(tap["out"])
+    return torch.cat(outs)

@@ -1,0 +1,182 @@
+"""Architectures: a small CNN, CIFAR-style ResNet-18, VGG-11/16 (with batch norm) and
+torchvision's ImageNet ResNet-18/101. Each factory takes (in_channels, num_classes, input_size)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from eviltwins.errors import ParamError
+from eviltwins.models.base import MODELS
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks (3x3 conv, ReLU, 2x2 max-pool; 32 and 64 channels) and a 128-unit dense
+    layer: >= 98% on MNIST in 2 epochs at about 4M multiply-adds per 28x28 image.
+    Feature layer (TrojanNN / ABS default): ``features.conv2`` (pre-ReLU)."""
+
+    feature_layer = "features.conv2"
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: Sequence[int],
+                 width: int = 32, hidden: int = 128, dropout: float = 0.25) -> None:
+        super().__init__()
+        h, w = input_size
+        if h < 4 or w < 4:
+            raise ParamError(f"cnn needs inputs of at least 4x4 pixels; got {h}x{w}")
+        c1, c2 = width, 2 * width
+        self.features = nn.Sequential(OrderedDict([
+            ("conv1", nn.Conv2d(in_channels, c1, 3, padding=1)), ("relu1", nn.ReLU()),
+            ("pool1", nn.MaxPool2d(2)),
+            ("conv2", nn.Conv2d(c1, c2, 3, padding=1)), ("relu2", nn.ReLU()),
+            ("pool2", nn.MaxPool2d(2)),
+        ]))
+        self.classifier = nn.Sequential(OrderedDict([
+            ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(c2 * (h // 4) * (w // 4), hidden)), ("relu3", nn.ReLU()),
+            ("dropout", nn.Dropout(dropout)),
+            ("fc2", nn.Linear(hidden, num_classes)),
+        ]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CifarResNet18(nn.Module):
+    """ResNet-18 for 32x32 inputs as in the IMC experiments: 3x3 stride-1 stem, no max-pool,
+    stages of (64, 128, 256, 512) channels, global average pool. Feature layer: ``layer4``."""
+
+    feature_layer = "layer4"
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: Sequence[int],
+                 width: int = 64) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers, cin = [], width
+        for i, mult in enumerate((1, 2, 4, 8)):
+            cout, stride = width * mult, (1 if i == 0 else 2)
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+VGG_CFG = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"],
+}
+
+
+class VGG(nn.Module):
+    """CIFAR-style VGG with batch norm; pooling stops once the map is 1 pixel wide (so 28x28
+    inputs work too), then a global average pool and one linear layer. Feature layer:
+    ``features`` (the last ReLU output)."""
+
+    feature_layer = "features"
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: Sequence[int],
+                 depth: str = "vgg11") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin, size = in_channels, min(input_size)
+        for v in VGG_CFG[depth]:
+            if v == "M":
+                if size >= 2:
+                    layers.append(nn.MaxPool2d(2))
+                    size //= 2
+                continue
+            layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
+            cin = int(v)
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _torchvision_resnet(arch: str, in_channels: int, num_classes: int,
+                        pretrained: bool) -> nn.Module:
+    import torchvision
+
+    builder = getattr(torchvision.models, arch)
+    if pretrained:  # downloads ImageNet weights through torchvision (needs network access)
+        net = builder(weights="DEFAULT")
+        net.fc = nn.Linear(net.fc.in_features, num_classes)
+    else:
+        net = builder(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    net.feature_layer = "layer4"
+    return net
+
+
+@MODELS.register("cnn")
+def cnn(in_channels: int, num_classes: int, input_size: Sequence[int], width: int = 32,
+        hidden: int = 128, dropout: float = 0.25) -> nn.Module:
+    """The small CNN for 28x28 / 32x32 grey or colour images."""
+    return SmallCNN(in_channels, num_classes, input_size, width, hidden, dropout)
+
+
+@MODELS.register("resnet18")
+def resnet18(in_channels: int, num_classes: int, input_size: Sequence[int],
+             width: int = 64) -> nn.Module:
+    """CIFAR-style ResNet-18 (3x3 stride-1 stem, no max-pool) for 32x32 inputs."""
+    return CifarResNet18(in_channels, num_classes, input_size, width)
+
+
+@MODELS.register("vgg11")
+def vgg11(in_channels: int, num_classes: int, input_size: Sequence[int]) -> nn.Module:
+    """VGG-11 with batch norm, CIFAR style."""
+    return VGG(in_channels, num_classes, input_size, "vgg11")
+
+
+@MODELS.register("vgg16")
+def vgg16(in_channels: int, num_classes: int, input_size: Sequence[int]) -> nn.Module:
+    """VGG-16 with batch norm, CIFAR style."""
+    return VGG(in_channels, num_classes, input_size, "vgg16")
+
+
+@MODELS.register("resnet18-imagenet")
+def resnet18_imagenet(in_channels: int, num_classes: int, input_size: Sequence[int],
+                      pretrained: bool = False) -> nn.Module:
+    """torchvision's ResNet-18 for 224x224 inputs (7x7 stem, max-pool)."""
+    return _torchvision_resnet("resnet18", in_channels, num_classes, pretrained)
+
+
+@MODELS.register("resnet101")
+def resnet101(in_channels: int, num_classes: int, input_size: Sequence[int],
+              pretrained: bool = False) -> nn.Module:
+    """torchvision's ResNet-101 for 224x224 inputs (ISIC 2018 in the paper)."""
+    return _torchvision_resnet("resnet101", in_channels, num_classes, pretrained)
