@@ -77,12 +77,18 @@ def test_digits_shapes_range_and_classes(digits_spec):
 
 
 def test_digits_is_deterministic(digits_spec):
-    again = load_dataset("digits")
-    for a, b in ((digits_spec.train, again.train), (digits_spec.test, again.test)):
-        xa, ya = load_all(a)
-        xb, yb = load_all(b)
-        assert torch.equal(xa, xb)
-        assert torch.equal(ya, yb)
+    # different global RNG states before each load: the split must not depend on them
+    loads = []
+    for global_seed in (1, 2):
+        np.random.seed(global_seed)
+        torch.manual_seed(global_seed)
+        loads.append(load_dataset("digits"))
+    for spec in loads:
+        for a, b in ((digits_spec.train, spec.train), (digits_spec.test, spec.test)):
+            xa, ya = load_all(a)
+            xb, yb = load_all(b)
+            assert torch.equal(xa, xb)
+            assert torch.equal(ya, yb)
 
 
 def test_digits_split_is_stratified_and_complete(digits_spec):
@@ -293,6 +299,18 @@ def test_cifar10_real_class_checks_md5(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
+GTSRB_CSV_HEADER = [
+    "Filename",
+    "Width",
+    "Height",
+    "Roi.X1",
+    "Roi.Y1",
+    "Roi.X2",
+    "Roi.Y2",
+    "ClassId",
+]
+
+
 def _colour(label: int, k: int = 0) -> tuple[int, int, int]:
     """A distinct solid colour per (class, image)."""
     return (5 * label + 10, 250 - 5 * label, 40 * k + 7)
@@ -317,7 +335,7 @@ def _write_gtsrb(root: Path):
     test = []
     with open(base / "GT-final_test.csv", "w", newline="") as f:
         w = csv.writer(f, delimiter=";")
-        w.writerow(["Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId"])
+        w.writerow(GTSRB_CSV_HEADER)
         for i, label in enumerate([3, 42, 0, 17, 3]):
             size = (31 + 4 * i, 50 - 3 * i)
             colour = _colour(label, 3)
@@ -381,8 +399,14 @@ def _write_imagefolder(root: Path, splits=("train", "val")) -> None:
             folder.mkdir(parents=True)
             n = 3 if split == "train" else 2
             for k in range(n):
-                size = (60 + 10 * k, 40 + 5 * k) if cls == "cat" else (40, 70 + 3 * k)
-                Image.new("RGB", size, colour).save(folder / f"{k}.png")
+                w, h = (60 + 10 * k, 40 + 5 * k) if cls == "cat" else (40, 70 + 3 * k)
+                im = Image.new("RGB", (w, h), colour)
+                # black 5 px bands at both ends of the long side, outside the central square
+                # that a resize of the shorter side plus a centre crop keeps
+                black = Image.new("RGB", (5, h) if w > h else (w, 5))
+                im.paste(black, (0, 0))
+                im.paste(black, (w - 5, 0) if w > h else (0, h - 5))
+                im.save(folder / f"{k}.png")
 
 
 def test_imagefolder_tree(tmp_path):
@@ -401,14 +425,22 @@ def test_imagefolder_tree(tmp_path):
     xt, yt = load_all(spec.test)
     assert xt.shape == (4, 3, 48, 48)
     assert yt.tolist() == [0, 0, 1, 1]
+    # resized on the shorter side and centre-cropped: the black end bands are cut off, and
+    # what is left is the class's solid colour
     for img, label in zip(torch.cat([x, xt]), torch.cat([y, yt]).tolist(), strict=True):
         colour = torch.tensor(FOLDER_COLOURS[spec.classes[label]], dtype=torch.float32) / 255
         assert torch.allclose(img, colour[:, None, None].expand_as(img), atol=1 / 255)
-    # streaming batches through a DataLoader, with batched augmentation, keeps the shape
-    batches = list(iter_batches(spec.train, 4, shuffle=True, augment=spec.augment))
+    # streaming batches through a DataLoader, with batched augmentation (the crop pads with
+    # zeros, which the loaded images do not contain), keeps the shape
+    g = torch.Generator().manual_seed(0)
+    batches = list(iter_batches(spec.train, 4, shuffle=True, generator=g, augment=spec.augment))
     assert [len(b[1]) for b in batches] == [4, 2]
     assert all(b[0].shape[1:] == (3, 48, 48) for b in batches)
     assert sorted(torch.cat([b[1] for b in batches]).tolist()) == [0, 0, 0, 1, 1, 1]
+    assert float(x.min()) > 0.0
+    assert any(bool((b[0] == 0).any()) for b in batches)
+    plain = list(iter_batches(spec.train, 6))
+    assert torch.equal(plain[0][0], x)
 
 
 def test_imagefolder_uses_test_when_no_val(tmp_path):
@@ -587,7 +619,10 @@ def _spec(n_train: int, n_test: int) -> DatasetSpec:
 
 def test_subset_sizes_and_determinism():
     spec = _spec(50, 30)
+    # different global RNG states: the subset must depend on the seed only
+    torch.manual_seed(1)
     a = spec.subset(train=20, test=7, seed=3)
+    torch.manual_seed(2)
     b = spec.subset(train=20, test=7, seed=3)
     c = spec.subset(train=20, test=7, seed=4)
     assert len(a.train) == 20

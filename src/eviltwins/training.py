@@ -28,7 +28,8 @@ class TrainConfig(BaseModel):
 
     Defaults: SGD with Nesterov momentum 0.9, lr 0.05 with per-step cosine decay, weight decay
     5e-4, batch 128. ``epochs=None`` uses the dataset's ``default_epochs``. ``augment=None`` uses
-    the dataset's augmentation; ``False`` turns it off.
+    the dataset's augmentation; ``False`` turns it off. ``max_steps`` caps the number of
+    optimiser steps (a re-training budget finer than whole epochs).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,6 +42,7 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=5e-4, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     augment: bool | None = None
+    max_steps: int | None = Field(default=None, ge=0)
     seed: int = 0
 
 
@@ -61,6 +63,7 @@ def train_model(
     batch_hook: BatchHook | None = None,
     extra_loss: ExtraLoss | None = None,
     eval_each_epoch: bool = True,
+    epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
     quiet: bool | None = None,
     desc: str = "train",
 ) -> list[dict[str, float]]:
@@ -68,7 +71,8 @@ def train_model(
 
     ``batch_hook(x, y, step) -> (x, y)`` may rewrite each batch (poisoning appends stamped copies
     labelled with the target); ``extra_loss(model, x, y, step)`` adds a term (e.g. IMC's
-    specificity loss). The model runs on its own device. A NaN/inf loss stops training with an
+    specificity loss); ``epoch_callback(epoch, record)`` may add fields to each epoch's
+    history record (e.g. an attack's ASR). The model runs on its own device. A NaN/inf loss stops training with an
     :class:`OptimisationError` instead of silently producing a broken model.
     """
     cfg = config or TrainConfig()
@@ -79,6 +83,9 @@ def train_model(
     opt = make_optimizer(model, cfg)
     n_batches = math.ceil(len(data.train) / cfg.batch_size)
     total = max(1, epochs * n_batches)
+    if cfg.max_steps is not None:
+        epochs = min(epochs, math.ceil(cfg.max_steps / n_batches))
+        total = max(1, min(total, cfg.max_steps))
     sched = (
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         if cfg.schedule == "cosine"
@@ -93,6 +100,8 @@ def train_model(
         for x, y in iter_batches(
             data.train, cfg.batch_size, shuffle=True, generator=g, augment=augment, device=device
         ):
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
             if batch_hook is not None:
                 x, y = batch_hook(x, y, step)
             logits = model(x)
@@ -122,7 +131,9 @@ def train_model(
         if eval_each_epoch:
             ev = evaluate(model, data.test, quiet=quiet)
             record.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
-            model.train()
+        if epoch_callback is not None:
+            epoch_callback(epoch, record)
+        model.train()
         history.append(record)
     model.eval()
     return history

@@ -131,6 +131,11 @@ def augment_batch(x: Tensor, ops: Sequence[str], generator: torch.Generator | No
     """
     if not ops:
         return x
+    unknown = [op for op in ops if op not in AUGMENTATIONS]
+    if unknown:
+        raise ParamError(
+            f"unknown augmentation {unknown[0]!r}; known: {', '.join(AUGMENTATIONS)}"
+        )
     n, _, h, w = x.shape
     dev = x.device
     if "crop" in ops:
@@ -199,6 +204,8 @@ def load_all(dataset: Dataset, limit: int | None = None) -> tuple[Tensor, Tensor
         seen += len(y)
         if limit is not None and seen >= limit:
             break
+    if not xs:
+        raise DataError("the dataset holds no images")
     x, y = torch.cat(xs), torch.cat(ys)
     return (x, y) if limit is None else (x[:limit], y[:limit])
 
@@ -217,6 +224,8 @@ def check_images(x: Tensor, shape: Sequence[int] | None = None, what: str = "ima
     if not x.is_floating_point():
         raise DataError(f"{what} must be floats in [0, 1]; got dtype {x.dtype}")
     if x.numel():
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"{what} contain NaN or inf values; pass finite pixels in [0, 1]")
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
             raise DataError(

@@ -194,7 +194,10 @@ def gtsrb(
         if not samples:
             raise DataError(f"gtsrb {split} split under {root / 'gtsrb'} holds no .ppm images")
         paths = [p for p, _ in samples]
-        labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+        if split == "train":  # class = folder name (00000..00042), not the sorted folder index
+            labels = torch.tensor([int(Path(p).parent.name) for p in paths], dtype=torch.long)
+        else:
+            labels = torch.tensor([label for _, label in samples], dtype=torch.long)
         splits[split] = TensorImageDataset(_load_resized(paths, image_size), labels)
     mean, std = _mean_std(splits["train"].images)
     return DatasetSpec(

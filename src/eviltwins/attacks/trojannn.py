@@ -1,0 +1,262 @@
+"""TrojanNN (Liu et al., NDSS 2018), as used as the reference attack of Pang et al. (CCS 2020,
+Section 5.1.1): a pre-shaped trigger whose pixels are optimised to drive selected internal
+neurons to a target activation, then a re-training of the model with stamped inputs. Trigger
+generation and re-training run independently; the trigger is never revisited (the weakness that
+IMC removes, :mod:`eviltwins.attacks.imc`)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from eviltwins.attacks.badnet import RETRAIN_CONSTRAINTS, TRIGGER_CONSTRAINTS, asr_callback
+from eviltwins.attacks.base import ATTACKS, BackdoorAttack, poison_hook
+from eviltwins.base import Interval, OneOf
+from eviltwins.data import DatasetSpec, iter_batches, load_all
+from eviltwins.errors import ParamError
+from eviltwins.models import activations, feature_tap, get_layer
+from eviltwins.training import TrainConfig, train_model
+from eviltwins.triggers import Trigger, stamp
+from eviltwins.utils import device_of, eval_mode
+
+
+def trigger_footprint(model: nn.Module, layer: str, trigger: Trigger, x: Tensor,
+                      generator: torch.Generator) -> Tensor:
+    """Boolean map over the layer's spatial positions whose value depends on the trigger's
+    pixels (found by stamping two different random patterns: exact, forward passes only).
+    For a dense layer (N, C) the footprint is a single always-true position."""
+    with torch.no_grad(), eval_mode(model):
+        r1 = torch.rand(trigger.pattern.shape, generator=generator).to(x.device)
+        r2 = torch.rand(trigger.pattern.shape, generator=generator).to(x.device)
+        m = trigger.region.float().to(x.device)  # opaque on the whole region
+        a1 = activations(model, layer, stamp(x[:4], m, r1))
+        a2 = activations(model, layer, stamp(x[:4], m, r2))
+    if a1.ndim == 2:
+        return torch.ones(1, dtype=torch.bool, device=x.device)
+    diff = (a1 - a2).abs().amax(dim=(0, 1))
+    fp = diff > 1e-6 * (1 + a1.abs().amax())
+    if not fp.any():
+        raise ParamError(
+            f"layer {layer!r} does not respond to the trigger region at all; choose a layer "
+            "whose receptive field covers the trigger (eviltwins.models.layer_names lists them)"
+        )
+    return fp
+
+
+def neuron_activation(feat: Tensor, footprint: Tensor) -> Tensor:
+    """Per-neuron activation (N, C): a dense unit's value, or a channel's mean over the
+    trigger's footprint positions of a convolutional map."""
+    if feat.ndim == 2:
+        return feat
+    return feat[:, :, footprint].mean(dim=2)
+
+
+@ATTACKS.register("trojannn")
+class TrojanNN(BackdoorAttack):
+    """TrojanNN: neuron selection, trigger generation, re-training (ALGORITHMS.md, TrojanNN).
+
+    1. The trigger's shape and position are fixed (square of ``size``, ``transparency``,
+       ``position``).
+    2. ``neurons`` (k = 2) neurons (channels) of ``layer`` (default: the model's last feature
+       layer, e.g. ``net.features.conv2``, pre-activation) are selected:
+       ``selection="least-activated"`` (default, IMC authors' code): lowest mean activation on
+       benign training batches, among neurons that respond to the trigger region;
+       ``"most-connected"`` (original NDSS 2018 paper): largest sum of absolute outgoing
+       weights into the next layer.
+       A conv channel's activation is its mean over the positions whose receptive field covers
+       the trigger (``footprint=True``, so the trigger can move it; ``False``: the whole map).
+    3. Trigger generation (model fixed): from a random pattern inside the mask, minimise
+       sum_i (``target_value`` - a_i(psi(x, r; m)))^2 over the pixels of r only, with
+       ``trigger_steps`` sign-gradient steps of ``trigger_lr`` (authors: 0.015, 20 steps,
+       stop when the cost < ``cost_threshold`` = 5).
+    4. Re-training: fine-tune ``epochs`` epochs (or ``max_steps`` steps) on the training data,
+       a ``poison_share`` (10%) of batches also carrying a stamped copy labelled ``target``
+       (SGD lr ``lr`` 0.01, momentum 0.9, weight decay 2e-4, Nesterov).
+
+    Result ``extra``: selected neurons, their mean activation under the initial random trigger
+    and under the generated trigger, and the generation cost history.
+    """
+
+    name: ClassVar[str] = "trojannn"
+    _constraints = {
+        **{k: v for k, v in TRIGGER_CONSTRAINTS.items() if k != "pattern"},
+        **RETRAIN_CONSTRAINTS,
+        "neurons": Interval(int, 1, None),
+        "selection": OneOf("least-activated", "most-connected"),
+        "target_value": Interval(float, None, None),
+        "trigger_steps": Interval(int, 0, None),
+        "trigger_lr": Interval(float, 0, None, closed="neither"),
+        "cost_threshold": Interval(float, 0, None),
+        "poison_share": Interval(float, 0, 1, closed="right"),
+        "footprint": OneOf(True, False),
+        "inplace": OneOf(True, False),
+    }
+
+    def __init__(self, target: int = 0, size: float = 0.3, transparency: float = 0.0,
+                 position: str | tuple[int, int] = "bottom-right", layer: str | None = None,
+                 neurons: int = 2, selection: str = "least-activated",
+                 target_value: float = 10.0, trigger_steps: int = 20, trigger_lr: float = 0.015,
+                 cost_threshold: float = 5.0, footprint: bool = True, epochs: int = 2,
+                 max_steps: int | None = None, poison_share: float = 0.1, lr: float = 0.01,
+                 batch_size: int = 128, inplace: bool = False, seed: int = 0,
+                 quiet: bool | None = None) -> None:
+        self.target = target
+        self.size = size
+        self.transparency = transparency
+        self.position = position
+        self.layer = layer
+        self.neurons = neurons
+        self.selection = selection
+        self.target_value = target_value
+        self.trigger_steps = trigger_steps
+        self.trigger_lr = trigger_lr
+        self.cost_threshold = cost_threshold
+        self.footprint = footprint
+        self.epochs = epochs
+        self.max_steps = max_steps
+        self.poison_share = poison_share
+        self.lr = lr
+        self.batch_size = batch_size
+        self.inplace = inplace
+        self.seed = seed
+        self.quiet = quiet
+
+    # --- steps 2 and 3, usable on their own (TrojanNN* starts from them) ---------------------
+    def generate_trigger(self, model: nn.Module, data: DatasetSpec,
+                         generator: torch.Generator) -> tuple[Trigger, dict[str, Any]]:
+        """Neuron selection and trigger generation on a fixed model; returns the trigger and
+        a record of what happened (neurons, activations before/after, cost history)."""
+        layer = self._layer(model)
+        device = device_of(model)
+        init = Trigger.square(data.shape, self.size, self.transparency, self.position,
+                              "random", int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        x_all, _ = load_all(data.train, limit=2048)
+        x_all = x_all.to(device)
+        fp = (trigger_footprint(model, layer, init, x_all, generator) if self.footprint
+              else None)
+        neurons = self._select(model, layer, data, init, x_all, fp, generator)
+        x = x_all[:64]
+        mask = init.mask.to(device)
+        region = init.region.float().to(device)
+        r = init.pattern.to(device).clone()
+        costs: list[float] = []
+
+        def act(r_: Tensor) -> Tensor:
+            with feature_tap(model, layer) as tap:
+                model(stamp(x, mask, r_))
+            a = neuron_activation(tap["out"], fp if fp is not None else _all_positions(tap["out"]))
+            return a[:, neurons].mean(0)
+
+        with eval_mode(model):
+            for p in model.parameters():
+                p.requires_grad_(False)
+            try:
+                with torch.no_grad():
+                    before = act(r).tolist()
+                for _ in range(self.trigger_steps):
+                    r.requires_grad_(True)
+                    cost = ((self.target_value - act(r)) ** 2).sum()
+                    costs.append(float(cost.detach()))
+                    if not torch.isfinite(cost):
+                        break
+                    if cost.item() < self.cost_threshold:
+                        break
+                    (grad,) = torch.autograd.grad(cost, r)
+                    with torch.no_grad():
+                        r = (r - self.trigger_lr * grad.sign() * region).clamp(0, 1)
+                r = r.detach()
+                with torch.no_grad():
+                    after = act(r).tolist()
+            finally:
+                for p in model.parameters():
+                    p.requires_grad_(True)
+        trigger = Trigger(init.mask.clone(), (r * region).cpu(), init.region.clone())
+        info = {"layer": layer, "neurons": neurons, "activation_before": before,
+                "activation_after": after, "generation_costs": costs}
+        return trigger, info
+
+    def _layer(self, model: nn.Module) -> str:
+        layer = self.layer or getattr(model, "feature_layer", None)
+        if not layer:
+            raise ParamError("the model declares no feature layer; pass layer='<name>' "
+                             "(eviltwins.models.layer_names(model) lists them)")
+        get_layer(model, layer)
+        return layer
+
+    def _select(self, model: nn.Module, layer: str, data: DatasetSpec, init: Trigger,
+                x_all: Tensor, fp: Tensor | None, generator: torch.Generator) -> list[int]:
+        if self.selection == "most-connected":
+            return self._most_connected(model, layer)
+        # Least-activated on benign data, among neurons that respond to the trigger region.
+        with torch.no_grad(), eval_mode(model):
+            feats = activations(model, layer, x_all[:1024])
+        where = fp if fp is not None else _all_positions(feats)
+        mean_act = neuron_activation(feats, where).mean(0)
+        responsive = self._responsive(model, layer, init, x_all[:16], where)
+        if int(responsive.sum()) < self.neurons:
+            raise ParamError(
+                f"only {int(responsive.sum())} neurons of {layer!r} respond to the trigger "
+                f"region but neurons={self.neurons}; use a pre-activation layer or fewer neurons"
+            )
+        ranked = torch.where(responsive, mean_act, torch.full_like(mean_act, float("inf")))
+        return ranked.argsort()[: self.neurons].tolist()
+
+    def _responsive(self, model: nn.Module, layer: str, init: Trigger, x: Tensor,
+                    where: Tensor) -> Tensor:
+        """Neurons whose activation has a non-zero gradient w.r.t. the trigger pixels (dead
+        ReLU channels have none, and would leave trigger generation stuck at noise)."""
+        device = x.device
+        r = init.pattern.to(device).clone().requires_grad_(True)
+        with eval_mode(model), feature_tap(model, layer) as tap:
+            model(stamp(x, init.mask.to(device), r))
+            a = neuron_activation(tap["out"], where).sum(0)
+        grads = torch.stack([
+            torch.autograd.grad(a[c], r, retain_graph=c < len(a) - 1)[0].abs().sum()
+            for c in range(len(a))
+        ])
+        return grads.detach() > 0
+
+    def _most_connected(self, model: nn.Module, layer: str) -> list[int]:
+        """Neurons with the largest sum of absolute outgoing weights (Liu et al., NDSS 2018):
+        the weights of the first parametrised layer after ``layer`` that consumes its units."""
+        names = [n for n, _ in model.named_modules()]
+        modules = dict(model.named_modules())
+        after = names[names.index(layer) + 1 :]
+        n_out = None
+        with torch.no_grad():
+            nxt = next((modules[n] for n in after
+                        if isinstance(modules[n], nn.Conv2d | nn.Linear)), None)
+        if nxt is None:
+            raise ParamError(f"no conv or linear layer follows {layer!r}; most-connected needs one")
+        w = nxt.weight.detach().abs()
+        if isinstance(nxt, nn.Conv2d):
+            score = w.sum(dim=(0, 2, 3))
+        else:
+            score = w.sum(0)
+            lay = get_layer(model, layer)
+            n_out = getattr(lay, "out_channels", None) or getattr(lay, "out_features", None)
+            if n_out and len(score) != n_out and len(score) % n_out == 0:
+                score = score.view(n_out, -1).sum(1)  # flattened conv map -> per channel
+        return score.argsort(descending=True)[: self.neurons].tolist()
+
+    # --- the whole attack --------------------------------------------------------------------
+    def _fit(self, model: nn.Module, data: DatasetSpec, generator: torch.Generator):
+        trigger, info = self.generate_trigger(model, data, generator)
+        cfg = TrainConfig(epochs=self.epochs, max_steps=self.max_steps, lr=self.lr,
+                          batch_size=self.batch_size, weight_decay=2e-4, schedule="constant",
+                          seed=self.seed)
+        history = train_model(
+            model, data, cfg,
+            batch_hook=poison_hook(trigger, self.target, self.poison_share, generator, "append"),
+            epoch_callback=asr_callback(model, data, trigger, self.target),
+            quiet=self.quiet, desc="trojannn re-train",
+        )
+        return trigger, history, info
+
+
+def _all_positions(feat: Tensor) -> Tensor:
+    if feat.ndim == 2:
+        return torch.ones(1, dtype=torch.bool, device=feat.device)
+    return torch.ones(feat.shape[2:], dtype=torch.bool, device=feat.device)

@@ -1,0 +1,206 @@
+"""The estimator base of every attack and detector (scikit-learn conventions).
+
+Parameters live in ``__init__`` as keyword arguments with defaults and are only stored there;
+the verb (``fit`` / ``inspect`` / ``score``) validates them against ``_constraints`` first and
+raises a one-line :class:`~eviltwins.errors.ParamError` naming the parameter, the rule and the
+value. ``get_params`` / ``set_params`` read the ``__init__`` signature, so repr, configs, sweeps
+and JSON results share one set of names, and a misspelled name is refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from eviltwins.errors import ParamError
+
+
+class Constraint:
+    """A rule on one parameter; ``describe`` completes "must be ..."."""
+
+    def ok(self, value: Any) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def invalid_example(self) -> Any:
+        """A value this rule rejects (used by the common tests)."""
+        return object()
+
+    def check(self, owner: str, name: str, value: Any) -> None:
+        if not self.ok(value):
+            raise ParamError(
+                f"The {name!r} parameter of {owner} must be {self.describe()}. Got {value!r} instead."
+            )
+
+
+class Interval(Constraint):
+    """A real (or integer) number in an interval; ``closed`` in both/left/right/neither."""
+
+    def __init__(self, kind: type, low: float | None, high: float | None,
+                 closed: str = "both", allow_none: bool = False) -> None:
+        self.kind, self.low, self.high, self.closed, self.allow_none = (
+            kind, low, high, closed, allow_none)
+
+    def ok(self, value: Any) -> bool:
+        if value is None:
+            return self.allow_none
+        if isinstance(value, bool):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if self.kind is float and not isinstance(value, int | float):
+            return False
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        lo_ok = self.low is None or (
+            value >= self.low if self.closed in ("both", "left") else value > self.low)
+        hi_ok = self.high is None or (
+            value <= self.high if self.closed in ("both", "right") else value < self.high)
+        return lo_ok and hi_ok
+
+    def describe(self) -> str:
+        kind = "an int" if self.kind is int else "a float"
+        if self.low is None and self.high is None:
+            text = kind
+        elif self.high is None:
+            text = f"{kind} {'>=' if self.closed in ('both', 'left') else '>'} {self.low}"
+        elif self.low is None:
+            text = f"{kind} {'<=' if self.closed in ('both', 'right') else '<'} {self.high}"
+        else:
+            lb = "[" if self.closed in ("both", "left") else "("
+            rb = "]" if self.closed in ("both", "right") else ")"
+            text = f"{kind} in {lb}{self.low}, {self.high}{rb}"
+        return text + (" or None" if self.allow_none else "")
+
+    def invalid_example(self) -> Any:
+        if self.high is not None:
+            return self.high + 1
+        if self.low is not None:
+            return self.low - 1
+        return "not a number"
+
+
+class OneOf(Constraint):
+    """One of a fixed set of values."""
+
+    def __init__(self, *options: Any) -> None:
+        self.options = options
+
+    def ok(self, value: Any) -> bool:
+        return any(value == o and type(value) is type(o) for o in self.options)
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(o) for o in self.options)
+
+    def invalid_example(self) -> Any:
+        return "__not_an_option__"
+
+
+class SubsetOf(Constraint):
+    """A list/tuple whose items all come from ``options`` (e.g. evasion terms)."""
+
+    def __init__(self, *options: str) -> None:
+        self.options = options
+
+    def ok(self, value: Any) -> bool:
+        return isinstance(value, list | tuple) and all(v in self.options for v in value)
+
+    def describe(self) -> str:
+        return "a list drawn from " + ", ".join(repr(o) for o in self.options)
+
+    def invalid_example(self) -> Any:
+        return ("__not_an_option__",)
+
+
+class Check(Constraint):
+    """Any predicate with its description (positions, patterns, ...)."""
+
+    def __init__(self, predicate: Any, description: str, bad: Any = object()) -> None:
+        self.predicate, self.description, self.bad = predicate, description, bad
+
+    def ok(self, value: Any) -> bool:
+        try:
+            return bool(self.predicate(value))
+        except Exception:
+            return False
+
+    def describe(self) -> str:
+        return self.description
+
+    def invalid_example(self) -> Any:
+        return self.bad
+
+
+def init_param_names(cls: type) -> list[str]:
+    """Names of the keyword parameters of ``cls.__init__`` (no *args / **kwargs allowed)."""
+    sig = inspect.signature(cls.__init__)
+    names = []
+    for p in list(sig.parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise TypeError(f"{cls.__name__}.__init__ must not take *args or **kwargs")
+        names.append(p.name)
+    return names
+
+
+class Estimator:
+    """Base of attacks and detectors: parameters in ``__init__``, work in the verb."""
+
+    _constraints: ClassVar[dict[str, Constraint]] = {}
+
+    def get_params(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in init_param_names(type(self))}
+
+    def set_params(self, **params: Any) -> Estimator:
+        known = init_param_names(type(self))
+        for name, value in params.items():
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ParamError(
+                    f"{type(self).__name__} has no parameter {name!r}{hint} known: "
+                    f"{', '.join(known)}"
+                )
+            setattr(self, name, value)
+        return self
+
+    @classmethod
+    def from_params(cls, **params: Any) -> Estimator:
+        """Build from a mapping, refusing unknown names with a suggestion."""
+        obj = cls()
+        return obj.set_params(**params)
+
+    def _validate_params(self) -> None:
+        owner = type(self).__name__
+        for name, rule in self._constraints.items():
+            rule.check(owner, name, getattr(self, name))
+
+    def __repr__(self) -> str:
+        defaults = {
+            n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()
+        }
+        changed = [
+            f"{k}={v!r}" for k, v in self.get_params().items()
+            if not _same(v, defaults.get(k, inspect.Parameter.empty))
+        ]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"a,b"`` / ``["a", "b"]`` / ``None`` -> ``("a", "b")`` / ``()``."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value)

@@ -1,0 +1,118 @@
+"""Metrics (the pure core; one home for each).
+
+Attack side (ALGORITHMS.md, Metrics): attack success rate over non-target inputs, attack
+efficacy (mean target probability on those stamped inputs: Fig. 10's "misclassification
+confidence"), clean accuracy and its drop, mask L1. Detector side: the MAD anomaly index of
+NeuralCleanse, and F1 / precision / recall / FRR / FAR and ROC AUC, where AUC always comes from
+continuous scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from eviltwins.data import iter_batches
+from eviltwins.utils import device_of, eval_mode
+
+if TYPE_CHECKING:
+    from eviltwins.triggers import Trigger
+
+
+@torch.no_grad()
+def attack_metrics(
+    model: nn.Module, dataset: Dataset, trigger: Trigger, target: int, batch_size: int = 512
+) -> dict[str, float]:
+    """ASR and efficacy of ``trigger`` on ``dataset``, over inputs whose true label != target.
+
+    Returns ``asr`` (fraction classified as ``target`` after stamping), ``efficacy`` (mean
+    softmax probability of ``target`` on the same stamped inputs) and ``n_attack`` (how many).
+    """
+    device = device_of(model)
+    trig = trigger.to(device)
+    hits, prob, n = 0, 0.0, 0
+    with eval_mode(model):
+        for x, y in iter_batches(dataset, batch_size, device=device):
+            keep = y != target
+            if not keep.any():
+                continue
+            p = torch.softmax(model(trig.stamp(x[keep])).float(), dim=1)
+            hits += int((p.argmax(1) == target).sum())
+            prob += float(p[:, target].sum())
+            n += int(keep.sum())
+    if n == 0:
+        return {"asr": float("nan"), "efficacy": float("nan"), "n_attack": 0.0}
+    return {"asr": hits / n, "efficacy": prob / n, "n_attack": float(n)}
+
+
+def attack_success_rate(
+    model: nn.Module, dataset: Dataset, trigger: Trigger, target: int
+) -> float:
+    """Fraction of non-target test inputs that the stamped trigger sends to ``target``."""
+    return attack_metrics(model, dataset, trigger, target)["asr"]
+
+
+def mask_l1(mask: Tensor) -> float:
+    """||m||_1 (fidelity)."""
+    return float(mask.detach().abs().sum())
+
+
+def anomaly_index(norms: Sequence[float] | Tensor | np.ndarray) -> np.ndarray:
+    """NeuralCleanse's MAD outlier index per label (Wang et al., S&P 2019, Section IV-C).
+
+    M = median(norms); MAD = 1.4826 * median(|norms - M|); index_y = (M - norm_y) / MAD for
+    labels below the median, 0 for the others (only abnormally *small* triggers count).
+    """
+    a = np.asarray(norms, dtype=np.float64)
+    med = float(np.median(a))
+    mad = 1.4826 * float(np.median(np.abs(a - med)))
+    idx = (med - a) / mad if mad > 0 else np.where(a < med, np.inf, 0.0)
+    return np.where(a < med, idx, 0.0)
+
+
+def roc_auc(scores: Sequence[float] | Tensor | np.ndarray,
+            is_positive: Sequence[bool] | Tensor | np.ndarray) -> float:
+    """ROC AUC from continuous scores (higher = more suspicious), the Mann-Whitney U
+    statistic over positives vs negatives; ties count one half."""
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(is_positive, dtype=bool)
+    pos, neg = s[t], s[~t]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    ranks = rankdata(np.concatenate([pos, neg]))  # average ranks for ties
+    r_pos = ranks[: len(pos)].sum()
+    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def detection_metrics(
+    decisions: Sequence[bool] | Tensor | np.ndarray,
+    is_positive: Sequence[bool] | Tensor | np.ndarray,
+    scores: Sequence[float] | Tensor | np.ndarray | None = None,
+) -> dict[str, float]:
+    """F1, precision, recall, FRR (clean inputs flagged), FAR (triggered inputs passed) from
+    0/1 decisions, and ROC AUC from continuous ``scores`` when given."""
+    d = np.asarray(decisions, dtype=bool)
+    t = np.asarray(is_positive, dtype=bool)
+    tp = int((d & t).sum())
+    fp = int((d & ~t).sum())
+    fn = int((~d & t).sum())
+    tn = int((~d & ~t).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    out = {
+        "f1": f1, "precision": precision, "recall": recall,
+        "frr": fp / (fp + tn) if fp + tn else math.nan,
+        "far": fn / (fn + tp) if fn + tp else math.nan,
+        "tp": float(tp), "fp": float(fp), "fn": float(fn), "tn": float(tn),
+    }
+    if scores is not None:
+        out["auc"] = roc_auc(scores, t)
+    return out

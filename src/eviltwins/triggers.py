@@ -1,0 +1,316 @@
+"""Triggers: a mask m and a pattern r, stamped as psi(x, r; m) = x (1 - m) + r m.
+
+This is the one stamping function of the toolkit (Pang et al., CCS 2020, Section 5.1.2): every
+attack, detector and metric stamps through :func:`stamp` / :meth:`Trigger.stamp`, batched.
+
+The square watermark (:meth:`Trigger.square`) follows ALGORITHMS.md: a square of side
+``round(size * W)`` pixels (at least 1), default bottom-right, with m = 1 - p on covered pixels
+for transparency p (p = 0 is opaque). The tanh change of variables used by the optimisers is
+:class:`TriggerParams` (r = (tanh(w_r) + 1) / 2, m = (tanh(w_m) + 1) / 2, confined to a region).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from eviltwins.errors import DataError, ParamError
+
+POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
+PATTERNS = ("white", "black", "random")
+Position = str | tuple[int, int]
+
+
+def stamp(x: Tensor, mask: Tensor, pattern: Tensor) -> Tensor:
+    """psi(x, r; m) = x * (1 - m) + r * m for a batch ``x`` (N, C, H, W) in one call.
+
+    ``mask`` broadcasts as (1 or C, H, W) or (N, 1 or C, H, W); ``pattern`` as (C, H, W) or
+    (N, C, H, W). Outputs stay in [0, 1] whenever the inputs do (a convex combination).
+    """
+    return x * (1 - mask) + pattern * mask
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A trigger: ``mask`` (1, H, W) in [0, 1] and ``pattern`` (C, H, W) in [0, 1].
+
+    ``region`` (1, H, W, bool) is where an optimiser may place mask mass (the square for
+    TrojanNN*, the whole image for NeuralCleanse); it defaults to ``mask > 0``.
+    """
+
+    mask: Tensor
+    pattern: Tensor
+    region: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        m, r = self.mask, self.pattern
+        if m.ndim != 3 or m.shape[0] != 1:
+            raise ParamError(f"trigger mask must have shape (1, H, W); got {tuple(m.shape)}")
+        if r.ndim != 3 or r.shape[1:] != m.shape[1:]:
+            raise ParamError(
+                f"trigger pattern must have shape (C, H, W) matching the mask {tuple(m.shape)}; "
+                f"got {tuple(r.shape)}"
+            )
+        for name, t in (("mask", m), ("pattern", r)):
+            if t.numel() and (float(t.min()) < 0 or float(t.max()) > 1 or not torch.isfinite(t).all()):
+                raise ParamError(f"trigger {name} values must lie in [0, 1]")
+        if self.region is None:
+            object.__setattr__(self, "region", (m > 0).detach().clone())
+
+    # --- stamping -------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.pattern.shape)  # type: ignore[return-value]
+
+    def check_images(self, x: Tensor) -> None:
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.shape:
+            raise DataError(
+                f"cannot stamp images of shape {tuple(x.shape[1:]) if x.ndim == 4 else tuple(x.shape)} "
+                f"with a trigger made for {self.shape}; make the trigger for the model's input shape"
+            )
+
+    def stamp(self, x: Tensor) -> Tensor:
+        """psi(x, r; m) for a batch (see :func:`stamp`); images must match the trigger's shape."""
+        self.check_images(x)
+        return stamp(x, self.mask.to(x.device), self.pattern.to(x.device))
+
+    def to(self, device: torch.device | str) -> Trigger:
+        return Trigger(self.mask.to(device), self.pattern.to(device), self.region.to(device))
+
+    def detach(self) -> Trigger:
+        return Trigger(self.mask.detach().clone(), self.pattern.detach().clone(),
+                       self.region.detach().clone())
+
+    # --- measures -------------------------------------------------------------------------
+    @property
+    def l1(self) -> float:
+        """||m||_1 (fidelity: Pang et al. Eqn 15's l_f)."""
+        return float(self.mask.abs().sum())
+
+    @property
+    def area(self) -> float:
+        """||m||_1 over the image area H * W."""
+        return self.l1 / (self.mask.shape[1] * self.mask.shape[2])
+
+    @property
+    def region_pixels(self) -> int:
+        return int(self.region.sum())
+
+    # --- factory --------------------------------------------------------------------------
+    @classmethod
+    def square(
+        cls,
+        shape: Sequence[int],
+        size: float = 0.1,
+        transparency: float = 0.0,
+        position: Position = "bottom-right",
+        pattern: str | os.PathLike[str] | Tensor = "white",
+        seed: int = 0,
+    ) -> Trigger:
+        """A square watermark for images of ``shape`` (C, H, W).
+
+        ``size`` = trigger width / image width in (0, 1] (side ``round(size * W)`` px, >= 1);
+        ``transparency`` p in [0, 1) gives m = 1 - p on covered pixels; ``position`` is one of
+        bottom-right (default), bottom-left, top-right, top-left, center, or an explicit
+        ``(row, col)`` of the square's top-left pixel; ``pattern`` is white (default), black,
+        random (seeded), an image file, or a tensor (C, s, s) or (C, H, W).
+        """
+        c, h, w = (int(v) for v in shape)
+        check_size(size)
+        check_transparency(transparency)
+        side = min(side_pixels(size, w), h)
+        row, col = _place(position, side, h, w)
+        mask = torch.zeros(1, h, w)
+        mask[:, row : row + side, col : col + side] = 1.0 - float(transparency)
+        region = torch.zeros(1, h, w, dtype=torch.bool)
+        region[:, row : row + side, col : col + side] = True
+        full = torch.zeros(c, h, w)
+        full[:, row : row + side, col : col + side] = _pattern(pattern, c, side, h, w, row, col, seed)
+        return cls(mask, full, region)
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], preview: bool = True) -> Path:
+        """Write ``<path>.safetensors`` (mask, pattern, region) and a PNG preview of the
+        pattern blended on grey, ``<path>.png``; returns the safetensors path."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        base = path.with_suffix("") if path.suffix in (".safetensors", ".png") else path
+        base.parent.mkdir(parents=True, exist_ok=True)
+        out = base.with_suffix(".safetensors")
+        save_file({"mask": self.mask.detach().cpu().contiguous(),
+                   "pattern": self.pattern.detach().cpu().contiguous(),
+                   "region": self.region.detach().cpu().to(torch.uint8).contiguous()}, str(out))
+        if preview:
+            grey = torch.full((1, *self.shape), 0.5)
+            img = self.stamp(grey)[0]
+            save_png(img, base.with_suffix(".png"), scale=max(1, 128 // self.shape[-1]))
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Trigger:
+        """Read a trigger saved by :meth:`save` (safetensors only: nothing is unpickled)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(".safetensors")
+        if not path.is_file():
+            raise DataError(f"trigger file {path} does not exist")
+        try:
+            d = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise DataError(f"{path} is not a readable trigger file: {err}") from None
+        if "mask" not in d or "pattern" not in d:
+            raise DataError(f"{path} lacks the 'mask' / 'pattern' tensors of a trigger")
+        region = d["region"].bool() if "region" in d else None
+        return cls(d["mask"].float(), d["pattern"].float(), region)
+
+
+def check_size(size: float) -> None:
+    if isinstance(size, bool) or not isinstance(size, int | float) or not 0 < size <= 1:
+        raise ParamError(f"trigger size must be a float in (0, 1] (width / image width); got {size!r}")
+
+
+def check_transparency(p: float) -> None:
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
+        raise ParamError(f"trigger transparency must be a float in [0, 1); got {p!r}")
+
+
+def parse_position(position: Position) -> Position:
+    """``"3,5"`` -> (3, 5); names are checked; tuples pass through."""
+    if isinstance(position, str) and "," in position:
+        try:
+            r, c = (int(v) for v in position.split(","))
+        except ValueError:
+            raise ParamError(f"position {position!r} must be a name or 'row,col'") from None
+        return (r, c)
+    if isinstance(position, str) and position.replace("_", "-") not in POSITIONS:
+        raise ParamError(f"position must be one of {', '.join(POSITIONS)} or 'row,col'; got {position!r}")
+    return position.replace("_", "-") if isinstance(position, str) else tuple(position)  # type: ignore[return-value]
+
+
+def _place(position: Position, side: int, h: int, w: int) -> tuple[int, int]:
+    position = parse_position(position)
+    if isinstance(position, tuple):
+        r, c = position
+        if not (0 <= r <= h - side and 0 <= c <= w - side):
+            raise ParamError(
+                f"a {side}x{side} trigger at (row, col) = ({r}, {c}) does not fit a {h}x{w} image"
+            )
+        return r, c
+    return {
+        "bottom-right": (h - side, w - side),
+        "bottom-left": (h - side, 0),
+        "top-right": (0, w - side),
+        "top-left": (0, 0),
+        "center": ((h - side) // 2, (w - side) // 2),
+    }[position]
+
+
+def _pattern(pattern: Any, c: int, side: int, h: int, w: int, row: int, col: int,
+             seed: int) -> Tensor:
+    if isinstance(pattern, Tensor):
+        p = pattern.detach().float().cpu()
+        if p.ndim == 2:
+            p = p[None]
+        if p.shape[0] == 1 and c > 1:
+            p = p.expand(c, *p.shape[1:])
+        if tuple(p.shape) == (c, h, w):
+            p = p[:, row : row + side, col : col + side]
+        if tuple(p.shape) != (c, side, side):
+            raise ParamError(
+                f"a pattern tensor must have shape ({c}, {side}, {side}) or ({c}, {h}, {w}); "
+                f"got {tuple(pattern.shape)}"
+            )
+        if float(p.min()) < 0 or float(p.max()) > 1:
+            raise ParamError("pattern values must lie in [0, 1]")
+        return p
+    if pattern in ("white", "black"):
+        return torch.full((c, side, side), 1.0 if pattern == "white" else 0.0)
+    if pattern == "random":
+        return torch.rand((c, side, side), generator=torch.Generator().manual_seed(seed))
+    path = Path(os.fspath(pattern))
+    if not path.is_file():
+        raise ParamError(
+            f"pattern must be white, black, random, an image file or a tensor; {str(pattern)!r} "
+            "is none of these (no such file)"
+        )
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if c == 1 else "RGB").resize((side, side), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except OSError as err:
+        raise ParamError(f"pattern image {path} cannot be read: {err}") from None
+    t = torch.from_numpy(arr)
+    return t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def save_png(img: Tensor, path: str | os.PathLike[str], scale: int = 1) -> None:
+    """Save a (C, H, W) image in [0, 1] as PNG, enlarged ``scale`` times (nearest)."""
+    arr = (img.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    arr = arr.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    a = arr.permute(1, 2, 0).numpy()
+    Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).save(path)
+
+
+def _atanh_of_unit(v: Tensor, eps: float = 1e-4) -> Tensor:
+    """The w with (tanh(w) + 1) / 2 = v (clamped away from 0 and 1)."""
+    return torch.atanh((2 * v - 1).clamp(-1 + eps, 1 - eps))
+
+
+class TriggerParams(nn.Module):
+    """The tanh change of variables of Algorithm 2 (Pang et al., Section 5.1.2):
+    r = (tanh(w_r) + 1) / 2 and, when ``learn_mask``, m = (tanh(w_m) + 1) / 2, both confined to
+    the trigger's ``region`` (outside it m = 0 and r does not matter).
+
+    With ``learn_mask=False`` the mask stays fixed (the human-vision mode). ``max_mask`` caps the
+    optimised mask (e.g. 1 - transparency) when the opacity may only fall.
+    """
+
+    def __init__(self, init: Trigger, learn_mask: bool = False, max_mask: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("region", init.region.float())
+        self.register_buffer("fixed_mask", init.mask.detach().clone())
+        self.w_pattern = nn.Parameter(_atanh_of_unit(init.pattern.detach()))
+        self.learn_mask = learn_mask
+        self.max_mask = float(max_mask)
+        w_m = _atanh_of_unit((init.mask.detach() / self.max_mask).clamp(0, 1))
+        self.w_mask = nn.Parameter(w_m, requires_grad=learn_mask)
+
+    def mask(self) -> Tensor:
+        if not self.learn_mask:
+            return self.fixed_mask
+        return (torch.tanh(self.w_mask) + 1) / 2 * self.max_mask * self.region
+
+    def pattern(self) -> Tensor:
+        return (torch.tanh(self.w_pattern) + 1) / 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Stamp ``x`` with the current (differentiable) trigger."""
+        return stamp(x, self.mask(), self.pattern())
+
+    def trigger(self) -> Trigger:
+        """The current trigger, detached, with the pattern zeroed outside the region."""
+        with torch.no_grad():
+            m = self.mask().detach().clone()
+            r = (self.pattern() * self.region).detach().clone()
+        return Trigger(m.clamp(0, 1), r.clamp(0, 1), self.region.bool().clone())
+
+
+def side_pixels(size: float, width: int) -> int:
+    """The side in pixels of a square trigger of relative ``size`` on ``width`` px images."""
+    return max(1, min(width, int(round(size * width))))
+
+
+__all__ = ["POSITIONS", "Trigger", "TriggerParams", "check_size", "check_transparency",
+           "parse_position", "save_png", "side_pixels", "stamp"]
