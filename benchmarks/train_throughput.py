@@ -18,8 +18,9 @@ from eviltwins.utils import resolve_device
 CASES = [("cnn", (1, 28, 28)), ("cnn", (3, 32, 32)), ("resnet18", (3, 32, 32))]
 
 
-def measure(name: str, shape: tuple[int, int, int], steps: int, batch: int,
-            device: torch.device) -> tuple[float, float]:
+def measure(
+    name: str, shape: tuple[int, int, int], steps: int, batch: int, device: torch.device
+) -> tuple[float, float]:
     model = build_model(name, shape, 10).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(batch, *shape, device=device)
@@ -54,8 +55,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"batch {args.batch_size}")
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"batch {args.batch_size}"
+    )
     print(f"{'model':<10} {'input':<10} {'train img/s':>12} {'forward img/s':>14}")
     for name, shape in CASES:
         steps = args.steps if name == "cnn" else max(3, args.steps // 5)

@@ -19,9 +19,22 @@ def _run(capsys, *argv):
 
 def test_train_then_evaluate(tmp_path, capsys):
     out_dir = tmp_path / "clean"
-    code, out, _ = _run(capsys, "train", "--dataset", "digits", "--epochs", "2",
-                        "--train-limit", "400", "--out", str(out_dir), "--quiet", "--json",
-                        "--device", "cpu")
+    code, out, _ = _run(
+        capsys,
+        "train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "400",
+        "--out",
+        str(out_dir),
+        "--quiet",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert code == 0
     res = json.loads(out)
     assert res["card"]["dataset"] == "digits" and res["card"]["training"]["epochs"] == 2
@@ -34,8 +47,18 @@ def test_train_then_evaluate(tmp_path, capsys):
 def test_config_file_with_flag_override(tmp_path, capsys):
     cfg = tmp_path / "train.yaml"
     cfg.write_text("dataset: digits\nepochs: 5\ntrain-limit: 200\nseed: 3\n")
-    code, out, _ = _run(capsys, "train", "--config", str(cfg), "--epochs", "1", "--quiet",
-                        "--json", "--out", str(tmp_path / "m"))
+    code, out, _ = _run(
+        capsys,
+        "train",
+        "--config",
+        str(cfg),
+        "--epochs",
+        "1",
+        "--quiet",
+        "--json",
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert code == 0
     d = json.loads(out)
     assert d["card"]["training"]["epochs"] == 1 and d["card"]["seed"] == 3
@@ -78,17 +101,39 @@ def test_unreadable_config(tmp_path, capsys):
 
 def test_wrong_input_shape_for_model(digits_clean, data_root, capsys):
     _, out_dir = digits_clean
-    code, _, err = _run(capsys, "evaluate", "--model", str(out_dir), "--dataset", "mnist",
-                        "--data-root", str(data_root))
+    code, _, err = _run(
+        capsys,
+        "evaluate",
+        "--model",
+        str(out_dir),
+        "--dataset",
+        "mnist",
+        "--data-root",
+        str(data_root),
+    )
     assert code == 2 and "expects" in err
 
 
 def test_console_script_runs_as_a_process():
-    proc = subprocess.run([sys.executable, "-m", "eviltwins.cli", "list", "datasets"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "eviltwins.cli", "list", "datasets"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0
-    assert proc.stdout.split() == ["cifar10", "digits", "fashion-mnist", "gtsrb", "imagefolder",
-                                   "mnist"]
-    proc = subprocess.run([sys.executable, "-m", "eviltwins.cli", "train", "--epochs", "-3"],
-                          capture_output=True, text=True, check=False)
+    assert proc.stdout.split() == [
+        "cifar10",
+        "digits",
+        "fashion-mnist",
+        "gtsrb",
+        "imagefolder",
+        "mnist",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "eviltwins.cli", "train", "--epochs", "-3"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1

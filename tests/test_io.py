@@ -13,8 +13,14 @@ from eviltwins.models import build_model
 
 
 def _card(**kw):
-    base = dict(architecture="cnn", input_shape=(1, 28, 28), num_classes=10,
-                mean=(0.1307,), std=(0.3081,), dataset="mnist")
+    base = dict(
+        architecture="cnn",
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        mean=(0.1307,),
+        std=(0.3081,),
+        dataset="mnist",
+    )
     return ModelCard(**{**base, **kw})
 
 
@@ -28,8 +34,9 @@ def test_round_trip_is_bit_identical(tmp_path):
     loaded, card2 = load_model(tmp_path / "m")
     assert card2 == card
     assert torch.equal(model(x), loaded(x))
-    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(),
-                                  strict=True):
+    for (k1, v1), (k2, v2) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
         assert k1 == k2 and torch.equal(v1, v2)
 
 

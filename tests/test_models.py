@@ -13,9 +13,15 @@ from eviltwins.models import MODELS, activations, build_model, feature_tap, get_
 
 @pytest.mark.parametrize(
     ("name", "shape"),
-    [("cnn", (1, 28, 28)), ("cnn", (3, 32, 32)), ("resnet18", (3, 32, 32)),
-     ("vgg11", (1, 28, 28)), ("vgg16", (3, 32, 32)), ("resnet18-imagenet", (3, 64, 64)),
-     ("resnet101", (3, 64, 64))],
+    [
+        ("cnn", (1, 28, 28)),
+        ("cnn", (3, 32, 32)),
+        ("resnet18", (3, 32, 32)),
+        ("vgg11", (1, 28, 28)),
+        ("vgg16", (3, 32, 32)),
+        ("resnet18-imagenet", (3, 64, 64)),
+        ("resnet101", (3, 64, 64)),
+    ],
 )
 def test_every_architecture_gives_logits(name, shape):
     model = build_model(name, shape, 7).eval()

@@ -51,16 +51,16 @@ def test_evaluate_checks_shape_and_classes(digits_clean, data_root):
 
 @pytest.mark.slow
 def test_mnist_98_percent_in_two_epochs(data_root, tmp_path):
-    res = et.train("mnist", "cnn", epochs=2, data_root=data_root, device="cpu",
-                   out=tmp_path, quiet=True)
+    res = et.train(
+        "mnist", "cnn", epochs=2, data_root=data_root, device="cpu", out=tmp_path, quiet=True
+    )
     assert res.metrics["test_acc"] >= 0.98
     assert et.evaluate(tmp_path, data_root=data_root, device="cpu")["accuracy"] >= 0.98
 
 
 @pytest.mark.slow
 def test_fashion_mnist_85_percent_in_two_epochs(data_root):
-    res = et.train("fashion-mnist", "cnn", epochs=2, data_root=data_root, device="cpu",
-                   quiet=True)
+    res = et.train("fashion-mnist", "cnn", epochs=2, data_root=data_root, device="cpu", quiet=True)
     assert res.metrics["test_acc"] >= 0.85
     test = et.load_dataset("fashion-mnist", data_root).test
     assert evaluate(res.model, test)["accuracy"] == pytest.approx(res.metrics["test_acc"])

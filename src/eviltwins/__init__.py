@@ -8,7 +8,8 @@ first layer.
 
 __version__ = "0.1.0"
 
-from eviltwins.api import TrainResult, evaluate, get_dataset, train  # noqa: E402
+from eviltwins import metrics  # noqa: E402
+from eviltwins.api import TrainResult, attack, evaluate, get_dataset, train  # noqa: E402
 from eviltwins.data import DATASETS, DatasetSpec, load_dataset  # noqa: E402
 from eviltwins.errors import EviltwinsError  # noqa: E402
 from eviltwins.io import ModelCard, load_model, save_model  # noqa: E402
@@ -23,6 +24,8 @@ __all__ = [
     "TrainResult",
     "__version__",
     "activations",
+    "attack",
+    "metrics",
     "build_model",
     "evaluate",
     "feature_tap",

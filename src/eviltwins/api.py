@@ -16,12 +16,14 @@ from typing import Any
 
 from torch import nn
 
+from eviltwins.attacks.base import BackdoorResult
 from eviltwins.config import validate
-from eviltwins.data import DatasetSpec, load_dataset
+from eviltwins.data import DatasetSpec, load_all, load_dataset
 from eviltwins.errors import ParamError
 from eviltwins.io import ModelCard, load_model, save_model
 from eviltwins.models import build_model
-from eviltwins.training import TrainConfig, evaluate as _evaluate, train_model
+from eviltwins.training import TrainConfig, train_model
+from eviltwins.training import evaluate as _evaluate
 from eviltwins.utils import resolve_device, seed_everything, versions
 
 TRAIN_SCHEMA = "eviltwins.train/1"
@@ -58,7 +60,9 @@ def get_dataset(
     seed: int = 0,
 ) -> DatasetSpec:
     """A dataset by name (or a spec passed through), optionally sub-sampled deterministically."""
-    spec = dataset if isinstance(dataset, DatasetSpec) else load_dataset(dataset, data_root, download)
+    spec = (
+        dataset if isinstance(dataset, DatasetSpec) else load_dataset(dataset, data_root, download)
+    )
     if train_limit is not None or test_limit is not None:
         spec = spec.subset(train_limit, test_limit, seed=seed)
     return spec
@@ -89,27 +93,49 @@ def train(
     ``epochs=None`` uses the dataset's default (2 for MNIST/Fashion-MNIST, 30 for digits).
     """
     cfg = validate(
-        TrainConfig, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-        weight_decay=weight_decay, augment=augment, seed=seed,
+        TrainConfig,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        augment=augment,
+        seed=seed,
     )
     dev = resolve_device(device)
     spec = get_dataset(dataset, data_root, download, train_limit, test_limit, seed)
     seed_everything(seed)  # weight initialisation is the only global-RNG use
-    net = build_model(model, spec.shape, spec.num_classes, spec.mean, spec.std,
-                      **(arch_kwargs or {})).to(dev)
+    net = build_model(
+        model, spec.shape, spec.num_classes, spec.mean, spec.std, **(arch_kwargs or {})
+    ).to(dev)
     start = time.perf_counter()
     history = train_model(net, spec, cfg, quiet=quiet)
     seconds = time.perf_counter() - start
     final = _evaluate(net, spec.test)
-    metrics = {"test_acc": final["accuracy"], "test_loss": final["loss"],
-               "n_train": float(len(spec.train)), "n_test": final["n"],
-               "train_seconds": round(seconds, 2)}
+    metrics = {
+        "test_acc": final["accuracy"],
+        "test_loss": final["loss"],
+        "n_train": float(len(spec.train)),
+        "n_test": final["n"],
+        "train_seconds": round(seconds, 2),
+    }
     card = ModelCard(
-        architecture=model, input_shape=spec.shape, num_classes=spec.num_classes,
-        mean=spec.mean, std=spec.std, dataset=spec.name, classes=spec.classes,
-        arch_kwargs=dict(arch_kwargs or {}), metrics=metrics, seed=seed,
-        training={**cfg.model_dump(), "epochs": len(history),
-                  "train_limit": train_limit, "test_limit": test_limit},
+        architecture=model,
+        input_shape=spec.shape,
+        num_classes=spec.num_classes,
+        mean=spec.mean,
+        std=spec.std,
+        dataset=spec.name,
+        classes=spec.classes,
+        arch_kwargs=dict(arch_kwargs or {}),
+        metrics=metrics,
+        seed=seed,
+        training={
+            **cfg.model_dump(),
+            "epochs": len(history),
+            "train_limit": train_limit,
+            "test_limit": test_limit,
+        },
         versions=versions(),
     )
     out_str = None
@@ -129,27 +155,81 @@ def evaluate(
 ) -> dict[str, Any]:
     """Clean accuracy of a saved model on the test split of its own (or another) dataset."""
     net, card = load_model(Path(model), resolve_device(device))
+    spec = _matching_dataset(card, dataset, data_root, download, None, test_limit)
+    res = _evaluate(net, spec.test)
+    return {
+        "model": str(model),
+        "dataset": spec.name,
+        "accuracy": res["accuracy"],
+        "loss": res["loss"],
+        "n": int(res["n"]),
+    }
+
+
+def attack(
+    name: str,
+    model: str | os.PathLike[str],
+    dataset: str | DatasetSpec | None = None,
+    *,
+    params: dict[str, Any] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    quiet: bool | None = None,
+) -> BackdoorResult:
+    """Run attack ``name`` (``eviltwins list attacks``) on a saved benign model.
+
+    ``params`` are the attack's parameters (unknown names are refused with a suggestion). With
+    ``out``, writes the poisoned model, its trigger, ``metrics.json`` and ``examples.png``.
+    """
+    from eviltwins.attacks import ATTACKS
+
+    atk = ATTACKS.get(name)()
+    atk.set_params(**{k.replace("-", "_"): v for k, v in (params or {}).items()})
+    if "quiet" in atk.get_params() and quiet is not None:
+        atk.set_params(quiet=quiet)
+    atk._validate_params()
+    net, card = load_model(Path(model), resolve_device(device))
+    spec = _matching_dataset(card, dataset, data_root, download, train_limit, test_limit)
+    res = atk.fit(net, spec)
+    if out is not None:
+        x, y = load_all(spec.test, limit=512)
+        res.save(out, card, examples=x[y != res.target][:8])
+    return res
+
+
+def _matching_dataset(
+    card: ModelCard,
+    dataset: str | DatasetSpec | None,
+    data_root: Any,
+    download: bool,
+    train_limit: int | None,
+    test_limit: int | None,
+    seed: int = 0,
+) -> DatasetSpec:
+    """The model's own dataset (or ``dataset``), checked against the model's input and classes."""
     name = dataset if dataset is not None else card.dataset
     if not name:
         raise ParamError("the model card names no dataset; pass --dataset")
-    spec = get_dataset(name, data_root, download, None, test_limit)
+    spec = get_dataset(name, data_root, download, train_limit, test_limit, seed)
     if tuple(spec.shape) != tuple(card.input_shape):
         raise ParamError(
             f"dataset {spec.name} has images of shape {spec.shape} but the model expects "
-            f"{tuple(card.input_shape)}; evaluate on a dataset of the model's input shape"
+            f"{tuple(card.input_shape)}; use a dataset of the model's input shape"
         )
     if spec.num_classes != card.num_classes:
         raise ParamError(
             f"dataset {spec.name} has {spec.num_classes} classes but the model has "
             f"{card.num_classes}"
         )
-    res = _evaluate(net, spec.test)
-    return {"model": str(model), "dataset": spec.name, "accuracy": res["accuracy"],
-            "loss": res["loss"], "n": int(res["n"])}
+    return spec
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["TrainResult", "count_parameters", "evaluate", "get_dataset", "train"]
+__all__ = ["TrainResult", "attack", "count_parameters", "evaluate", "get_dataset", "train"]

@@ -41,10 +41,21 @@ class Constraint:
 class Interval(Constraint):
     """A real (or integer) number in an interval; ``closed`` in both/left/right/neither."""
 
-    def __init__(self, kind: type, low: float | None, high: float | None,
-                 closed: str = "both", allow_none: bool = False) -> None:
+    def __init__(
+        self,
+        kind: type,
+        low: float | None,
+        high: float | None,
+        closed: str = "both",
+        allow_none: bool = False,
+    ) -> None:
         self.kind, self.low, self.high, self.closed, self.allow_none = (
-            kind, low, high, closed, allow_none)
+            kind,
+            low,
+            high,
+            closed,
+            allow_none,
+        )
 
     def ok(self, value: Any) -> bool:
         if value is None:
@@ -58,9 +69,11 @@ class Interval(Constraint):
         if isinstance(value, float) and math.isnan(value):
             return False
         lo_ok = self.low is None or (
-            value >= self.low if self.closed in ("both", "left") else value > self.low)
+            value >= self.low if self.closed in ("both", "left") else value > self.low
+        )
         hi_ok = self.high is None or (
-            value <= self.high if self.closed in ("both", "right") else value < self.high)
+            value <= self.high if self.closed in ("both", "right") else value < self.high
+        )
         return lo_ok and hi_ok
 
     def describe(self) -> str:
@@ -184,7 +197,8 @@ class Estimator:
             n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()
         }
         changed = [
-            f"{k}={v!r}" for k, v in self.get_params().items()
+            f"{k}={v!r}"
+            for k, v in self.get_params().items()
             if not _same(v, defaults.get(k, inspect.Parameter.empty))
         ]
         return f"{type(self).__name__}({', '.join(changed)})"

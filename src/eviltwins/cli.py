@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from eviltwins import __version__, api
+from eviltwins.attacks import ATTACKS
 from eviltwins.config import read_yaml
 from eviltwins.data import DATASETS
 from eviltwins.errors import EviltwinsError, ParamError
@@ -28,11 +29,19 @@ PathType = click.Path(path_type=Path)
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--device, --data-root, --download, --quiet, --json (shared by the commands)."""
     opts = [
-        click.option("--device", default="auto", show_default=True,
-                     help="auto (CUDA when present), cpu or cuda[:N]."),
-        click.option("--data-root", type=PathType, default=None,
-                     help="Folder holding the datasets [default: $EVILTWINS_DATA, else "
-                          "~/.cache/eviltwins/data]."),
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            help="auto (CUDA when present), cpu or cuda[:N].",
+        ),
+        click.option(
+            "--data-root",
+            type=PathType,
+            default=None,
+            help="Folder holding the datasets [default: $EVILTWINS_DATA, else "
+            "~/.cache/eviltwins/data].",
+        ),
         click.option("--download", is_flag=True, help="Fetch the dataset if it is missing."),
         click.option("--quiet", "-q", is_flag=True, help="Hide progress bars."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
@@ -67,59 +76,230 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--dataset", default=None,
-              help=f"One of: {', '.join(DATASETS.names())}. [default: digits]")
-@click.option("--model", default=None,
-              help="Architecture ('eviltwins list models') or package.module:Class. "
-                   "[default: cnn]")
+@click.option(
+    "--dataset", default=None, help=f"One of: {', '.join(DATASETS.names())}. [default: digits]"
+)
+@click.option(
+    "--model",
+    default=None,
+    help="Architecture ('eviltwins list models') or package.module:Class. [default: cnn]",
+)
 @click.option("--epochs", type=int, default=None, help="Epochs [default: the dataset's].")
 @click.option("--batch-size", type=int, default=None, help="Batch size. [default: 128]")
 @click.option("--lr", type=float, default=None, help="Learning rate. [default: 0.05]")
 @click.option("--optimizer", default=None, help="sgd or adam. [default: sgd]")
-@click.option("--augment/--no-augment", default=None,
-              help="Training augmentation [default: the dataset's].")
+@click.option(
+    "--augment/--no-augment", default=None, help="Training augmentation [default: the dataset's]."
+)
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--train-limit", type=int, default=None, help="Train on a random subset of N.")
 @click.option("--test-limit", type=int, default=None, help="Test on a random subset of N.")
-@click.option("--config", type=PathType, default=None,
-              help="YAML file with any of these options (flags override it).")
-@click.option("--out", type=PathType, default=Path("runs/clean"), show_default=True,
-              help="Output folder.")
+@click.option(
+    "--config",
+    type=PathType,
+    default=None,
+    help="YAML file with any of these options (flags override it).",
+)
+@click.option(
+    "--out", type=PathType, default=Path("runs/clean"), show_default=True, help="Output folder."
+)
 @_common
-def train(out: Path, config: Path | None, device: str, data_root: Path | None, download: bool,
-          quiet: bool, as_json: bool, **flags: Any) -> None:
+def train(
+    out: Path,
+    config: Path | None,
+    device: str,
+    data_root: Path | None,
+    download: bool,
+    quiet: bool,
+    as_json: bool,
+    **flags: Any,
+) -> None:
     """Train a clean model; write model.safetensors and model.json to OUT."""
     kwargs = _merge_config(config, flags, api.train)
-    res = api.train(**kwargs, out=out, device=device, data_root=data_root, download=download,
-                    quiet=quiet or None)
+    res = api.train(
+        **kwargs,
+        out=out,
+        device=device,
+        data_root=data_root,
+        download=download,
+        quiet=quiet or None,
+    )
     m = res.metrics
-    _emit(res.to_dict(), as_json,
-          f"{res.card.architecture} on {res.card.dataset}: test accuracy {m['test_acc']:.4f} "
-          f"after {len(res.history)} epochs ({res.seconds:.1f} s); saved to {res.out}")
+    _emit(
+        res.to_dict(),
+        as_json,
+        f"{res.card.architecture} on {res.card.dataset}: test accuracy {m['test_acc']:.4f} "
+        f"after {len(res.history)} epochs ({res.seconds:.1f} s); saved to {res.out}",
+    )
 
 
 @cli.command()
-@click.option("--model", "model", type=PathType, required=True,
-              help="Model folder written by 'eviltwins train'.")
+@click.option(
+    "--model",
+    "model",
+    type=PathType,
+    required=True,
+    help="Model folder written by 'eviltwins train'.",
+)
 @click.option("--dataset", default=None, help="Dataset [default: the model's own].")
 @click.option("--test-limit", type=int, default=None, help="Test on a random subset of N.")
 @_common
-def evaluate(model: Path, dataset: str | None, test_limit: int | None, device: str,
-             data_root: Path | None, download: bool, quiet: bool, as_json: bool) -> None:
+def evaluate(
+    model: Path,
+    dataset: str | None,
+    test_limit: int | None,
+    device: str,
+    data_root: Path | None,
+    download: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Clean test accuracy of a saved model."""
-    res = api.evaluate(model, dataset, device=device, data_root=data_root, download=download,
-                       test_limit=test_limit)
-    _emit(res, as_json, f"{res['model']} on {res['dataset']}: accuracy {res['accuracy']:.4f} "
-                        f"over {res['n']} test images")
+    res = api.evaluate(
+        model, dataset, device=device, data_root=data_root, download=download, test_limit=test_limit
+    )
+    _emit(
+        res,
+        as_json,
+        f"{res['model']} on {res['dataset']}: accuracy {res['accuracy']:.4f} "
+        f"over {res['n']} test images",
+    )
 
 
-REGISTRIES = {"datasets": DATASETS, "models": MODELS}
+@cli.command(context_settings={"show_default": False})
+@click.argument("attack_name", metavar="ATTACK")
+@click.option(
+    "--model",
+    "model",
+    type=PathType,
+    required=True,
+    help="Benign model folder written by 'eviltwins train'.",
+)
+@click.option("--dataset", default=None, help="Dataset [default: the model's own].")
+@click.option("--target", type=int, default=None, help="Target class. [default: 0]")
+@click.option(
+    "--size",
+    type=float,
+    default=None,
+    help="Trigger width / image width, in (0, 1]. [badnet 0.15, trojannn 0.3]",
+)
+@click.option(
+    "--transparency",
+    type=float,
+    default=None,
+    help="Trigger transparency in [0, 1); 0 is opaque. [default: 0.0]",
+)
+@click.option(
+    "--position",
+    default=None,
+    help="bottom-right (default), bottom-left, top-right, top-left, center or 'row,col'.",
+)
+@click.option(
+    "--pattern", default=None, help="badnet: white (default), black, random or an image file."
+)
+@click.option("--epochs", type=int, default=None, help="Re-training epochs. [default: 2]")
+@click.option("--max-steps", type=int, default=None, help="Cap on re-training steps.")
+@click.option("--lr", type=float, default=None, help="Re-training learning rate. [0.01]")
+@click.option("--batch-size", type=int, default=None, help="Batch size. [default: 128]")
+@click.option(
+    "--poison-rate",
+    type=float,
+    default=None,
+    help="badnet: share of each batch poisoned. [default: 0.1]",
+)
+@click.option(
+    "--from-scratch",
+    is_flag=True,
+    default=None,
+    help="badnet: re-initialise the model before poisoned training.",
+)
+@click.option(
+    "--poison-share",
+    type=float,
+    default=None,
+    help="trojannn: share of batches carrying stamped copies. [default: 0.1]",
+)
+@click.option(
+    "--layer",
+    default=None,
+    help="trojannn: internal layer for neuron selection [default: the model's feature layer].",
+)
+@click.option("--neurons", type=int, default=None, help="trojannn: neurons to select. [2]")
+@click.option(
+    "--selection", default=None, help="trojannn: least-activated (default) or most-connected."
+)
+@click.option(
+    "--trigger-steps",
+    type=int,
+    default=None,
+    help="trojannn: trigger-generation steps. [default: 20]",
+)
+@click.option(
+    "--trigger-lr",
+    type=float,
+    default=None,
+    help="trojannn: sign-gradient step size. [default: 0.015]",
+)
+@click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
+@click.option("--train-limit", type=int, default=None, help="Use a random training subset.")
+@click.option("--test-limit", type=int, default=None, help="Use a random test subset.")
+@click.option(
+    "--config",
+    type=PathType,
+    default=None,
+    help="YAML file with attack parameters (flags override it).",
+)
+@click.option("--out", type=PathType, required=True, help="Output folder.")
+@_common
+def attack(
+    attack_name: str,
+    model: Path,
+    dataset: str | None,
+    train_limit: int | None,
+    test_limit: int | None,
+    config: Path | None,
+    out: Path,
+    device: str,
+    data_root: Path | None,
+    download: bool,
+    quiet: bool,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Plant a backdoor with ATTACK (badnet, trojannn) in a copy of MODEL; write the poisoned
+    model, trigger.safetensors/.png, metrics.json and examples.png to OUT."""
+    params = read_yaml(config) if config is not None else {}
+    params.update({k: v for k, v in flags.items() if v is not None})
+    res = api.attack(
+        attack_name,
+        model,
+        dataset,
+        params=params,
+        out=out,
+        device=device,
+        data_root=data_root,
+        download=download,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        quiet=quiet or None,
+    )
+    m = res.metrics
+    _emit(
+        res.to_dict(),
+        as_json,
+        f"{res.attack}: ASR {m['asr']:.4f}, efficacy {m['efficacy']:.4f}, clean accuracy "
+        f"{m['clean_acc']:.4f} (drop {100 * m['acc_drop']:.2f} points), mask L1 "
+        f"{m['mask_l1']:.1f}; saved to {out}",
+    )
+
+
+REGISTRIES = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS}
 
 
 @cli.command("list")
 @click.argument("kind")
 def list_(kind: str) -> None:
-    """List the registered names of KIND (datasets, models)."""
+    """List the registered names of KIND (datasets, models, attacks)."""
     if kind not in REGISTRIES:
         raise ParamError(f"cannot list {kind!r}; choose one of: {', '.join(REGISTRIES)}")
     for name in REGISTRIES[kind].names():
@@ -127,8 +307,9 @@ def list_(kind: str) -> None:
 
 
 @cli.command()
-@click.option("--out", type=PathType, default=Path("runs/demo"), show_default=True,
-              help="Output folder.")
+@click.option(
+    "--out", type=PathType, default=Path("runs/demo"), show_default=True, help="Output folder."
+)
 @click.option("--epochs", type=int, default=20, show_default=True, help="Training epochs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
@@ -136,11 +317,20 @@ def list_(kind: str) -> None:
 def demo(out: Path, epochs: int, seed: int, device: str, quiet: bool) -> None:
     """The main job on the embedded digits dataset (no download): train a clean small CNN,
     save it in OUT/clean and evaluate it."""
-    res = api.train("digits", "cnn", epochs=epochs, seed=seed, device=device,
-                    out=out / "clean", quiet=quiet or None)
+    res = api.train(
+        "digits",
+        "cnn",
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        out=out / "clean",
+        quiet=quiet or None,
+    )
     ev = api.evaluate(out / "clean", device=device)
-    click.echo(f"clean cnn on digits: test accuracy {ev['accuracy']:.4f} ({ev['n']} images), "
-               f"trained in {res.seconds:.1f} s; model in {res.out}")
+    click.echo(
+        f"clean cnn on digits: test accuracy {ev['accuracy']:.4f} ({ev['n']} images), "
+        f"trained in {res.seconds:.1f} s; model in {res.out}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

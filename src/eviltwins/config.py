@@ -28,7 +28,9 @@ def validate(cls: type[M], **values: Any) -> M:
         name = ".".join(str(p) for p in e["loc"]) or "value"
         if e["type"] == "extra_forbidden":
             known = ", ".join(cls.model_fields)
-            raise ParamError(f"unknown parameter {name!r} for {cls.__name__}; known: {known}") from None
+            raise ParamError(
+                f"unknown parameter {name!r} for {cls.__name__}; known: {known}"
+            ) from None
         msg = e["msg"][0].lower() + e["msg"][1:]
         for prefix in ("input should be ", "value should be "):
             if msg.startswith(prefix):

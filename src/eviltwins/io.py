@@ -77,7 +77,11 @@ class ModelCard:
     def build(self) -> Classifier:
         """An untrained model of this card's architecture."""
         return build_model(
-            self.architecture, self.input_shape, self.num_classes, self.mean, self.std,
+            self.architecture,
+            self.input_shape,
+            self.num_classes,
+            self.mean,
+            self.std,
             **self.arch_kwargs,
         )
 
@@ -169,9 +173,7 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -
         target.load_state_dict(state, strict=True)
     except RuntimeError as err:
         msg = " ".join(str(err).split())
-        raise DataError(
-            f"weights in {source} do not fit the architecture: {msg[:300]}"
-        ) from None
+        raise DataError(f"weights in {source} do not fit the architecture: {msg[:300]}") from None
 
 
 def load_model(
@@ -196,7 +198,9 @@ def load_model(
         weights = folder / WEIGHTS_FILE
     else:
         if not path.exists():
-            raise DataError(f"model {path} does not exist; pass a folder written by 'eviltwins train'")
+            raise DataError(
+                f"model {path} does not exist; pass a folder written by 'eviltwins train'"
+            )
         if card is None:
             raise ParamError(
                 f"{path} is a bare weights file; also give its architecture (--arch) and dataset"

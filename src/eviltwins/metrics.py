@@ -52,9 +52,7 @@ def attack_metrics(
     return {"asr": hits / n, "efficacy": prob / n, "n_attack": float(n)}
 
 
-def attack_success_rate(
-    model: nn.Module, dataset: Dataset, trigger: Trigger, target: int
-) -> float:
+def attack_success_rate(model: nn.Module, dataset: Dataset, trigger: Trigger, target: int) -> float:
     """Fraction of non-target test inputs that the stamped trigger sends to ``target``."""
     return attack_metrics(model, dataset, trigger, target)["asr"]
 
@@ -77,8 +75,9 @@ def anomaly_index(norms: Sequence[float] | Tensor | np.ndarray) -> np.ndarray:
     return np.where(a < med, idx, 0.0)
 
 
-def roc_auc(scores: Sequence[float] | Tensor | np.ndarray,
-            is_positive: Sequence[bool] | Tensor | np.ndarray) -> float:
+def roc_auc(
+    scores: Sequence[float] | Tensor | np.ndarray, is_positive: Sequence[bool] | Tensor | np.ndarray
+) -> float:
     """ROC AUC from continuous scores (higher = more suspicious), the Mann-Whitney U
     statistic over positives vs negatives; ties count one half."""
     s = np.asarray(scores, dtype=np.float64)
@@ -108,10 +107,15 @@ def detection_metrics(
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     out = {
-        "f1": f1, "precision": precision, "recall": recall,
+        "f1": f1,
+        "precision": precision,
+        "recall": recall,
         "frr": fp / (fp + tn) if fp + tn else math.nan,
         "far": fn / (fn + tp) if fn + tp else math.nan,
-        "tp": float(tp), "fp": float(fp), "fn": float(fn), "tn": float(tn),
+        "tp": float(tp),
+        "fp": float(fp),
+        "fn": float(fn),
+        "tn": float(tn),
     }
     if scores is not None:
         out["auc"] = roc_auc(scores, t)

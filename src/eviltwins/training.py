@@ -50,7 +50,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
         nesterov=cfg.momentum > 0,
     )
 
@@ -76,6 +79,27 @@ def train_model(
     :class:`OptimisationError` instead of silently producing a broken model.
     """
     cfg = config or TrainConfig()
+    # Dropout draws from torch's global RNG: fork it so that training is reproducible for a
+    # seed while the caller's global RNG state is left as it was.
+    devices = [device_of(model)] if device_of(model).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(cfg.seed)
+        return _train(
+            model, data, cfg, batch_hook, extra_loss, eval_each_epoch, epoch_callback, quiet, desc
+        )
+
+
+def _train(
+    model: nn.Module,
+    data: DatasetSpec,
+    cfg: TrainConfig,
+    batch_hook: BatchHook | None,
+    extra_loss: ExtraLoss | None,
+    eval_each_epoch: bool,
+    epoch_callback: Callable[[int, dict[str, float]], None] | None,
+    quiet: bool | None,
+    desc: str,
+) -> list[dict[str, float]]:
     epochs = data.default_epochs if cfg.epochs is None else cfg.epochs
     augment = data.augment if cfg.augment in (None, True) else ()
     device = device_of(model)
@@ -126,8 +150,11 @@ def train_model(
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         bar.close()
-        record = {"epoch": float(epoch), "train_loss": loss_sum / max(seen, 1),
-                  "train_acc": correct / max(seen, 1)}
+        record = {
+            "epoch": float(epoch),
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+        }
         if eval_each_epoch:
             ev = evaluate(model, data.test, quiet=quiet)
             record.update(test_loss=ev["loss"], test_acc=ev["accuracy"])

@@ -60,7 +60,9 @@ class Trigger:
                 f"got {tuple(r.shape)}"
             )
         for name, t in (("mask", m), ("pattern", r)):
-            if t.numel() and (float(t.min()) < 0 or float(t.max()) > 1 or not torch.isfinite(t).all()):
+            if t.numel() and (
+                float(t.min()) < 0 or float(t.max()) > 1 or not torch.isfinite(t).all()
+            ):
                 raise ParamError(f"trigger {name} values must lie in [0, 1]")
         if self.region is None:
             object.__setattr__(self, "region", (m > 0).detach().clone())
@@ -86,8 +88,9 @@ class Trigger:
         return Trigger(self.mask.to(device), self.pattern.to(device), self.region.to(device))
 
     def detach(self) -> Trigger:
-        return Trigger(self.mask.detach().clone(), self.pattern.detach().clone(),
-                       self.region.detach().clone())
+        return Trigger(
+            self.mask.detach().clone(), self.pattern.detach().clone(), self.region.detach().clone()
+        )
 
     # --- measures -------------------------------------------------------------------------
     @property
@@ -133,7 +136,9 @@ class Trigger:
         region = torch.zeros(1, h, w, dtype=torch.bool)
         region[:, row : row + side, col : col + side] = True
         full = torch.zeros(c, h, w)
-        full[:, row : row + side, col : col + side] = _pattern(pattern, c, side, h, w, row, col, seed)
+        full[:, row : row + side, col : col + side] = _pattern(
+            pattern, c, side, h, w, row, col, seed
+        )
         return cls(mask, full, region)
 
     # --- persistence ----------------------------------------------------------------------
@@ -146,9 +151,14 @@ class Trigger:
         base = path.with_suffix("") if path.suffix in (".safetensors", ".png") else path
         base.parent.mkdir(parents=True, exist_ok=True)
         out = base.with_suffix(".safetensors")
-        save_file({"mask": self.mask.detach().cpu().contiguous(),
-                   "pattern": self.pattern.detach().cpu().contiguous(),
-                   "region": self.region.detach().cpu().to(torch.uint8).contiguous()}, str(out))
+        save_file(
+            {
+                "mask": self.mask.detach().cpu().contiguous(),
+                "pattern": self.pattern.detach().cpu().contiguous(),
+                "region": self.region.detach().cpu().to(torch.uint8).contiguous(),
+            },
+            str(out),
+        )
         if preview:
             grey = torch.full((1, *self.shape), 0.5)
             img = self.stamp(grey)[0]
@@ -178,7 +188,9 @@ class Trigger:
 
 def check_size(size: float) -> None:
     if isinstance(size, bool) or not isinstance(size, int | float) or not 0 < size <= 1:
-        raise ParamError(f"trigger size must be a float in (0, 1] (width / image width); got {size!r}")
+        raise ParamError(
+            f"trigger size must be a float in (0, 1] (width / image width); got {size!r}"
+        )
 
 
 def check_transparency(p: float) -> None:
@@ -195,7 +207,9 @@ def parse_position(position: Position) -> Position:
             raise ParamError(f"position {position!r} must be a name or 'row,col'") from None
         return (r, c)
     if isinstance(position, str) and position.replace("_", "-") not in POSITIONS:
-        raise ParamError(f"position must be one of {', '.join(POSITIONS)} or 'row,col'; got {position!r}")
+        raise ParamError(
+            f"position must be one of {', '.join(POSITIONS)} or 'row,col'; got {position!r}"
+        )
     return position.replace("_", "-") if isinstance(position, str) else tuple(position)  # type: ignore[return-value]
 
 
@@ -217,8 +231,9 @@ def _place(position: Position, side: int, h: int, w: int) -> tuple[int, int]:
     }[position]
 
 
-def _pattern(pattern: Any, c: int, side: int, h: int, w: int, row: int, col: int,
-             seed: int) -> Tensor:
+def _pattern(
+    pattern: Any, c: int, side: int, h: int, w: int, row: int, col: int, seed: int
+) -> Tensor:
     if isinstance(pattern, Tensor):
         p = pattern.detach().float().cpu()
         if p.ndim == 2:
@@ -312,5 +327,14 @@ def side_pixels(size: float, width: int) -> int:
     return max(1, min(width, int(round(size * width))))
 
 
-__all__ = ["POSITIONS", "Trigger", "TriggerParams", "check_size", "check_transparency",
-           "parse_position", "save_png", "side_pixels", "stamp"]
+__all__ = [
+    "POSITIONS",
+    "Trigger",
+    "TriggerParams",
+    "check_size",
+    "check_transparency",
+    "parse_position",
+    "save_png",
+    "side_pixels",
+    "stamp",
+]

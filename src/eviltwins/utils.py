@@ -30,11 +30,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise ParamError(
-            f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'"
-        ) from err
+        raise ParamError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ParamError(f"device {device!r} asked for but CUDA is not available; use 'auto' or 'cpu'")
+        raise ParamError(
+            f"device {device!r} asked for but CUDA is not available; use 'auto' or 'cpu'"
+        )
     return dev
 
 
@@ -82,7 +82,11 @@ def progress(
 ) -> Any:
     """A tqdm bar on stderr; hidden when ``quiet`` is true or, with ``quiet=None``, on a non-TTY."""
     return tqdm(
-        iterable, total=total, desc=desc, disable=True if quiet else None, leave=leave,
+        iterable,
+        total=total,
+        desc=desc,
+        disable=True if quiet else None,
+        leave=leave,
         dynamic_ncols=True,
     )
 

@@ -27,8 +27,11 @@ TRIGGER_CONSTRAINTS = {
     "size": Interval(float, 0, 1, closed="right"),
     "transparency": Interval(float, 0, 1, closed="left"),
     "position": Check(valid_position, f"one of {', '.join(POSITIONS)} or 'row,col'"),
-    "pattern": Check(lambda p: isinstance(p, str | os.PathLike | Tensor),
-                     "white, black, random, an image path or a tensor", bad=3),
+    "pattern": Check(
+        lambda p: isinstance(p, str | os.PathLike | Tensor),
+        "white, black, random, an image path or a tensor",
+        bad=3,
+    ),
     "seed": Interval(int, 0, None),
 }
 RETRAIN_CONSTRAINTS = {
@@ -72,18 +75,30 @@ class BadNet(BackdoorAttack):
 
     name: ClassVar[str] = "badnet"
     _constraints = {
-        **TRIGGER_CONSTRAINTS, **RETRAIN_CONSTRAINTS,
+        **TRIGGER_CONSTRAINTS,
+        **RETRAIN_CONSTRAINTS,
         "poison_rate": Interval(float, 0, 1, closed="right"),
         "from_scratch": OneOf(True, False),
         "inplace": OneOf(True, False),
     }
 
-    def __init__(self, target: int = 0, size: float = 0.15, transparency: float = 0.0,
-                 position: str | tuple[int, int] = "bottom-right",
-                 pattern: str | os.PathLike[str] | Tensor = "white", poison_rate: float = 0.1,
-                 epochs: int = 2, max_steps: int | None = None, lr: float = 0.01,
-                 batch_size: int = 128, from_scratch: bool = False, inplace: bool = False,
-                 seed: int = 0, quiet: bool | None = None) -> None:
+    def __init__(
+        self,
+        target: int = 0,
+        size: float = 0.15,
+        transparency: float = 0.0,
+        position: str | tuple[int, int] = "bottom-right",
+        pattern: str | os.PathLike[str] | Tensor = "white",
+        poison_rate: float = 0.1,
+        epochs: int = 2,
+        max_steps: int | None = None,
+        lr: float = 0.01,
+        batch_size: int = 128,
+        from_scratch: bool = False,
+        inplace: bool = False,
+        seed: int = 0,
+        quiet: bool | None = None,
+    ) -> None:
         self.target = target
         self.size = size
         self.transparency = transparency
@@ -100,16 +115,26 @@ class BadNet(BackdoorAttack):
         self.quiet = quiet
 
     def _fit(self, model: nn.Module, data: DatasetSpec, generator: torch.Generator):
-        trigger = Trigger.square(data.shape, self.size, self.transparency, self.position,
-                                 self.pattern, self.seed)
+        trigger = Trigger.square(
+            data.shape, self.size, self.transparency, self.position, self.pattern, self.seed
+        )
         if self.from_scratch:
             reset_weights(model, self.seed)
-        cfg = TrainConfig(epochs=self.epochs, max_steps=self.max_steps, lr=self.lr,
-                          batch_size=self.batch_size, weight_decay=2e-4, seed=self.seed)
+        cfg = TrainConfig(
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            weight_decay=2e-4,
+            seed=self.seed,
+        )
         history = train_model(
-            model, data, cfg,
+            model,
+            data,
+            cfg,
             batch_hook=poison_hook(trigger, self.target, self.poison_rate, generator, "replace"),
             epoch_callback=asr_callback(model, data, trigger, self.target),
-            quiet=self.quiet, desc="badnet",
+            quiet=self.quiet,
+            desc="badnet",
         )
         return trigger, history, {}

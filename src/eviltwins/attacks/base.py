@@ -61,8 +61,9 @@ class BackdoorResult:
             "extra": {k: _jsonable(v) for k, v in self.extra.items()},
         }
 
-    def save(self, out_dir: str | os.PathLike[str], card: ModelCard,
-             examples: Tensor | None = None) -> Path:
+    def save(
+        self, out_dir: str | os.PathLike[str], card: ModelCard, examples: Tensor | None = None
+    ) -> Path:
         """Write the poisoned model (safetensors + model.json), ``trigger.safetensors`` /
         ``trigger.png``, ``metrics.json`` and, given clean ``examples``, ``examples.png``."""
         from dataclasses import replace
@@ -74,15 +75,25 @@ class BackdoorResult:
         new_card = replace(
             card,
             metrics={**card.metrics, **{k: v for k, v in self.metrics.items()}},
-            extra={**card.extra, "attack": self.attack, "target": self.target,
-                   "trigger": "trigger.safetensors"},
+            extra={
+                **card.extra,
+                "attack": self.attack,
+                "target": self.target,
+                "trigger": "trigger.safetensors",
+            },
         )
         save_model(self.model, new_card, out)
         self.trigger.save(out / "trigger")
         write_json(out / "metrics.json", self.to_dict())
         if examples is not None:
-            save_examples_png(self.model, examples, self.trigger, self.target, out / "examples.png",
-                              classes=card.classes)
+            save_examples_png(
+                self.model,
+                examples,
+                self.trigger,
+                self.target,
+                out / "examples.png",
+                classes=card.classes,
+            )
         return out
 
 
@@ -118,23 +129,40 @@ class BackdoorAttack(Estimator):
         m = attack_metrics(work, data.test, trigger, self.target)
         clean = evaluate(work, data.test)["accuracy"]
         metrics = {
-            "asr": m["asr"], "efficacy": m["efficacy"], "clean_acc": clean,
-            "benign_acc": benign_acc, "acc_drop": benign_acc - clean,
-            "mask_l1": trigger.l1, "mask_area": trigger.area, "n_attack": m["n_attack"],
+            "asr": m["asr"],
+            "efficacy": m["efficacy"],
+            "clean_acc": clean,
+            "benign_acc": benign_acc,
+            "acc_drop": benign_acc - clean,
+            "mask_l1": trigger.l1,
+            "mask_area": trigger.area,
+            "n_attack": m["n_attack"],
         }
-        return BackdoorResult(work, trigger.detach().to("cpu"), self.target, metrics, history,
-                              self.get_params(), self.name, round(seconds, 3), extra)
+        return BackdoorResult(
+            work,
+            trigger.detach().to("cpu"),
+            self.target,
+            metrics,
+            history,
+            self.get_params(),
+            self.name,
+            round(seconds, 3),
+            extra,
+        )
 
-    def _fit(self, model: nn.Module, data: DatasetSpec, generator: torch.Generator
-             ) -> tuple[Trigger, list[dict[str, float]], dict[str, Any]]:  # pragma: no cover
+    def _fit(
+        self, model: nn.Module, data: DatasetSpec, generator: torch.Generator
+    ) -> tuple[Trigger, list[dict[str, float]], dict[str, Any]]:  # pragma: no cover
         raise NotImplementedError
 
 
 def check_model_and_data(model: nn.Module, data: DatasetSpec, target: int) -> None:
     """The model must take ``data``'s images and output one logit per class; target in range."""
     if target >= data.num_classes:
-        raise DataError(f"target class {target} does not exist: {data.name} has "
-                        f"{data.num_classes} classes (0..{data.num_classes - 1})")
+        raise DataError(
+            f"target class {target} does not exist: {data.name} has "
+            f"{data.num_classes} classes (0..{data.num_classes - 1})"
+        )
     x, _ = load_all(data.test, limit=2)
     try:
         with torch.no_grad():
@@ -148,12 +176,15 @@ def check_model_and_data(model: nn.Module, data: DatasetSpec, target: int) -> No
             f"{' '.join(str(err).split())[:200]}"
         ) from None
     if out.ndim != 2 or out.shape[1] != data.num_classes:
-        raise DataError(f"the model outputs {tuple(out.shape[1:])} values per image but "
-                        f"{data.name} has {data.num_classes} classes")
+        raise DataError(
+            f"the model outputs {tuple(out.shape[1:])} values per image but "
+            f"{data.name} has {data.num_classes} classes"
+        )
 
 
-def poison_hook(trigger: Trigger, target: int, rate: float, generator: torch.Generator,
-                mode: str = "replace"):
+def poison_hook(
+    trigger: Trigger, target: int, rate: float, generator: torch.Generator, mode: str = "replace"
+):
     """A :func:`~eviltwins.training.train_model` batch hook that poisons training batches.
 
     ``mode="replace"`` (BadNet): a random ``rate`` share of each batch is stamped and relabelled

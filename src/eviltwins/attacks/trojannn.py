@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from eviltwins.attacks.badnet import RETRAIN_CONSTRAINTS, TRIGGER_CONSTRAINTS, asr_callback
 from eviltwins.attacks.base import ATTACKS, BackdoorAttack, poison_hook
 from eviltwins.base import Interval, OneOf
-from eviltwins.data import DatasetSpec, iter_batches, load_all
+from eviltwins.data import DatasetSpec, load_all
 from eviltwins.errors import ParamError
 from eviltwins.models import activations, feature_tap, get_layer
 from eviltwins.training import TrainConfig, train_model
@@ -22,8 +22,9 @@ from eviltwins.triggers import Trigger, stamp
 from eviltwins.utils import device_of, eval_mode
 
 
-def trigger_footprint(model: nn.Module, layer: str, trigger: Trigger, x: Tensor,
-                      generator: torch.Generator) -> Tensor:
+def trigger_footprint(
+    model: nn.Module, layer: str, trigger: Trigger, x: Tensor, generator: torch.Generator
+) -> Tensor:
     """Boolean map over the layer's spatial positions whose value depends on the trigger's
     pixels (found by stamping two different random patterns: exact, forward passes only).
     For a dense layer (N, C) the footprint is a single always-true position."""
@@ -94,14 +95,29 @@ class TrojanNN(BackdoorAttack):
         "inplace": OneOf(True, False),
     }
 
-    def __init__(self, target: int = 0, size: float = 0.3, transparency: float = 0.0,
-                 position: str | tuple[int, int] = "bottom-right", layer: str | None = None,
-                 neurons: int = 2, selection: str = "least-activated",
-                 target_value: float = 10.0, trigger_steps: int = 20, trigger_lr: float = 0.015,
-                 cost_threshold: float = 5.0, footprint: bool = True, epochs: int = 2,
-                 max_steps: int | None = None, poison_share: float = 0.1, lr: float = 0.01,
-                 batch_size: int = 128, inplace: bool = False, seed: int = 0,
-                 quiet: bool | None = None) -> None:
+    def __init__(
+        self,
+        target: int = 0,
+        size: float = 0.3,
+        transparency: float = 0.0,
+        position: str | tuple[int, int] = "bottom-right",
+        layer: str | None = None,
+        neurons: int = 2,
+        selection: str = "least-activated",
+        target_value: float = 10.0,
+        trigger_steps: int = 20,
+        trigger_lr: float = 0.015,
+        cost_threshold: float = 5.0,
+        footprint: bool = True,
+        epochs: int = 2,
+        max_steps: int | None = None,
+        poison_share: float = 0.1,
+        lr: float = 0.01,
+        batch_size: int = 128,
+        inplace: bool = False,
+        seed: int = 0,
+        quiet: bool | None = None,
+    ) -> None:
         self.target = target
         self.size = size
         self.transparency = transparency
@@ -124,18 +140,24 @@ class TrojanNN(BackdoorAttack):
         self.quiet = quiet
 
     # --- steps 2 and 3, usable on their own (TrojanNN* starts from them) ---------------------
-    def generate_trigger(self, model: nn.Module, data: DatasetSpec,
-                         generator: torch.Generator) -> tuple[Trigger, dict[str, Any]]:
+    def generate_trigger(
+        self, model: nn.Module, data: DatasetSpec, generator: torch.Generator
+    ) -> tuple[Trigger, dict[str, Any]]:
         """Neuron selection and trigger generation on a fixed model; returns the trigger and
         a record of what happened (neurons, activations before/after, cost history)."""
         layer = self._layer(model)
         device = device_of(model)
-        init = Trigger.square(data.shape, self.size, self.transparency, self.position,
-                              "random", int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        init = Trigger.square(
+            data.shape,
+            self.size,
+            self.transparency,
+            self.position,
+            "random",
+            int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+        )
         x_all, _ = load_all(data.train, limit=2048)
         x_all = x_all.to(device)
-        fp = (trigger_footprint(model, layer, init, x_all, generator) if self.footprint
-              else None)
+        fp = trigger_footprint(model, layer, init, x_all, generator) if self.footprint else None
         neurons = self._select(model, layer, data, init, x_all, fp, generator)
         x = x_all[:64]
         mask = init.mask.to(device)
@@ -173,20 +195,35 @@ class TrojanNN(BackdoorAttack):
                 for p in model.parameters():
                     p.requires_grad_(True)
         trigger = Trigger(init.mask.clone(), (r * region).cpu(), init.region.clone())
-        info = {"layer": layer, "neurons": neurons, "activation_before": before,
-                "activation_after": after, "generation_costs": costs}
+        info = {
+            "layer": layer,
+            "neurons": neurons,
+            "activation_before": before,
+            "activation_after": after,
+            "generation_costs": costs,
+        }
         return trigger, info
 
     def _layer(self, model: nn.Module) -> str:
         layer = self.layer or getattr(model, "feature_layer", None)
         if not layer:
-            raise ParamError("the model declares no feature layer; pass layer='<name>' "
-                             "(eviltwins.models.layer_names(model) lists them)")
+            raise ParamError(
+                "the model declares no feature layer; pass layer='<name>' "
+                "(eviltwins.models.layer_names(model) lists them)"
+            )
         get_layer(model, layer)
         return layer
 
-    def _select(self, model: nn.Module, layer: str, data: DatasetSpec, init: Trigger,
-                x_all: Tensor, fp: Tensor | None, generator: torch.Generator) -> list[int]:
+    def _select(
+        self,
+        model: nn.Module,
+        layer: str,
+        data: DatasetSpec,
+        init: Trigger,
+        x_all: Tensor,
+        fp: Tensor | None,
+        generator: torch.Generator,
+    ) -> list[int]:
         if self.selection == "most-connected":
             return self._most_connected(model, layer)
         # Least-activated on benign data, among neurons that respond to the trigger region.
@@ -203,8 +240,9 @@ class TrojanNN(BackdoorAttack):
         ranked = torch.where(responsive, mean_act, torch.full_like(mean_act, float("inf")))
         return ranked.argsort()[: self.neurons].tolist()
 
-    def _responsive(self, model: nn.Module, layer: str, init: Trigger, x: Tensor,
-                    where: Tensor) -> Tensor:
+    def _responsive(
+        self, model: nn.Module, layer: str, init: Trigger, x: Tensor, where: Tensor
+    ) -> Tensor:
         """Neurons whose activation has a non-zero gradient w.r.t. the trigger pixels (dead
         ReLU channels have none, and would leave trigger generation stuck at noise)."""
         device = x.device
@@ -212,10 +250,12 @@ class TrojanNN(BackdoorAttack):
         with eval_mode(model), feature_tap(model, layer) as tap:
             model(stamp(x, init.mask.to(device), r))
             a = neuron_activation(tap["out"], where).sum(0)
-        grads = torch.stack([
-            torch.autograd.grad(a[c], r, retain_graph=c < len(a) - 1)[0].abs().sum()
-            for c in range(len(a))
-        ])
+        grads = torch.stack(
+            [
+                torch.autograd.grad(a[c], r, retain_graph=c < len(a) - 1)[0].abs().sum()
+                for c in range(len(a))
+            ]
+        )
         return grads.detach() > 0
 
     def _most_connected(self, model: nn.Module, layer: str) -> list[int]:
@@ -226,8 +266,9 @@ class TrojanNN(BackdoorAttack):
         after = names[names.index(layer) + 1 :]
         n_out = None
         with torch.no_grad():
-            nxt = next((modules[n] for n in after
-                        if isinstance(modules[n], nn.Conv2d | nn.Linear)), None)
+            nxt = next(
+                (modules[n] for n in after if isinstance(modules[n], nn.Conv2d | nn.Linear)), None
+            )
         if nxt is None:
             raise ParamError(f"no conv or linear layer follows {layer!r}; most-connected needs one")
         w = nxt.weight.detach().abs()
@@ -244,14 +285,23 @@ class TrojanNN(BackdoorAttack):
     # --- the whole attack --------------------------------------------------------------------
     def _fit(self, model: nn.Module, data: DatasetSpec, generator: torch.Generator):
         trigger, info = self.generate_trigger(model, data, generator)
-        cfg = TrainConfig(epochs=self.epochs, max_steps=self.max_steps, lr=self.lr,
-                          batch_size=self.batch_size, weight_decay=2e-4, schedule="constant",
-                          seed=self.seed)
+        cfg = TrainConfig(
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            weight_decay=2e-4,
+            schedule="constant",
+            seed=self.seed,
+        )
         history = train_model(
-            model, data, cfg,
+            model,
+            data,
+            cfg,
             batch_hook=poison_hook(trigger, self.target, self.poison_share, generator, "append"),
             epoch_callback=asr_callback(model, data, trigger, self.target),
-            quiet=self.quiet, desc="trojannn re-train",
+            quiet=self.quiet,
+            desc="trojannn re-train",
         )
         return trigger, history, info
 

@@ -123,7 +123,9 @@ def _take(ds: Dataset, n: int | None, seed: int, which: str) -> Dataset:
     return Subset(ds, index.tolist())
 
 
-def augment_batch(x: Tensor, ops: Sequence[str], generator: torch.Generator | None = None) -> Tensor:
+def augment_batch(
+    x: Tensor, ops: Sequence[str], generator: torch.Generator | None = None
+) -> Tensor:
     """Batched augmentation of a float NCHW batch, no Python loop over images.
 
     ``crop``: pad by H/8 (4 px at 32x32) with zeros and take a random HxW crop per image;
@@ -133,9 +135,7 @@ def augment_batch(x: Tensor, ops: Sequence[str], generator: torch.Generator | No
         return x
     unknown = [op for op in ops if op not in AUGMENTATIONS]
     if unknown:
-        raise ParamError(
-            f"unknown augmentation {unknown[0]!r}; known: {', '.join(AUGMENTATIONS)}"
-        )
+        raise ParamError(f"unknown augmentation {unknown[0]!r}; known: {', '.join(AUGMENTATIONS)}")
     n, _, h, w = x.shape
     dev = x.device
     if "crop" in ops:

@@ -39,7 +39,10 @@ GTSRB_CLASS: Any = torchvision.datasets.GTSRB
 
 
 def load_dataset(
-    name: str, data_root: str | os.PathLike[str] | None = None, download: bool = False, **kwargs: Any
+    name: str,
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    **kwargs: Any,
 ) -> DatasetSpec:
     """Build the dataset ``name`` from the registry (see :data:`DATASETS`)."""
     return DATASETS.get(name)(data_root=data_root, download=download, **kwargs)
@@ -109,8 +112,15 @@ def _torchvision_split(cls: Any, name: str, root: Path, download: bool, **kwargs
         raise DataError(f"{name} under {root} could not be read or fetched: {err}") from None
 
 
-def _mnist_like(cls: Any, name: str, data_root: Any, download: bool, mean: float, std: float,
-                default_epochs: int) -> DatasetSpec:
+def _mnist_like(
+    cls: Any,
+    name: str,
+    data_root: Any,
+    download: bool,
+    mean: float,
+    std: float,
+    default_epochs: int,
+) -> DatasetSpec:
     root = resolve_data_root(data_root)
     tr = _torchvision_split(cls, name, root, download, train=True)
     te = _torchvision_split(cls, name, root, download, train=False)

@@ -32,7 +32,9 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ParamError(f"normalisation needs matching mean/std with std > 0; got {mean}, {std}")
+            raise ParamError(
+                f"normalisation needs matching mean/std with std > 0; got {mean}, {std}"
+            )
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 

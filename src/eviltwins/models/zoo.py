@@ -20,25 +20,43 @@ class SmallCNN(nn.Module):
 
     feature_layer = "features.conv2"
 
-    def __init__(self, in_channels: int, num_classes: int, input_size: Sequence[int],
-                 width: int = 32, hidden: int = 128, dropout: float = 0.25) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        input_size: Sequence[int],
+        width: int = 32,
+        hidden: int = 128,
+        dropout: float = 0.25,
+    ) -> None:
         super().__init__()
         h, w = input_size
         if h < 4 or w < 4:
             raise ParamError(f"cnn needs inputs of at least 4x4 pixels; got {h}x{w}")
         c1, c2 = width, 2 * width
-        self.features = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(in_channels, c1, 3, padding=1)), ("relu1", nn.ReLU()),
-            ("pool1", nn.MaxPool2d(2)),
-            ("conv2", nn.Conv2d(c1, c2, 3, padding=1)), ("relu2", nn.ReLU()),
-            ("pool2", nn.MaxPool2d(2)),
-        ]))
-        self.classifier = nn.Sequential(OrderedDict([
-            ("flatten", nn.Flatten()),
-            ("fc1", nn.Linear(c2 * (h // 4) * (w // 4), hidden)), ("relu3", nn.ReLU()),
-            ("dropout", nn.Dropout(dropout)),
-            ("fc2", nn.Linear(hidden, num_classes)),
-        ]))
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(in_channels, c1, 3, padding=1)),
+                    ("relu1", nn.ReLU()),
+                    ("pool1", nn.MaxPool2d(2)),
+                    ("conv2", nn.Conv2d(c1, c2, 3, padding=1)),
+                    ("relu2", nn.ReLU()),
+                    ("pool2", nn.MaxPool2d(2)),
+                ]
+            )
+        )
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                [
+                    ("flatten", nn.Flatten()),
+                    ("fc1", nn.Linear(c2 * (h // 4) * (w // 4), hidden)),
+                    ("relu3", nn.ReLU()),
+                    ("dropout", nn.Dropout(dropout)),
+                    ("fc2", nn.Linear(hidden, num_classes)),
+                ]
+            )
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
@@ -71,8 +89,9 @@ class CifarResNet18(nn.Module):
 
     feature_layer = "layer4"
 
-    def __init__(self, in_channels: int, num_classes: int, input_size: Sequence[int],
-                 width: int = 64) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, input_size: Sequence[int], width: int = 64
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -93,8 +112,26 @@ class CifarResNet18(nn.Module):
 
 VGG_CFG = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-              512, 512, 512, "M"],
+    "vgg16": [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+    ],
 }
 
 
@@ -105,8 +142,9 @@ class VGG(nn.Module):
 
     feature_layer = "features"
 
-    def __init__(self, in_channels: int, num_classes: int, input_size: Sequence[int],
-                 depth: str = "vgg11") -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, input_size: Sequence[int], depth: str = "vgg11"
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin, size = in_channels, min(input_size)
@@ -126,8 +164,9 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def _torchvision_resnet(arch: str, in_channels: int, num_classes: int,
-                        pretrained: bool) -> nn.Module:
+def _torchvision_resnet(
+    arch: str, in_channels: int, num_classes: int, pretrained: bool
+) -> nn.Module:
     import torchvision
 
     builder = getattr(torchvision.models, arch)
@@ -143,15 +182,22 @@ def _torchvision_resnet(arch: str, in_channels: int, num_classes: int,
 
 
 @MODELS.register("cnn")
-def cnn(in_channels: int, num_classes: int, input_size: Sequence[int], width: int = 32,
-        hidden: int = 128, dropout: float = 0.25) -> nn.Module:
+def cnn(
+    in_channels: int,
+    num_classes: int,
+    input_size: Sequence[int],
+    width: int = 32,
+    hidden: int = 128,
+    dropout: float = 0.25,
+) -> nn.Module:
     """The small CNN for 28x28 / 32x32 grey or colour images."""
     return SmallCNN(in_channels, num_classes, input_size, width, hidden, dropout)
 
 
 @MODELS.register("resnet18")
-def resnet18(in_channels: int, num_classes: int, input_size: Sequence[int],
-             width: int = 64) -> nn.Module:
+def resnet18(
+    in_channels: int, num_classes: int, input_size: Sequence[int], width: int = 64
+) -> nn.Module:
     """CIFAR-style ResNet-18 (3x3 stride-1 stem, no max-pool) for 32x32 inputs."""
     return CifarResNet18(in_channels, num_classes, input_size, width)
 
@@ -169,14 +215,16 @@ def vgg16(in_channels: int, num_classes: int, input_size: Sequence[int]) -> nn.M
 
 
 @MODELS.register("resnet18-imagenet")
-def resnet18_imagenet(in_channels: int, num_classes: int, input_size: Sequence[int],
-                      pretrained: bool = False) -> nn.Module:
+def resnet18_imagenet(
+    in_channels: int, num_classes: int, input_size: Sequence[int], pretrained: bool = False
+) -> nn.Module:
     """torchvision's ResNet-18 for 224x224 inputs (7x7 stem, max-pool)."""
     return _torchvision_resnet("resnet18", in_channels, num_classes, pretrained)
 
 
 @MODELS.register("resnet101")
-def resnet101(in_channels: int, num_classes: int, input_size: Sequence[int],
-              pretrained: bool = False) -> nn.Module:
+def resnet101(
+    in_channels: int, num_classes: int, input_size: Sequence[int], pretrained: bool = False
+) -> nn.Module:
     """torchvision's ResNet-101 for 224x224 inputs (ISIC 2018 in the paper)."""
     return _torchvision_resnet("resnet101", in_channels, num_classes, pretrained)

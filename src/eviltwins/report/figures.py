@@ -9,7 +9,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from torch import Tensor, nn  # noqa: E402
 
 from eviltwins.training import predict  # noqa: E402
@@ -26,24 +25,34 @@ def _show(ax: plt.Axes, img: Tensor) -> None:
     ax.set_yticks([])
 
 
-def save_examples_png(model: nn.Module, x: Tensor, trigger: Trigger, target: int,
-                      path: str | os.PathLike[str], classes: Sequence[str] = (),
-                      n: int = 8) -> None:
+def save_examples_png(
+    model: nn.Module,
+    x: Tensor,
+    trigger: Trigger,
+    target: int,
+    path: str | os.PathLike[str],
+    classes: Sequence[str] = (),
+    n: int = 8,
+) -> None:
     """Clean images (top row) vs stamped images (bottom row), each titled with the model's
     prediction; stamped predictions equal to ``target`` are drawn in red."""
     x = x[:n].cpu()
     stamped = trigger.stamp(x)
     p_clean = predict(model, x).argmax(1)
     p_stamp = predict(model, stamped).argmax(1)
-    name = (lambda i: classes[i] if classes else str(i))
-    fig, axes = plt.subplots(2, len(x), figsize=(1.4 * len(x), 3.2), squeeze=False)
+
+    def name(i):
+        return classes[i] if classes else str(i)
+
+    fig, axes = plt.subplots(2, len(x), figsize=(1.5 * len(x), 3.8), squeeze=False)
     for i in range(len(x)):
         _show(axes[0, i], x[i])
         axes[0, i].set_title(f"pred {name(int(p_clean[i]))}", fontsize=8)
         _show(axes[1, i], stamped[i])
         hit = int(p_stamp[i]) == target
-        axes[1, i].set_title(f"pred {name(int(p_stamp[i]))}", fontsize=8,
-                             color="red" if hit else "black")
+        axes[1, i].set_title(
+            f"pred {name(int(p_stamp[i]))}", fontsize=8, color="red" if hit else "black"
+        )
     axes[0, 0].set_ylabel("clean", fontsize=9)
     axes[1, 0].set_ylabel("stamped", fontsize=9)
     fig.suptitle(f"trigger -> target {name(target)}", fontsize=10)
@@ -52,8 +61,13 @@ def save_examples_png(model: nn.Module, x: Tensor, trigger: Trigger, target: int
     plt.close(fig)
 
 
-def save_image_grid(images: Tensor, path: str | os.PathLike[str], titles: Sequence[str] = (),
-                    ncols: int = 10, suptitle: str = "") -> None:
+def save_image_grid(
+    images: Tensor,
+    path: str | os.PathLike[str],
+    titles: Sequence[str] = (),
+    ncols: int = 10,
+    suptitle: str = "",
+) -> None:
     """A grid of (N, C, H, W) images in [0, 1] with optional titles."""
     n = len(images)
     ncols = max(1, min(ncols, n))
