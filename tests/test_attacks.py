@@ -31,11 +31,11 @@ def test_trojannn_generated_trigger_beats_random_patterns(digits_clean, digits_s
     before = sum(info["activation_before"]) / 2
     after = sum(info["activation_after"]) / 2
     assert after > before + 0.2
-    from eviltwins.attacks.trojannn import neuron_activation, trigger_footprint
+    from eviltwins.attacks.trojannn import neuron_activation, trigger_response
     from eviltwins.data import load_all
 
     x, _ = load_all(digits_spec.train, limit=64)
-    fp = trigger_footprint(model, info["layer"], trig, x, torch.Generator().manual_seed(1))
+    fp, _ = trigger_response(model, info["layer"], trig, x, torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(2)
     for _ in range(20):
         r = torch.rand(trig.pattern.shape, generator=g) * trig.region

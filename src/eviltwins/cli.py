@@ -181,7 +181,7 @@ def evaluate(
     "--size",
     type=float,
     default=None,
-    help="Trigger width / image width, in (0, 1]. [badnet 0.15, trojannn 0.3]",
+    help="Trigger width / image width, in (0, 1]. [badnet 0.15, trojannn/imc 0.3]",
 )
 @click.option(
     "--transparency",
@@ -197,8 +197,15 @@ def evaluate(
 @click.option(
     "--pattern", default=None, help="badnet: white (default), black, random or an image file."
 )
-@click.option("--epochs", type=int, default=None, help="Re-training epochs. [default: 2]")
-@click.option("--max-steps", type=int, default=None, help="Cap on re-training steps.")
+@click.option(
+    "--epochs", type=int, default=None, help="badnet/trojannn: re-training epochs. [default: 2]"
+)
+@click.option(
+    "--max-steps",
+    type=int,
+    default=None,
+    help="Cap on re-training steps (equal budgets for fair comparisons).",
+)
 @click.option("--lr", type=float, default=None, help="Re-training learning rate. [0.01]")
 @click.option("--batch-size", type=int, default=None, help="Batch size. [default: 128]")
 @click.option(
@@ -217,28 +224,77 @@ def evaluate(
     "--poison-share",
     type=float,
     default=None,
-    help="trojannn: share of batches carrying stamped copies. [default: 0.1]",
+    help="trojannn/imc: share of batches carrying stamped copies. [default: 0.1]",
 )
 @click.option(
     "--layer",
     default=None,
-    help="trojannn: internal layer for neuron selection [default: the model's feature layer].",
+    help="trojannn/imc: internal layer for neuron selection [default: the model's feature layer].",
 )
-@click.option("--neurons", type=int, default=None, help="trojannn: neurons to select. [2]")
+@click.option("--neurons", type=int, default=None, help="trojannn/imc: neurons to select. [2]")
 @click.option(
-    "--selection", default=None, help="trojannn: least-activated (default) or most-connected."
+    "--selection", default=None, help="trojannn/imc: least-activated (default) or most-connected."
 )
 @click.option(
     "--trigger-steps",
     type=int,
     default=None,
-    help="trojannn: trigger-generation steps. [default: 20]",
+    help="trojannn: trigger-generation sign steps [20]; imc: Adam steps on the trigger "
+    "per outer iteration [20].",
 )
 @click.option(
     "--trigger-lr",
     type=float,
     default=None,
-    help="trojannn: sign-gradient step size. [default: 0.015]",
+    help="trojannn: sign-step size [0.015]; imc: Adam learning rate [0.01].",
+)
+@click.option(
+    "--init",
+    default=None,
+    help="imc: the attack it starts from, trojannn (TrojanNN*, default) or badnet.",
+)
+@click.option(
+    "--mode",
+    default=None,
+    help="imc: fixed (pattern only, default), opacity (one shared opacity) or size "
+    "(per-pixel opacity: the square may shrink).",
+)
+@click.option(
+    "--evade", default=None, help="imc: comma-separated evasion terms: neural-cleanse, strip, abs."
+)
+@click.option(
+    "--outer-iters",
+    type=int,
+    default=None,
+    help="imc: maximum outer iterations of Algorithm 2. [default: 40]",
+)
+@click.option(
+    "--retrain-steps",
+    type=int,
+    default=None,
+    help="imc: re-training steps per outer iteration [default: one epoch].",
+)
+@click.option(
+    "--kappa", type=float, default=None, help="imc: stop once efficacy >= kappa. [default: 0.95]"
+)
+@click.option(
+    "--max-acc-drop",
+    type=float,
+    default=None,
+    help="imc: ... and the clean-accuracy drop <= this. [default: 0.015]",
+)
+@click.option("--early-stop/--no-early-stop", default=None, help="imc: stop at kappa.")
+@click.option(
+    "--fidelity-weight",
+    type=float,
+    default=None,
+    help="imc: lambda, weight of ||m||_1 / trigger pixels [1 with neural-cleanse].",
+)
+@click.option(
+    "--strip-weight",
+    type=float,
+    default=None,
+    help="imc: nu, weight of the STRIP entropy term. [default: 0.6]",
 )
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--train-limit", type=int, default=None, help="Use a random training subset.")
@@ -266,8 +322,10 @@ def attack(
     as_json: bool,
     **flags: Any,
 ) -> None:
-    """Plant a backdoor with ATTACK (badnet, trojannn) in a copy of MODEL; write the poisoned
-    model, trigger.safetensors/.png, metrics.json and examples.png to OUT."""
+    """Plant a backdoor with ATTACK (badnet, trojannn, imc) in a copy of MODEL; write the
+    poisoned model, trigger.safetensors/.png, metrics.json and examples.png to OUT.
+
+    imc with --init trojannn (the default) is TrojanNN*; with --init badnet it is BadNet*."""
     params = read_yaml(config) if config is not None else {}
     params.update({k: v for k, v in flags.items() if v is not None})
     res = api.attack(

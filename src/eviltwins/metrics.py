@@ -120,3 +120,11 @@ def detection_metrics(
     if scores is not None:
         out["auc"] = roc_auc(scores, t)
     return out
+
+
+def prediction_entropy(logits: Tensor, base: float = math.e) -> Tensor:
+    """Shannon entropy of softmax(logits) per row, in nats (``base=e``) or bits (``base=2``);
+    differentiable (IMC's STRIP evasion maximises it; STRIP thresholds it)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    h = -(logp.exp() * logp).sum(-1)
+    return h / math.log(base) if base != math.e else h

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,6 +58,105 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
+class Trainer:
+    """The one training loop: SGD/Adam steps over a continuing stream of training batches.
+
+    ``steps(n)`` runs ``n`` optimiser steps, carrying the optimiser state, the learning-rate
+    schedule (over ``total_steps``) and the batch order across calls, so an alternating method
+    (IMC, Algorithm 2) can interleave re-training with other work without restarting anything.
+    ``batch_hook(x, y, step) -> (x, y)`` may rewrite each batch (poisoning);
+    ``extra_loss(model, x, y, step)`` adds a term (e.g. IMC's specificity loss). Dropout draws
+    from a private RNG seeded with ``cfg.seed``; the caller's global RNG state is untouched. A
+    NaN/inf loss raises :class:`OptimisationError` instead of silently breaking the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DatasetSpec,
+        cfg: TrainConfig,
+        *,
+        batch_hook: BatchHook | None = None,
+        extra_loss: ExtraLoss | None = None,
+        total_steps: int | None = None,
+    ) -> None:
+        self.model, self.data, self.cfg = model, data, cfg
+        self.batch_hook, self.extra_loss = batch_hook, extra_loss
+        self.device = device_of(model)
+        self.augment = data.augment if cfg.augment in (None, True) else ()
+        self.generator = make_generator(cfg.seed)
+        self.n_batches = math.ceil(len(data.train) / cfg.batch_size)
+        self.opt = make_optimizer(model, cfg)
+        self.sched = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, total_steps))
+            if cfg.schedule == "cosine" and total_steps
+            else None
+        )
+        self.step_count = 0
+        self._batches: Any = None
+        with torch.random.fork_rng(devices=self._cuda()):
+            torch.manual_seed(cfg.seed)
+            self._rng = torch.get_rng_state()
+
+    def _cuda(self) -> list[torch.device]:
+        return [self.device] if self.device.type == "cuda" else []
+
+    def _next_batch(self) -> tuple[Tensor, Tensor]:
+        while True:
+            if self._batches is None:
+                self._batches = iter_batches(
+                    self.data.train,
+                    self.cfg.batch_size,
+                    shuffle=True,
+                    generator=self.generator,
+                    augment=self.augment,
+                    device=self.device,
+                )
+            try:
+                return next(self._batches)
+            except StopIteration:
+                self._batches = None
+
+    def steps(self, n: int, desc: str = "train", quiet: bool | None = None) -> dict[str, float]:
+        """Run ``n`` optimiser steps; returns the mean loss and accuracy over them."""
+        model, cfg = self.model, self.cfg
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = progress(total=n, desc=desc, quiet=quiet)
+        model.train()
+        with torch.random.fork_rng(devices=self._cuda()):
+            torch.set_rng_state(self._rng)
+            try:
+                for _ in range(n):
+                    x, y = self._next_batch()
+                    if self.batch_hook is not None:
+                        x, y = self.batch_hook(x, y, self.step_count)
+                    logits = model(x)
+                    loss = nn.functional.cross_entropy(logits, y)
+                    if self.extra_loss is not None:
+                        loss = loss + self.extra_loss(model, x, y, self.step_count)
+                    if not torch.isfinite(loss):
+                        raise OptimisationError(
+                            f"training loss became {loss.item()} at step {self.step_count}; "
+                            f"lower the learning rate (now {cfg.lr}) or check the data"
+                        )
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.opt.step()
+                    if self.sched is not None:
+                        self.sched.step()
+                    self.step_count += 1
+                    loss_sum += loss.item() * len(y)
+                    correct += int((logits.argmax(1) == y).sum())
+                    seen += len(y)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            finally:
+                bar.close()
+                self._rng = torch.get_rng_state()
+        model.eval()
+        return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
 def train_model(
     model: nn.Module,
     data: DatasetSpec,
@@ -70,97 +169,36 @@ def train_model(
     quiet: bool | None = None,
     desc: str = "train",
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place on ``data.train`` with cross-entropy; returns per-epoch history.
+    """Train ``model`` in place on ``data.train`` with cross-entropy, epoch by epoch, through
+    :class:`Trainer`; returns the per-epoch history (train loss/accuracy, test loss/accuracy).
 
-    ``batch_hook(x, y, step) -> (x, y)`` may rewrite each batch (poisoning appends stamped copies
-    labelled with the target); ``extra_loss(model, x, y, step)`` adds a term (e.g. IMC's
-    specificity loss); ``epoch_callback(epoch, record)`` may add fields to each epoch's
-    history record (e.g. an attack's ASR). The model runs on its own device. A NaN/inf loss stops training with an
-    :class:`OptimisationError` instead of silently producing a broken model.
+    ``epochs=None`` uses the dataset's ``default_epochs``; ``max_steps`` cuts the last epoch
+    short. ``epoch_callback(epoch, record)`` may add fields to each epoch's record (e.g. an
+    attack's ASR). See :class:`Trainer` for ``batch_hook`` and ``extra_loss``.
     """
     cfg = config or TrainConfig()
-    # Dropout draws from torch's global RNG: fork it so that training is reproducible for a
-    # seed while the caller's global RNG state is left as it was.
-    devices = [device_of(model)] if device_of(model).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(cfg.seed)
-        return _train(
-            model, data, cfg, batch_hook, extra_loss, eval_each_epoch, epoch_callback, quiet, desc
-        )
-
-
-def _train(
-    model: nn.Module,
-    data: DatasetSpec,
-    cfg: TrainConfig,
-    batch_hook: BatchHook | None,
-    extra_loss: ExtraLoss | None,
-    eval_each_epoch: bool,
-    epoch_callback: Callable[[int, dict[str, float]], None] | None,
-    quiet: bool | None,
-    desc: str,
-) -> list[dict[str, float]]:
     epochs = data.default_epochs if cfg.epochs is None else cfg.epochs
-    augment = data.augment if cfg.augment in (None, True) else ()
-    device = device_of(model)
-    g = make_generator(cfg.seed)
-    opt = make_optimizer(model, cfg)
     n_batches = math.ceil(len(data.train) / cfg.batch_size)
-    total = max(1, epochs * n_batches)
+    total = epochs * n_batches
     if cfg.max_steps is not None:
-        epochs = min(epochs, math.ceil(cfg.max_steps / n_batches))
-        total = max(1, min(total, cfg.max_steps))
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-        if cfg.schedule == "cosine"
-        else None
+        total = min(total, cfg.max_steps)
+    trainer = Trainer(
+        model, data, cfg, batch_hook=batch_hook, extra_loss=extra_loss, total_steps=total
     )
     history: list[dict[str, float]] = []
-    step = 0
-    model.train()
-    for epoch in range(1, epochs + 1):
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = progress(total=n_batches, desc=f"{desc} {epoch}/{epochs}", quiet=quiet)
-        for x, y in iter_batches(
-            data.train, cfg.batch_size, shuffle=True, generator=g, augment=augment, device=device
-        ):
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                break
-            if batch_hook is not None:
-                x, y = batch_hook(x, y, step)
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            if extra_loss is not None:
-                loss = loss + extra_loss(model, x, y, step)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise OptimisationError(
-                    f"training loss became {loss.item()} at epoch {epoch}, step {step}; "
-                    f"lower the learning rate (now {cfg.lr}) or check the data"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            step += 1
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        bar.close()
+    epoch = 0
+    while trainer.step_count < total:
+        epoch += 1
+        n = min(n_batches, total - trainer.step_count)
         record = {
             "epoch": float(epoch),
-            "train_loss": loss_sum / max(seen, 1),
-            "train_acc": correct / max(seen, 1),
+            **trainer.steps(n, desc=f"{desc} {epoch}/{math.ceil(total / n_batches)}", quiet=quiet),
         }
         if eval_each_epoch:
             ev = evaluate(model, data.test, quiet=quiet)
             record.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
         if epoch_callback is not None:
             epoch_callback(epoch, record)
-        model.train()
         history.append(record)
     model.eval()
     return history

@@ -2,6 +2,17 @@
 
 from eviltwins.attacks.badnet import BadNet
 from eviltwins.attacks.base import ATTACKS, BackdoorAttack, BackdoorResult
+from eviltwins.attacks.evasion import EVASIONS, EvasionTerm
+from eviltwins.attacks.imc import IMC
 from eviltwins.attacks.trojannn import TrojanNN
 
-__all__ = ["ATTACKS", "BackdoorAttack", "BackdoorResult", "BadNet", "TrojanNN"]
+__all__ = [
+    "ATTACKS",
+    "EVASIONS",
+    "IMC",
+    "BackdoorAttack",
+    "BackdoorResult",
+    "BadNet",
+    "EvasionTerm",
+    "TrojanNN",
+]

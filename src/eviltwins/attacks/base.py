@@ -189,11 +189,12 @@ def poison_hook(
 
     ``mode="replace"`` (BadNet): a random ``rate`` share of each batch is stamped and relabelled
     ``target``. ``mode="append"`` (TrojanNN re-training): with probability ``rate`` a batch also
-    carries a stamped copy of itself labelled ``target``.
+    carries a stamped copy of itself labelled ``target``. ``trigger`` may be a callable that
+    returns the current trigger (IMC changes it between re-training rounds).
     """
 
     def hook(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor]:
-        trig = trigger.to(x.device)
+        trig = (trigger() if callable(trigger) else trigger).to(x.device)
         if mode == "replace":
             chosen = torch.rand(len(y), generator=generator) < rate
             if not chosen.any():

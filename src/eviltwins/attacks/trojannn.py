@@ -22,28 +22,34 @@ from eviltwins.triggers import Trigger, stamp
 from eviltwins.utils import device_of, eval_mode
 
 
-def trigger_footprint(
+def trigger_response(
     model: nn.Module, layer: str, trigger: Trigger, x: Tensor, generator: torch.Generator
-) -> Tensor:
-    """Boolean map over the layer's spatial positions whose value depends on the trigger's
-    pixels (found by stamping two different random patterns: exact, forward passes only).
-    For a dense layer (N, C) the footprint is a single always-true position."""
+) -> tuple[Tensor, Tensor]:
+    """Which parts of ``layer`` the trigger's pixels can move, found exactly with two forward
+    passes that stamp two different random patterns (opaque) on the same images.
+
+    Returns the footprint (bool map of the layer's spatial positions whose value changed; a
+    single true entry for a dense layer) and the responsive neurons (bool per channel/unit whose
+    footprint activation changed; a dead ReLU channel never does)."""
     with torch.no_grad(), eval_mode(model):
         r1 = torch.rand(trigger.pattern.shape, generator=generator).to(x.device)
         r2 = torch.rand(trigger.pattern.shape, generator=generator).to(x.device)
         m = trigger.region.float().to(x.device)  # opaque on the whole region
-        a1 = activations(model, layer, stamp(x[:4], m, r1))
-        a2 = activations(model, layer, stamp(x[:4], m, r2))
+        a1 = activations(model, layer, stamp(x[:16], m, r1))
+        a2 = activations(model, layer, stamp(x[:16], m, r2))
+    tol = 1e-6 * (1 + float(a1.abs().amax()))
     if a1.ndim == 2:
-        return torch.ones(1, dtype=torch.bool, device=x.device)
-    diff = (a1 - a2).abs().amax(dim=(0, 1))
-    fp = diff > 1e-6 * (1 + a1.abs().amax())
-    if not fp.any():
+        footprint = torch.ones(1, dtype=torch.bool, device=x.device)
+        responsive = (a1 - a2).abs().amax(0) > tol
+    else:
+        footprint = (a1 - a2).abs().amax(dim=(0, 1)) > tol
+        responsive = (a1 - a2).abs().amax(dim=(0, 2, 3)) > tol
+    if not footprint.any():
         raise ParamError(
             f"layer {layer!r} does not respond to the trigger region at all; choose a layer "
             "whose receptive field covers the trigger (eviltwins.models.layer_names lists them)"
         )
-    return fp
+    return footprint, responsive
 
 
 def neuron_activation(feat: Tensor, footprint: Tensor) -> Tensor:
@@ -157,8 +163,10 @@ class TrojanNN(BackdoorAttack):
         )
         x_all, _ = load_all(data.train, limit=2048)
         x_all = x_all.to(device)
-        fp = trigger_footprint(model, layer, init, x_all, generator) if self.footprint else None
-        neurons = self._select(model, layer, data, init, x_all, fp, generator)
+        fp, responsive = trigger_response(model, layer, init, x_all, generator)
+        if not self.footprint:
+            fp = None
+        neurons = self._select(model, layer, x_all, fp, responsive)
         x = x_all[:64]
         mask = init.mask.to(device)
         region = init.region.float().to(device)
@@ -218,20 +226,18 @@ class TrojanNN(BackdoorAttack):
         self,
         model: nn.Module,
         layer: str,
-        data: DatasetSpec,
-        init: Trigger,
         x_all: Tensor,
         fp: Tensor | None,
-        generator: torch.Generator,
+        responsive: Tensor,
     ) -> list[int]:
         if self.selection == "most-connected":
             return self._most_connected(model, layer)
-        # Least-activated on benign data, among neurons that respond to the trigger region.
+        # Least-activated on benign data, among neurons that the trigger region can move (a
+        # dead ReLU channel has zero gradient and would leave generation stuck at noise).
         with torch.no_grad(), eval_mode(model):
             feats = activations(model, layer, x_all[:1024])
         where = fp if fp is not None else _all_positions(feats)
         mean_act = neuron_activation(feats, where).mean(0)
-        responsive = self._responsive(model, layer, init, x_all[:16], where)
         if int(responsive.sum()) < self.neurons:
             raise ParamError(
                 f"only {int(responsive.sum())} neurons of {layer!r} respond to the trigger "
@@ -239,24 +245,6 @@ class TrojanNN(BackdoorAttack):
             )
         ranked = torch.where(responsive, mean_act, torch.full_like(mean_act, float("inf")))
         return ranked.argsort()[: self.neurons].tolist()
-
-    def _responsive(
-        self, model: nn.Module, layer: str, init: Trigger, x: Tensor, where: Tensor
-    ) -> Tensor:
-        """Neurons whose activation has a non-zero gradient w.r.t. the trigger pixels (dead
-        ReLU channels have none, and would leave trigger generation stuck at noise)."""
-        device = x.device
-        r = init.pattern.to(device).clone().requires_grad_(True)
-        with eval_mode(model), feature_tap(model, layer) as tap:
-            model(stamp(x, init.mask.to(device), r))
-            a = neuron_activation(tap["out"], where).sum(0)
-        grads = torch.stack(
-            [
-                torch.autograd.grad(a[c], r, retain_graph=c < len(a) - 1)[0].abs().sum()
-                for c in range(len(a))
-            ]
-        )
-        return grads.detach() > 0
 
     def _most_connected(self, model: nn.Module, layer: str) -> list[int]:
         """Neurons with the largest sum of absolute outgoing weights (Liu et al., NDSS 2018):
