@@ -30,10 +30,19 @@ def clean_model(dataset: str, work: Path, epochs: int, seed: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
-    ap.add_argument("--settings", nargs="+", default=["0.1:0.7", "0.2:0.7", "0.3:0.7"],
-                    help="size:transparency pairs")
-    ap.add_argument("--budget", type=int, nargs="+", default=[469],
-                    help="re-training steps for both (several: a budget sweep)")
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        default=["0.1:0.7", "0.2:0.7", "0.3:0.7"],
+        help="size:transparency pairs",
+    )
+    ap.add_argument(
+        "--budget",
+        type=int,
+        nargs="+",
+        default=[469],
+        help="re-training steps for both (several: a budget sweep)",
+    )
     ap.add_argument("--chunk", type=int, default=50, help="TrojanNN* re-training steps per round")
     ap.add_argument("--trigger-steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
@@ -43,8 +52,10 @@ def main() -> None:
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    print("| dataset | size | transparency | budget (steps) | TrojanNN ASR | TrojanNN* ASR | "
-          "delta | acc drop (TrojanNN / TrojanNN*) | seconds |")
+    print(
+        "| dataset | size | transparency | budget (steps) | TrojanNN ASR | TrojanNN* ASR | "
+        "delta | acc drop (TrojanNN / TrojanNN*) | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for ds in args.datasets:
         spec = et.load_dataset(ds)
@@ -52,27 +63,50 @@ def main() -> None:
         for setting, budget in [(s, b) for s in args.settings for b in args.budget]:
             size, transparency = (float(v) for v in setting.split(":"))
             t = time.perf_counter()
-            base = TrojanNN(size=size, transparency=transparency, epochs=10**6,
-                            max_steps=budget, seed=args.seed, quiet=True).fit(model, spec)
+            base = TrojanNN(
+                size=size,
+                transparency=transparency,
+                epochs=10**6,
+                max_steps=budget,
+                seed=args.seed,
+                quiet=True,
+            ).fit(model, spec)
             t_base = time.perf_counter() - t
             t = time.perf_counter()
-            star = IMC(size=size, transparency=transparency, retrain_steps=args.chunk,
-                       outer_iters=-(-budget // args.chunk), max_steps=budget,
-                       trigger_steps=args.trigger_steps, early_stop=False, seed=args.seed,
-                       quiet=True).fit(model, spec)
+            star = IMC(
+                size=size,
+                transparency=transparency,
+                retrain_steps=args.chunk,
+                outer_iters=-(-budget // args.chunk),
+                max_steps=budget,
+                trigger_steps=args.trigger_steps,
+                early_stop=False,
+                seed=args.seed,
+                quiet=True,
+            ).fit(model, spec)
             t_star = time.perf_counter() - t
-            row = {"dataset": ds, "size": size, "transparency": transparency,
-                   "budget": budget, "trojannn": base.metrics, "imc": star.metrics,
-                   "imc_steps": star.extra["retrain_steps_total"],
-                   "imc_history": star.history, "trojannn_history": base.history,
-                   "seconds": [round(t_base, 1), round(t_star, 1)]}
+            row = {
+                "dataset": ds,
+                "size": size,
+                "transparency": transparency,
+                "budget": budget,
+                "trojannn": base.metrics,
+                "imc": star.metrics,
+                "imc_steps": star.extra["retrain_steps_total"],
+                "imc_history": star.history,
+                "trojannn_history": base.history,
+                "seconds": [round(t_base, 1), round(t_star, 1)],
+            }
             rows.append(row)
             with args.out.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             a, b = base.metrics, star.metrics
-            print(f"| {ds} | {size} | {transparency} | {budget} | {a['asr']:.3f} | "
-                  f"{b['asr']:.3f} | {b['asr'] - a['asr']:+.3f} | {100 * a['acc_drop']:.2f} / "
-                  f"{100 * b['acc_drop']:.2f} | {t_base:.0f} / {t_star:.0f} |", flush=True)
+            print(
+                f"| {ds} | {size} | {transparency} | {budget} | {a['asr']:.3f} | "
+                f"{b['asr']:.3f} | {b['asr'] - a['asr']:+.3f} | {100 * a['acc_drop']:.2f} / "
+                f"{100 * b['acc_drop']:.2f} | {t_base:.0f} / {t_star:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -69,3 +69,12 @@ def mnist_clean(data_root, tmp_path_factory):
         out=tmp_path_factory.mktemp("mnist_clean"),
     )
     return res.model
+
+
+@pytest.fixture(scope="session")
+def digits_badnet(digits_clean, digits_spec):
+    """A BadNet copy of the clean digits model (opaque 0.15 white square, target 0)."""
+    from eviltwins.attacks import BadNet
+
+    res, _ = digits_clean
+    return BadNet(size=0.15, epochs=10, quiet=True).fit(res.model, digits_spec)

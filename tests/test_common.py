@@ -11,9 +11,15 @@ import torch
 
 from eviltwins.attacks import ATTACKS
 from eviltwins.base import init_param_names
+from eviltwins.detectors import DETECTORS, InputFilter
 from eviltwins.errors import ParamError
 
-FAST = {"badnet": {"max_steps": 3}, "trojannn": {"max_steps": 3, "trigger_steps": 2}}
+FAST = {
+    "badnet": {"max_steps": 3},
+    "trojannn": {"max_steps": 3, "trigger_steps": 2},
+    "imc": {"outer_iters": 1, "retrain_steps": 3, "trigger_steps": 2, "init_trigger_steps": 2,
+            "monitor_size": 50},
+}
 
 
 def _hash(model):
@@ -70,3 +76,27 @@ def test_fit_leaves_model_and_data_alone_and_is_reproducible(name, digits_clean,
     assert a.model is not model
     assert a.metrics == b.metrics and torch.equal(a.trigger.pattern, b.trigger.pattern)
     assert json.loads(json.dumps(a.to_dict()))["schema"] == "eviltwins.backdoor/1"
+
+
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_detector_constructor_and_params(name):
+    cls = DETECTORS.get(name)
+    est = cls()
+    assert set(vars(est)) == set(init_param_names(cls))
+    assert cls(**est.get_params()).get_params() == est.get_params()
+    with pytest.raises(ParamError, match="did you mean 'seed'"):
+        est.set_params(sead=1)
+
+
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_detector_constraints_reject_bad_values(name, digits_clean, digits_spec):
+    res, _ = digits_clean
+    cls = DETECTORS.get(name)
+    x = digits_spec.test.tensors()[0][:20]
+    for pname, rule in cls._constraints.items():
+        est = cls().set_params(**{pname: rule.invalid_example()})
+        with pytest.raises(ParamError, match=f"'{pname}' parameter of {cls.__name__}"):
+            if isinstance(est, InputFilter):
+                est.fit(res.model, x)
+            else:
+                est.inspect(res.model, digits_spec)

@@ -8,7 +8,7 @@ first layer.
 
 __version__ = "0.1.0"
 
-from eviltwins import metrics  # noqa: E402
+from eviltwins import detectors, metrics  # noqa: E402
 from eviltwins.api import TrainResult, attack, evaluate, get_dataset, train  # noqa: E402
 from eviltwins.data import DATASETS, DatasetSpec, load_dataset  # noqa: E402
 from eviltwins.errors import EviltwinsError  # noqa: E402
@@ -27,6 +27,7 @@ __all__ = [
     "attack",
     "metrics",
     "build_model",
+    "detectors",
     "evaluate",
     "feature_tap",
     "get_dataset",

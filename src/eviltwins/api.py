@@ -201,6 +201,70 @@ def attack(
     return res
 
 
+def detect(
+    name: str,
+    model: str | os.PathLike[str],
+    dataset: str | DatasetSpec | None = None,
+    *,
+    params: dict[str, Any] | None = None,
+    trigger: str | os.PathLike[str] | None = None,
+    target: int | None = None,
+    n_clean: int = 1000,
+    out: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    test_limit: int | None = None,
+    quiet: bool | None = None,
+) -> Any:
+    """Run detector ``name`` (``eviltwins list detectors``) on a saved model.
+
+    Model inspectors (neural-cleanse, abs) return an
+    :class:`~eviltwins.detectors.InspectionReport`. Input filters (strip, ensemble) are fitted on
+    the first ``n_clean`` held-out test images and evaluated on the next ``n_clean`` clean
+    images against the same images (true label != target) stamped with ``trigger`` (default:
+    the model folder's ``trigger.safetensors``); they return a
+    :class:`~eviltwins.detectors.FilterReport`. With ``out``, the report (and reversed-trigger
+    images for inspectors) are written there.
+    """
+    from eviltwins.detectors import DETECTORS, InputFilter
+    from eviltwins.triggers import Trigger
+
+    det = DETECTORS.get(name)()
+    det.set_params(**{k.replace("-", "_"): v for k, v in (params or {}).items()})
+    if "quiet" in det.get_params() and quiet is not None:
+        det.set_params(quiet=quiet)
+    det._validate_params()
+    net, card = load_model(Path(model), resolve_device(device))
+    spec = _matching_dataset(card, dataset, data_root, download, None, test_limit)
+    if not isinstance(det, InputFilter):
+        report = det.inspect(net, spec)
+        if out is not None:
+            report.save(out)
+        return report
+    trig_path = Path(trigger) if trigger is not None else Path(model) / "trigger.safetensors"
+    if not trig_path.with_suffix(".safetensors").is_file():
+        raise ParamError(
+            f"{name} is evaluated on stamped inputs: pass --trigger (no {trig_path} found)"
+        )
+    trig = Trigger.load(trig_path)
+    tgt = target if target is not None else int(card.extra.get("target", 0))
+    x, y = load_all(spec.test)
+    if len(x) < 2 * n_clean:
+        n_clean = len(x) // 2
+    fit_x, ev_x, ev_y = x[:n_clean], x[n_clean : 2 * n_clean], y[n_clean : 2 * n_clean]
+    if name == "ensemble":
+        det.fit(net, fit_x, data=spec.subset(test=min(len(spec.test), 2000)))
+    else:
+        det.fit(net, fit_x)
+    report = det.evaluate(ev_x, trig.stamp(ev_x[ev_y != tgt]))
+    if out is not None:
+        from eviltwins.io import write_json
+
+        write_json(Path(out) / "report.json", report.to_dict())
+    return report
+
+
 def _matching_dataset(
     card: ModelCard,
     dataset: str | DatasetSpec | None,
@@ -232,4 +296,12 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["TrainResult", "attack", "count_parameters", "evaluate", "get_dataset", "train"]
+__all__ = [
+    "TrainResult",
+    "attack",
+    "count_parameters",
+    "detect",
+    "evaluate",
+    "get_dataset",
+    "train",
+]

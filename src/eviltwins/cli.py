@@ -20,6 +20,7 @@ from eviltwins import __version__, api
 from eviltwins.attacks import ATTACKS
 from eviltwins.config import read_yaml
 from eviltwins.data import DATASETS
+from eviltwins.detectors import DETECTORS
 from eviltwins.errors import EviltwinsError, ParamError
 from eviltwins.models import MODELS
 
@@ -351,13 +352,109 @@ def attack(
     )
 
 
-REGISTRIES = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS}
+@cli.command()
+@click.argument("detector_name", metavar="DETECTOR")
+@click.option("--model", "model", type=PathType, required=True, help="Model folder to scan.")
+@click.option("--dataset", default=None, help="Dataset [default: the model's own].")
+@click.option(
+    "--trigger",
+    type=PathType,
+    default=None,
+    help="strip/ensemble: trigger to stamp on the evaluation inputs [default: the "
+    "model folder's trigger.safetensors].",
+)
+@click.option(
+    "--target",
+    type=int,
+    default=None,
+    help="strip/ensemble: the attack's target class [default: from model.json].",
+)
+@click.option(
+    "--n-clean",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="strip/ensemble: held-out clean images to fit on (and as many to test).",
+)
+@click.option(
+    "--preset",
+    default=None,
+    help="neural-cleanse: imc (1,600 inputs, 10 epochs; default) or original.",
+)
+@click.option(
+    "--variant",
+    default=None,
+    help="strip: imc (N=8, average, ln, threshold 0.05; default) or original "
+    "(N=100, additive, log2, normal fit at --frr).",
+)
+@click.option(
+    "--frr",
+    type=float,
+    default=None,
+    help="strip/ensemble: false-rejection rate for the calibrated threshold.",
+)
+@click.option("--epochs", type=int, default=None, help="neural-cleanse: epochs per label.")
+@click.option("--n-inputs", type=int, default=None, help="neural-cleanse: inputs used.")
+@click.option("--steps", type=int, default=None, help="abs: reverse-engineering steps [200].")
+@click.option("--layer", default=None, help="abs: layer to stimulate [feature layer].")
+@click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
+@click.option("--test-limit", type=int, default=None, help="Use a random test subset.")
+@click.option(
+    "--config",
+    type=PathType,
+    default=None,
+    help="YAML file with detector parameters (flags override it).",
+)
+@click.option(
+    "--out", type=PathType, default=None, help="Folder for report.json (and reversed triggers)."
+)
+@_common
+def detect(
+    detector_name: str,
+    model: Path,
+    dataset: str | None,
+    trigger: Path | None,
+    target: int | None,
+    n_clean: int,
+    test_limit: int | None,
+    config: Path | None,
+    out: Path | None,
+    device: str,
+    data_root: Path | None,
+    download: bool,
+    quiet: bool,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Scan MODEL with DETECTOR: neural-cleanse or abs (model inspection), strip or ensemble
+    (input filtering, evaluated on clean vs stamped held-out inputs)."""
+    params = read_yaml(config) if config is not None else {}
+    params.update({k: v for k, v in flags.items() if v is not None})
+    report = api.detect(
+        detector_name,
+        model,
+        dataset,
+        params=params,
+        trigger=trigger,
+        target=target,
+        n_clean=n_clean,
+        out=out,
+        device=device,
+        data_root=data_root,
+        download=download,
+        test_limit=test_limit,
+        quiet=quiet or None,
+    )
+    _emit(report.to_dict(), as_json, report.summary())
+
+
+REGISTRIES = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS, "detectors": DETECTORS}
 
 
 @cli.command("list")
 @click.argument("kind")
 def list_(kind: str) -> None:
-    """List the registered names of KIND (datasets, models, attacks)."""
+    """List the registered names of KIND (datasets, models, attacks, detectors)."""
     if kind not in REGISTRIES:
         raise ParamError(f"cannot list {kind!r}; choose one of: {', '.join(REGISTRIES)}")
     for name in REGISTRIES[kind].names():

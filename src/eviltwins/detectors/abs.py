@@ -1,0 +1,304 @@
+"""ABS, Artificial Brain Stimulation (Liu et al., CCS 2019), for Pang et al.'s Appendix C."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from eviltwins.attacks.evasion import EVASIONS, EvasionTerm
+from eviltwins.base import Check, Interval
+from eviltwins.data import DatasetSpec, load_all
+from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
+from eviltwins.errors import OptimisationError, ParamError
+from eviltwins.models import feature_tap, get_layer
+from eviltwins.utils import device_of, eval_mode, make_generator, progress
+
+
+def _channel_means(feat: Tensor) -> Tensor:
+    return feat if feat.ndim == 2 else feat.mean(dim=(2, 3))
+
+
+def _layer_of(model: nn.Module, layer: str | None) -> str:
+    name = layer or getattr(model, "feature_layer", None)
+    if not name:
+        raise ParamError(
+            "the model declares no feature layer; pass layer='<name>' "
+            "(eviltwins.models.layer_names(model) lists them)"
+        )
+    get_layer(model, name)
+    return name
+
+
+@DETECTORS.register("abs")
+class ABS(ModelInspector):
+    """ABS (Liu et al., CCS 2019), following ALGORITHMS.md:
+
+    1. Stimulation: on ``seeds_per_class`` held-out images per class, each channel of
+       ``layer`` (default: the model's feature layer) is set, over its whole map, to each of
+       ``levels`` x its largest observed mean activation (0 included), and the logits recorded.
+    2. Elevation: per channel and seed image, the label (other than the image's own) whose
+       logit the stimulation raises most, with its margin over the runner-up; channels that
+       raise the same label on >= ``consistency`` (90%) of the seeds are ranked by their
+       smallest margin, and the top ``top_k`` (10) kept as candidates.
+    3. Reverse engineering, all candidates batched: a mask (1 x H x W) and pattern (tanh
+       parameters, Adam lr ``lr``, ``steps`` steps) maximising the candidate's activation minus
+       the other channels', and in the second half also the label's logit, with the mask L1
+       kept under ``mask_bound`` x H x W (penalty weight 500 above the bound, 1000 above 1.2x).
+    4. REASR: the share of other held-out images (not the seeds, label != candidate label) that
+       the recovered trigger sends to the label; a label is flagged at REASR >= ``threshold``
+       (0.8).
+    """
+
+    name: ClassVar[str] = "abs"
+    _constraints = {
+        "seeds_per_class": Interval(int, 1, None),
+        "levels": Check(
+            lambda v: len(v) >= 2 and all(float(a) >= 0 for a in v),
+            "a list of at least two non-negative multiples",
+            bad=(1,),
+        ),
+        "top_k": Interval(int, 1, None),
+        "consistency": Interval(float, 0, 1),
+        "mask_bound": Interval(float, 0, 1, closed="right"),
+        "steps": Interval(int, 1, None),
+        "lr": Interval(float, 0, None, closed="neither"),
+        "n_eval": Interval(int, 1, None),
+        "threshold": Interval(float, 0, 1),
+        "seed": Interval(int, 0, None),
+    }
+
+    def __init__(
+        self,
+        layer: str | None = None,
+        seeds_per_class: int = 5,
+        levels: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 8.0),
+        top_k: int = 10,
+        consistency: float = 0.9,
+        mask_bound: float = 0.06,
+        steps: int = 200,
+        lr: float = 0.1,
+        n_eval: int = 1000,
+        threshold: float = 0.8,
+        seed: int = 0,
+        quiet: bool | None = None,
+    ) -> None:
+        self.layer = layer
+        self.seeds_per_class = seeds_per_class
+        self.levels = levels
+        self.top_k = top_k
+        self.consistency = consistency
+        self.mask_bound = mask_bound
+        self.steps = steps
+        self.lr = lr
+        self.n_eval = n_eval
+        self.threshold = threshold
+        self.seed = seed
+        self.quiet = quiet
+
+    def inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
+        self._validate_params()
+        layer = _layer_of(model, self.layer)
+        start = time.perf_counter()
+        g = make_generator(self.seed)
+        dev = device_of(model)
+        x_all, y_all = load_all(data.test)
+        perm = torch.randperm(len(y_all), generator=g)
+        seed_idx = torch.cat(
+            [perm[y_all[perm] == k][: self.seeds_per_class] for k in range(data.num_classes)]
+        )
+        rest = perm[~torch.isin(perm, seed_idx)][: self.n_eval]
+        xs, ys = x_all[seed_idx].to(dev), y_all[seed_idx].to(dev)
+        xe, ye = x_all[rest].to(dev), y_all[rest].to(dev)
+        with eval_mode(model):
+            frozen = [p for p in model.parameters() if p.requires_grad]
+            for p in frozen:
+                p.requires_grad_(False)
+            try:
+                cands, elev = self._candidates(model, layer, xs, ys, data.num_classes)
+                masks, patterns, reasr = self._reverse(model, layer, cands, xs, xe, ye, g)
+            finally:
+                for p in frozen:
+                    p.requires_grad_(True)
+        k = data.num_classes
+        best = torch.zeros(k)
+        best_i = torch.full((k,), -1, dtype=torch.long)
+        for i, (_, label) in enumerate(cands):
+            if reasr[i] > best[label]:
+                best[label], best_i[label] = reasr[i], i
+        c, h, w = data.shape
+        out_m = torch.zeros(k, 1, h, w)
+        out_p = torch.zeros(k, c, h, w)
+        for label in range(k):
+            if best_i[label] >= 0:
+                out_m[label], out_p[label] = masks[best_i[label]], patterns[best_i[label]]
+        flagged = [lab for lab in range(k) if best[lab] >= self.threshold]
+        return InspectionReport(
+            "abs",
+            best.tolist(),
+            best.tolist(),
+            flagged,
+            self.threshold,
+            out_m,
+            out_p,
+            round(time.perf_counter() - start, 3),
+            {
+                "layer": layer,
+                "candidates": [[int(n), int(lab)] for n, lab in cands],
+                "candidate_reasr": [float(r) for r in reasr],
+                "elevation": elev,
+                "labels": list(range(k)),
+                "n_seeds": len(xs),
+                "n_eval": len(xe),
+            },
+        )
+
+    def _candidates(
+        self, model: nn.Module, layer: str, xs: Tensor, ys: Tensor, n_classes: int
+    ) -> tuple[list[tuple[int, int]], list[float]]:
+        """Steps 1-2: stimulation analysis and candidate selection."""
+        with torch.no_grad(), feature_tap(model, layer) as tap:
+            model(xs)
+            base = tap["out"]
+        n_ch = base.shape[1]
+        # largest value observed per channel (over images and positions)
+        top = (base if base.ndim == 2 else base.amax(dim=(2, 3))).amax(0).clamp_min(1e-3)
+        levels = torch.tensor([float(v) for v in self.levels], device=xs.device)
+        n_lv, n_s = len(levels), len(xs)
+        elev = torch.empty(n_ch, n_s, n_classes, device=xs.device)
+        per = max(1, 4096 // (n_lv * n_s))
+        bar = progress(total=n_ch, desc="abs stimulation", quiet=self.quiet)
+        for c0 in range(0, n_ch, per):
+            chans = torch.arange(c0, min(n_ch, c0 + per), device=xs.device)
+            ch = chans.repeat_interleave(n_lv * n_s)
+            val = (levels[None, :, None] * top[chans][:, None, None]).expand(-1, -1, n_s)
+            val = val.reshape(-1)
+
+            def hook(_m: nn.Module, _i: object, out: Tensor, ch=ch, val=val) -> Tensor:
+                out = out.clone()
+                rows = torch.arange(len(out), device=out.device)
+                if out.ndim == 2:
+                    out[rows, ch] = val
+                else:
+                    out[rows, ch] = val[:, None, None].expand(-1, *out.shape[2:])
+                return out
+
+            handle = get_layer(model, layer).register_forward_hook(hook)
+            try:
+                with torch.no_grad():
+                    logits = model(xs.repeat(len(chans) * n_lv, 1, 1, 1))
+            finally:
+                handle.remove()
+            logits = logits.view(len(chans), n_lv, n_s, n_classes)
+            elev[chans] = logits.amax(1)
+            bar.update(len(chans))
+        bar.close()
+        # Elevated label per (channel, seed), excluding the seed's own label.
+        own = torch.nn.functional.one_hot(ys, n_classes).bool()[None]
+        e = elev.masked_fill(own, float("-inf"))
+        top2 = e.topk(2, dim=2)
+        label = top2.indices[..., 0]  # (n_ch, n_s)
+        margin = top2.values[..., 0] - top2.values[..., 1]
+        mode = label.mode(dim=1).values  # (n_ch,)
+        eligible = ys[None] != mode[:, None]
+        agree = ((label == mode[:, None]) & eligible).sum(1).float() / eligible.sum(1).clamp_min(1)
+        robust = torch.where(
+            eligible & (label == mode[:, None]), margin, torch.full_like(margin, float("inf"))
+        ).amin(1)
+        ok = agree >= self.consistency
+        score = torch.where(ok, robust, torch.full_like(robust, float("-inf")))
+        order = score.argsort(descending=True)[: self.top_k]
+        cands = [(int(c), int(mode[c])) for c in order if torch.isfinite(score[c])]
+        return cands, [float(score[c]) for c, _ in cands]
+
+    def _reverse(
+        self,
+        model: nn.Module,
+        layer: str,
+        cands: list[tuple[int, int]],
+        xs: Tensor,
+        xe: Tensor,
+        ye: Tensor,
+        g: torch.Generator,
+    ) -> tuple[Tensor, Tensor, list[float]]:
+        """Steps 3-4: batched trigger reverse engineering for every candidate, then REASR."""
+        c, h, w = xs.shape[1:]
+        if not cands:
+            return torch.zeros(0, 1, h, w), torch.zeros(0, c, h, w), []
+        n_k, dev = len(cands), xs.device
+        chans = torch.tensor([n for n, _ in cands], device=dev)
+        labels = torch.tensor([lab for _, lab in cands], device=dev)
+        w_m = torch.atanh(torch.rand(n_k, 1, h, w, generator=g) * 0.2 - 0.9).to(dev)
+        w_p = torch.atanh((torch.rand(n_k, c, h, w, generator=g) * 2 - 1) * 0.99).to(dev)
+        w_m.requires_grad_(True)
+        w_p.requires_grad_(True)
+        opt = torch.optim.Adam([w_m, w_p], lr=self.lr, betas=(0.5, 0.9))
+        bound = self.mask_bound * h * w
+        rows = torch.arange(n_k, device=dev)
+        bar = progress(total=self.steps, desc="abs reverse-engineering", quiet=self.quiet)
+        for step in range(self.steps):
+            m = (torch.tanh(w_m) + 1) / 2
+            p = (torch.tanh(w_p) + 1) / 2
+            stamped = xs[None] * (1 - m[:, None]) + p[:, None] * m[:, None]
+            with feature_tap(model, layer) as tap:
+                logits = model(stamped.reshape(-1, c, h, w))
+            acts = _channel_means(tap["out"]).view(n_k, len(xs), -1).mean(1)  # (K, C')
+            own = acts[rows, chans]
+            others = (acts.sum(1) - own) / max(1, acts.shape[1] - 1)
+            loss = -own + others
+            if step >= self.steps // 2:
+                lg = logits.view(n_k, len(xs), -1)[rows, :, labels].mean(1)
+                loss = loss - lg
+            l1 = m.sum(dim=(1, 2, 3))
+            over = torch.relu(l1 - bound) / bound
+            weight = torch.where(l1 > 1.2 * bound, 1000.0, 500.0)
+            loss = (loss + weight * over).sum()
+            if not torch.isfinite(loss):
+                bar.close()
+                raise OptimisationError(f"ABS loss became {loss.item()}; lower lr ({self.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+        bar.close()
+        with torch.no_grad():
+            m = (torch.tanh(w_m) + 1) / 2
+            p = (torch.tanh(w_p) + 1) / 2
+            # Enforce the bound exactly: keep the largest mask entries within the budget.
+            reasr = []
+            for k in range(n_k):
+                keep = ye != labels[k]
+                xk = xe[keep]
+                pred = model(xk * (1 - m[k]) + p[k] * m[k]).argmax(1)
+                reasr.append(float((pred == labels[k]).float().mean()) if len(xk) else 0.0)
+        return m.cpu(), p.cpu(), reasr
+
+
+def abs_evasion(
+    model: nn.Module, stamped: Tensor, benign: Tensor, mask: Tensor, n_pixels: int
+) -> Tensor:
+    """Pang et al., Appendix C: make the trigger's effect look unlike ABS's single-neuron
+    elevation, by penalising the largest per-channel activation increase (stamped vs benign)
+    in the model's feature layer (ABS's recovery objective, negated and scaled)."""
+    layer = _layer_of(model, None)
+    with feature_tap(model, layer) as tap:
+        model(stamped)
+        a_s = _channel_means(tap["out"]).mean(0)
+        with torch.no_grad():
+            model(benign)
+            a_b = _channel_means(tap["out"]).mean(0)
+    return (a_s - a_b).amax()
+
+
+EVASIONS.register("abs")(
+    lambda: EvasionTerm(
+        "abs",
+        1e-4,
+        trigger_loss=abs_evasion,
+        doc="largest single-channel elevation in the feature layer, on the "
+        "trigger step (weight 1e-4)",
+    )
+)
