@@ -17,8 +17,13 @@ from eviltwins.errors import ParamError
 FAST = {
     "badnet": {"max_steps": 3},
     "trojannn": {"max_steps": 3, "trigger_steps": 2},
-    "imc": {"outer_iters": 1, "retrain_steps": 3, "trigger_steps": 2, "init_trigger_steps": 2,
-            "monitor_size": 50},
+    "imc": {
+        "outer_iters": 1,
+        "retrain_steps": 3,
+        "trigger_steps": 2,
+        "init_trigger_steps": 2,
+        "monitor_size": 50,
+    },
 }
 
 

@@ -48,9 +48,11 @@ def _mixture_entropy(result, digits_spec):
 def test_evasion_terms_move_their_measures(digits_clean, digits_spec):
     res, _ = digits_clean
     common = dict(size=0.3, outer_iters=6, retrain_steps=24, early_stop=False, quiet=True)
-    plain = IMC(mode="size", **common).fit(res.model, digits_spec)
-    nc = IMC(mode="size", evade="neural-cleanse", **common).fit(res.model, digits_spec)
-    assert nc.metrics["mask_l1"] < plain.metrics["mask_l1"] - 2
+    plain = IMC(mode="size", trigger_steps=60, **common).fit(res.model, digits_spec)
+    nc = IMC(mode="size", evade="neural-cleanse", trigger_steps=60, **common).fit(
+        res.model, digits_spec
+    )
+    assert nc.metrics["mask_l1"] < plain.metrics["mask_l1"] - 5
     assert nc.metrics["efficacy"] >= 0.9 and plain.metrics["efficacy"] >= 0.9
     fixed = IMC(**common).fit(res.model, digits_spec)
     strip = IMC(evade="strip", **common).fit(res.model, digits_spec)

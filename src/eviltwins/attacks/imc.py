@@ -30,11 +30,9 @@ from eviltwins.utils import device_of, eval_mode
 MODES = ("fixed", "opacity", "size")
 
 
-def _known_evasions(value: Any) -> bool:
+def _distinct_names(value: Any) -> bool:
     names = as_tuple(value)
-    for n in names:
-        EVASIONS.get(n)  # raises UnknownNameError with a suggestion
-    return len(set(names)) == len(names)
+    return all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
 
 
 @ATTACKS.register("imc")
@@ -77,7 +75,7 @@ class IMC(BackdoorAttack):
         "init": OneOf("trojannn", "badnet"),
         "mode": OneOf(*MODES),
         "evade": Check(
-            _known_evasions,
+            _distinct_names,
             "a list of evasion terms (neural-cleanse, strip, abs)",
             bad=("strip", "strip"),
         ),
@@ -164,6 +162,8 @@ class IMC(BackdoorAttack):
     def _validate_params(self) -> None:
         super()._validate_params()
         evade = as_tuple(self.evade)
+        for name in evade:
+            EVASIONS.get(name)  # an unknown name raises with the closest match
         if "neural-cleanse" in evade and self.mode == "fixed":
             raise ParamError(
                 "evading NeuralCleanse works through the mask's L1 norm, which a fixed mask "
