@@ -187,11 +187,7 @@ def attack(
     """
     from eviltwins.attacks import ATTACKS
 
-    atk = ATTACKS.get(name)()
-    atk.set_params(**{k.replace("-", "_"): v for k, v in (params or {}).items()})
-    if "quiet" in atk.get_params() and quiet is not None:
-        atk.set_params(quiet=quiet)
-    atk._validate_params()
+    atk = _configured(ATTACKS, name, params, quiet)
     net, card = load_model(Path(model), resolve_device(device))
     spec = _matching_dataset(card, dataset, data_root, download, train_limit, test_limit)
     res = atk.fit(net, spec)
@@ -230,11 +226,7 @@ def detect(
     from eviltwins.detectors import DETECTORS, InputFilter
     from eviltwins.triggers import Trigger
 
-    det = DETECTORS.get(name)()
-    det.set_params(**{k.replace("-", "_"): v for k, v in (params or {}).items()})
-    if "quiet" in det.get_params() and quiet is not None:
-        det.set_params(quiet=quiet)
-    det._validate_params()
+    det = _configured(DETECTORS, name, params, quiet)
     net, card = load_model(Path(model), resolve_device(device))
     spec = _matching_dataset(card, dataset, data_root, download, None, test_limit)
     if not isinstance(det, InputFilter):
@@ -263,6 +255,17 @@ def detect(
 
         write_json(Path(out) / "report.json", report.to_dict())
     return report
+
+
+def _configured(registry: Any, name: str, params: dict[str, Any] | None, quiet: bool | None) -> Any:
+    """Registry entry ``name`` built with ``params`` (hyphens allowed, typos refused) and
+    validated before any data or model is loaded."""
+    est = registry.get(name)()
+    est.set_params(**{k.replace("-", "_"): v for k, v in (params or {}).items()})
+    if "quiet" in est.get_params() and quiet is not None:
+        est.set_params(quiet=quiet)
+    est._validate_params()
+    return est
 
 
 def _matching_dataset(

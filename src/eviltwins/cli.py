@@ -56,6 +56,13 @@ def _emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
     click.echo(json.dumps(result, indent=2) if as_json else summary)
 
 
+def _params(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """An estimator's parameters: a YAML config's values, overridden by the flags given."""
+    params = read_yaml(config) if config is not None else {}
+    params.update({k: v for k, v in flags.items() if v is not None})
+    return params
+
+
 def _merge_config(config: Path | None, flags: dict[str, Any], fn: Any) -> dict[str, Any]:
     """Values from a YAML config, overridden by the flags given on the command line."""
     values = read_yaml(config) if config is not None else {}
@@ -327,8 +334,7 @@ def attack(
     poisoned model, trigger.safetensors/.png, metrics.json and examples.png to OUT.
 
     imc with --init trojannn (the default) is TrojanNN*; with --init badnet it is BadNet*."""
-    params = read_yaml(config) if config is not None else {}
-    params.update({k: v for k, v in flags.items() if v is not None})
+    params = _params(config, flags)
     res = api.attack(
         attack_name,
         model,
@@ -428,8 +434,7 @@ def detect(
 ) -> None:
     """Scan MODEL with DETECTOR: neural-cleanse or abs (model inspection), strip or ensemble
     (input filtering, evaluated on clean vs stamped held-out inputs)."""
-    params = read_yaml(config) if config is not None else {}
-    params.update({k: v for k, v in flags.items() if v is not None})
+    params = _params(config, flags)
     report = api.detect(
         detector_name,
         model,

@@ -72,6 +72,20 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def frozen_params(model: nn.Module) -> Iterator[nn.Module]:
+    """Turn off ``requires_grad`` on the model's trainable parameters for the block (an
+    optimiser of inputs, triggers or masks needs no weight gradients), then restore it."""
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def progress(
     iterable: Iterable[T] | None = None,
     *,

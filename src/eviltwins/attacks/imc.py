@@ -25,7 +25,7 @@ from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.metrics import attack_metrics
 from eviltwins.training import TrainConfig, Trainer, evaluate
 from eviltwins.triggers import Trigger, TriggerParams
-from eviltwins.utils import device_of, eval_mode
+from eviltwins.utils import device_of, eval_mode, frozen_params
 
 MODES = ("fixed", "opacity", "size")
 
@@ -334,34 +334,27 @@ class IMC(BackdoorAttack):
         if self.trigger_steps == 0:
             return sums
         target = self.target
-        with eval_mode(model):
-            frozen = [p for p in model.parameters() if p.requires_grad]
-            for p in frozen:
-                p.requires_grad_(False)
-            try:
-                for _ in range(self.trigger_steps):
-                    x = next(batches)
-                    stamped = params(x)
-                    logits = model(stamped)
-                    ce = nn.functional.cross_entropy(
-                        logits, torch.full((len(x),), target, device=x.device)
+        with eval_mode(model), frozen_params(model):
+            for _ in range(self.trigger_steps):
+                x = next(batches)
+                stamped = params(x)
+                logits = model(stamped)
+                ce = nn.functional.cross_entropy(
+                    logits, torch.full((len(x),), target, device=x.device)
+                )
+                mask = params.mask()
+                fid = neural_cleanse_fidelity(model, stamped, x, mask, n_px)
+                loss = ce + lam * fid
+                for term, w in terms:
+                    loss = loss + w * term.trigger_loss(model, stamped, x, mask, n_px)
+                if not torch.isfinite(loss):
+                    raise OptimisationError(
+                        f"IMC trigger loss became {loss.item()}; lower trigger_lr "
+                        f"(now {self.trigger_lr})"
                     )
-                    mask = params.mask()
-                    fid = neural_cleanse_fidelity(model, stamped, x, mask, n_px)
-                    loss = ce + lam * fid
-                    for term, w in terms:
-                        loss = loss + w * term.trigger_loss(model, stamped, x, mask, n_px)
-                    if not torch.isfinite(loss):
-                        raise OptimisationError(
-                            f"IMC trigger loss became {loss.item()}; lower trigger_lr "
-                            f"(now {self.trigger_lr})"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sums["trigger_ce"] += ce.item()
-                    sums["fidelity"] += fid.item()
-            finally:
-                for p in frozen:
-                    p.requires_grad_(True)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums["trigger_ce"] += ce.item()
+                sums["fidelity"] += fid.item()
         return {k: v / self.trigger_steps for k, v in sums.items()}

@@ -19,7 +19,7 @@ from eviltwins.errors import ParamError
 from eviltwins.models import activations, feature_tap, get_layer
 from eviltwins.training import TrainConfig, train_model
 from eviltwins.triggers import Trigger, stamp
-from eviltwins.utils import device_of, eval_mode
+from eviltwins.utils import device_of, eval_mode, frozen_params
 
 
 def trigger_response(
@@ -179,29 +179,23 @@ class TrojanNN(BackdoorAttack):
             a = neuron_activation(tap["out"], fp if fp is not None else _all_positions(tap["out"]))
             return a[:, neurons].mean(0)
 
-        with eval_mode(model):
-            for p in model.parameters():
-                p.requires_grad_(False)
-            try:
+        with eval_mode(model), frozen_params(model):
+            with torch.no_grad():
+                before = act(r).tolist()
+            for _ in range(self.trigger_steps):
+                r.requires_grad_(True)
+                cost = ((self.target_value - act(r)) ** 2).sum()
+                costs.append(float(cost.detach()))
+                if not torch.isfinite(cost):
+                    break
+                if cost.item() < self.cost_threshold:
+                    break
+                (grad,) = torch.autograd.grad(cost, r)
                 with torch.no_grad():
-                    before = act(r).tolist()
-                for _ in range(self.trigger_steps):
-                    r.requires_grad_(True)
-                    cost = ((self.target_value - act(r)) ** 2).sum()
-                    costs.append(float(cost.detach()))
-                    if not torch.isfinite(cost):
-                        break
-                    if cost.item() < self.cost_threshold:
-                        break
-                    (grad,) = torch.autograd.grad(cost, r)
-                    with torch.no_grad():
-                        r = (r - self.trigger_lr * grad.sign() * region).clamp(0, 1)
-                r = r.detach()
-                with torch.no_grad():
-                    after = act(r).tolist()
-            finally:
-                for p in model.parameters():
-                    p.requires_grad_(True)
+                    r = (r - self.trigger_lr * grad.sign() * region).clamp(0, 1)
+            r = r.detach()
+            with torch.no_grad():
+                after = act(r).tolist()
         trigger = Trigger(init.mask.clone(), (r * region).cpu(), init.region.clone())
         info = {
             "layer": layer,

@@ -15,7 +15,7 @@ from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.models import feature_tap, get_layer
-from eviltwins.utils import device_of, eval_mode, make_generator, progress
+from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator, progress
 
 
 def _channel_means(feat: Tensor) -> Tensor:
@@ -113,16 +113,9 @@ class ABS(ModelInspector):
         rest = perm[~torch.isin(perm, seed_idx)][: self.n_eval]
         xs, ys = x_all[seed_idx].to(dev), y_all[seed_idx].to(dev)
         xe, ye = x_all[rest].to(dev), y_all[rest].to(dev)
-        with eval_mode(model):
-            frozen = [p for p in model.parameters() if p.requires_grad]
-            for p in frozen:
-                p.requires_grad_(False)
-            try:
-                cands, elev = self._candidates(model, layer, xs, ys, data.num_classes)
-                masks, patterns, reasr = self._reverse(model, layer, cands, xs, xe, ye, g)
-            finally:
-                for p in frozen:
-                    p.requires_grad_(True)
+        with eval_mode(model), frozen_params(model):
+            cands, elev = self._candidates(model, layer, xs, ys, data.num_classes)
+            masks, patterns, reasr = self._reverse(model, layer, cands, xs, xe, ye, g)
         k = data.num_classes
         best = torch.zeros(k)
         best_i = torch.full((k,), -1, dtype=torch.long)

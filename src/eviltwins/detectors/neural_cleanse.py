@@ -15,7 +15,7 @@ from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.metrics import anomaly_index
-from eviltwins.utils import device_of, eval_mode, make_generator, progress
+from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator, progress
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Pang et al. (CCS 2020), Section 5.3.1: 1,600 random inputs, 10 epochs.
@@ -116,20 +116,13 @@ class NeuralCleanse(ModelInspector):
         x = x_all[pick].to(device_of(model))
         chunk = self.label_chunk or len(labels)
         norms, masks, patterns, succ = [], [], [], []
-        with eval_mode(model):
-            frozen = [p for p in model.parameters() if p.requires_grad]
-            for p in frozen:
-                p.requires_grad_(False)
-            try:
-                for i in range(0, len(labels), chunk):
-                    out = self._reverse(model, x, labels[i : i + chunk], g)
-                    norms += out[0]
-                    masks.append(out[1])
-                    patterns.append(out[2])
-                    succ += out[3]
-            finally:
-                for p in frozen:
-                    p.requires_grad_(True)
+        with eval_mode(model), frozen_params(model):
+            for i in range(0, len(labels), chunk):
+                out = self._reverse(model, x, labels[i : i + chunk], g)
+                norms += out[0]
+                masks.append(out[1])
+                patterns.append(out[2])
+                succ += out[3]
         idx = anomaly_index(norms) if len(norms) > 2 else [0.0] * len(norms)
         flagged = [lab for lab, a in zip(labels, idx, strict=True) if a > self.threshold]
         return InspectionReport(
