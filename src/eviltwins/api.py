@@ -295,14 +295,9 @@ def _matching_dataset(
     return spec
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 __all__ = [
     "TrainResult",
     "attack",
-    "count_parameters",
     "detect",
     "evaluate",
     "get_dataset",

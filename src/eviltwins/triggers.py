@@ -96,7 +96,9 @@ class Trigger:
     @property
     def l1(self) -> float:
         """||m||_1 (fidelity: Pang et al. Eqn 15's l_f)."""
-        return float(self.mask.abs().sum())
+        from eviltwins.metrics import mask_l1
+
+        return mask_l1(self.mask)
 
     @property
     def area(self) -> float:

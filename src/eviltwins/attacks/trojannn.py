@@ -243,14 +243,9 @@ class TrojanNN(BackdoorAttack):
     def _most_connected(self, model: nn.Module, layer: str) -> list[int]:
         """Neurons with the largest sum of absolute outgoing weights (Liu et al., NDSS 2018):
         the weights of the first parametrised layer after ``layer`` that consumes its units."""
-        names = [n for n, _ in model.named_modules()]
-        modules = dict(model.named_modules())
-        after = names[names.index(layer) + 1 :]
-        n_out = None
-        with torch.no_grad():
-            nxt = next(
-                (modules[n] for n in after if isinstance(modules[n], nn.Conv2d | nn.Linear)), None
-            )
+        named = list(model.named_modules())
+        at = [n for n, _ in named].index(layer)
+        nxt = next((m for _, m in named[at + 1 :] if isinstance(m, nn.Conv2d | nn.Linear)), None)
         if nxt is None:
             raise ParamError(f"no conv or linear layer follows {layer!r}; most-connected needs one")
         w = nxt.weight.detach().abs()
