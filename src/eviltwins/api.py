@@ -223,7 +223,7 @@ def detect(
     :class:`~eviltwins.detectors.FilterReport`. With ``out``, the report (and reversed-trigger
     images for inspectors) are written there.
     """
-    from eviltwins.detectors import DETECTORS, InputFilter
+    from eviltwins.detectors import DETECTORS, InputFilter, evaluate_filter
     from eviltwins.triggers import Trigger
 
     det = _configured(DETECTORS, name, params, quiet)
@@ -241,15 +241,7 @@ def detect(
         )
     trig = Trigger.load(trig_path)
     tgt = target if target is not None else int(card.extra.get("target", 0))
-    x, y = load_all(spec.test)
-    if len(x) < 2 * n_clean:
-        n_clean = len(x) // 2
-    fit_x, ev_x, ev_y = x[:n_clean], x[n_clean : 2 * n_clean], y[n_clean : 2 * n_clean]
-    if name == "ensemble":
-        det.fit(net, fit_x, data=spec.subset(test=min(len(spec.test), 2000)))
-    else:
-        det.fit(net, fit_x)
-    report = det.evaluate(ev_x, trig.stamp(ev_x[ev_y != tgt]))
+    report = evaluate_filter(det, net, spec, trig, tgt, n_clean)
     if out is not None:
         from eviltwins.io import write_json
 

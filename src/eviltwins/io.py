@@ -211,3 +211,32 @@ def load_model(
     model.to(device)
     model.eval()
     return model, card
+
+
+def model_to_bytes(model: nn.Module, card: ModelCard) -> bytes:
+    """One safetensors blob holding the weights and (as metadata) the card: how models travel
+    between the sweep driver and its workers (processes or Ray nodes) without pickle."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save(state, metadata={"schema": CARD_SCHEMA, "card": json.dumps(card.to_dict())})
+
+
+def model_from_bytes(
+    blob: bytes, device: str | torch.device = "cpu"
+) -> tuple[Classifier, ModelCard]:
+    """Inverse of :func:`model_to_bytes` (safetensors only: nothing is unpickled)."""
+    from safetensors.torch import load
+
+    state = load(blob)
+    # safetensors layout: 8-byte little-endian header length, then the JSON header
+    header_len = int.from_bytes(blob[:8], "little")
+    meta = json.loads(blob[8 : 8 + header_len]).get("__metadata__", {})
+    if "card" not in meta:
+        raise DataError("the model blob carries no model card")
+    card = ModelCard.from_dict(json.loads(meta["card"]))
+    model = card.build()
+    _load_into(model, state, Path("<bytes>"))
+    model.to(device)
+    model.eval()
+    return model, card

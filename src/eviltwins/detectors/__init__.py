@@ -8,6 +8,7 @@ from eviltwins.detectors.base import (
     InputFilter,
     InspectionReport,
     ModelInspector,
+    evaluate_filter,
 )
 from eviltwins.detectors.ensemble import NCStripEnsemble
 from eviltwins.detectors.neural_cleanse import NeuralCleanse
@@ -23,4 +24,5 @@ __all__ = [
     "ModelInspector",
     "NCStripEnsemble",
     "NeuralCleanse",
+    "evaluate_filter",
 ]

@@ -162,6 +162,7 @@ class InputFilter(Estimator):
 
     name: ClassVar[str] = ""
     higher_is_suspicious: ClassVar[bool] = True
+    needs_data: ClassVar[bool] = False  # True: fit(..., data=DatasetSpec) as well
 
     def fit(self, model: nn.Module, clean: Tensor | Dataset) -> InputFilter:
         raise NotImplementedError  # pragma: no cover
@@ -216,3 +217,26 @@ def normal_threshold(values: Tensor, frr: float) -> float:
 
 
 DETECTORS: Registry[Estimator] = Registry("detector")
+
+
+def evaluate_filter(
+    detector: InputFilter,
+    model: nn.Module,
+    data: DatasetSpec,
+    trigger: Any,
+    target: int,
+    n_clean: int = 1000,
+) -> FilterReport:
+    """Fit an input filter on held-out clean test images and evaluate it (the protocol of the
+    paper's Section 5.3): the first ``n_clean`` test images calibrate, the next ``n_clean`` are
+    the clean half of the evaluation and, stamped with ``trigger``, those whose true label is not
+    ``target`` are the triggered half. With fewer than ``2 * n_clean`` test images each half gets
+    half of them. The ensemble additionally runs NeuralCleanse on (up to 2,000) test images."""
+    x, y = load_all(data.test)
+    n_clean = min(n_clean, len(x) // 2)
+    fit_x, ev_x, ev_y = x[:n_clean], x[n_clean : 2 * n_clean], y[n_clean : 2 * n_clean]
+    if detector.needs_data:
+        detector.fit(model, fit_x, data=data.subset(test=min(len(data.test), 2000)))
+    else:
+        detector.fit(model, fit_x)
+    return detector.evaluate(ev_x, trigger.stamp(ev_x[ev_y != target]))

@@ -32,6 +32,7 @@ class NCStripEnsemble(InputFilter):
     """
 
     name: ClassVar[str] = "ensemble"
+    needs_data: ClassVar[bool] = True  # fit runs NeuralCleanse on a DatasetSpec
     _constraints = {
         "n_overlays": Interval(int, 1, None),
         "steps": Interval(int, 2, None),

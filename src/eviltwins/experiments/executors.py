@@ -1,0 +1,147 @@
+"""Executors: where a sweep's independent tasks run.
+
+Every executor has one method, ``imap(fn, args)``, yielding ``(index, result)`` as tasks finish,
+so the driver writes each finished cell at once. Tasks are plain functions of JSON-safe values
+and bytes (models travel as safetensors blobs), so the same task runs in this process, in a
+spawned worker process, or on a Ray node, and gives the same numbers for the same seeds (with
+the same ``threads`` per task: intra-op thread counts can change float summation order).
+
+- ``local`` (default): sequential in this process, or ``jobs`` spawned worker processes.
+- ``ray``: a local Ray cluster (``ray.init(num_cpus=...)``) or an existing one
+  (``address="ray://host:10001"`` / ``"auto"``). Data must exist on every node (``data_root``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any
+
+from eviltwins.errors import ParamError
+from eviltwins.registry import Registry
+
+EXECUTORS: Registry[Any] = Registry("executor")
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's intra-op threads for this task (None keeps the process default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+@EXECUTORS.register("local")
+class LocalExecutor:
+    """Sequential in-process execution (``jobs=1``) or a pool of ``jobs`` spawned processes."""
+
+    def __init__(self, jobs: int = 1, **_: Any) -> None:
+        if jobs < 1:
+            raise ParamError(f"--jobs must be a positive number of processes; got {jobs}")
+        self.jobs = jobs
+
+    def default_threads(self) -> int | None:
+        return None if self.jobs == 1 else max(1, (os.cpu_count() or 1) // self.jobs)
+
+    def imap(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+        if self.jobs == 1 or len(args) <= 1:
+            for i, a in enumerate(args):
+                yield i, fn(*a)
+            return
+        pool = ProcessPoolExecutor(
+            max_workers=min(self.jobs, len(args)), mp_context=mp.get_context("spawn")
+        )
+        futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield futures[f], f.result()
+        finally:
+            # On Ctrl-C or an error: drop queued tasks and stop the workers; finished results
+            # were already handed to the driver (and written).
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
+
+    def close(self) -> None:
+        pass
+
+
+@EXECUTORS.register("ray")
+class RayExecutor:
+    """Tasks as Ray remote functions, each reserving ``threads`` CPUs (default 1).
+
+    Starts a local cluster with ``num_cpus`` (default: all cores) unless ``address`` names an
+    existing one; shuts down only a cluster it started.
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, **_: Any) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ParamError(
+                "the ray executor needs Ray: pip install 'eviltwins[ray]' (or use --executor local)"
+            ) from None
+        self.address = address
+        self.num_cpus = num_cpus
+        self._started = False
+
+    def default_threads(self) -> int | None:
+        return 1
+
+    def _init(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        if self.address:
+            ray.init(address=self.address, log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=self.num_cpus or os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+            self._started = True
+
+    def imap(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+        import ray
+
+        if not args:
+            return
+        self._init()
+        threads = _threads_of(args)
+        remote = ray.remote(num_cpus=threads or 1, max_retries=0)(fn)
+        refs = {remote.remote(*a): i for i, a in enumerate(args)}
+        try:
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                for r in ready:
+                    yield refs.pop(r), ray.get(r)
+        finally:
+            for r in refs:
+                ray.cancel(r, force=True)
+
+    def close(self) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+
+def _threads_of(args: Sequence[tuple]) -> int | None:
+    """Tasks take ``threads`` as their last argument (see runner)."""
+    last = args[0][-1] if args and args[0] else None
+    return int(last) if isinstance(last, int) else None
+
+
+def make_executor(name: str = "local", **options: Any) -> Any:
+    """An executor by name (``local`` or ``ray``) with its options (``jobs``; ``address``,
+    ``num_cpus``)."""
+    return EXECUTORS.get(name)(**options)

@@ -1,0 +1,294 @@
+"""Sweep specifications: the grid of a paper figure as one validated YAML file.
+
+A sweep is ``datasets x models x attacks x sizes x transparencies x seeds``; every cell runs one
+attack on the cached clean model of its (dataset, model, seed) and then every detector on the
+poisoned model. Everything is validated up front, before any data is read or model trained:
+names against the registries (with typo hints) and every attack/detector parameter against the
+estimator's own constraints, so a bad sweep fails in a second with one line, not after an hour.
+
+Example (``configs/quick/fig12.yaml``)::
+
+    name: fig12-quick
+    datasets: [fashion-mnist]
+    train_limit: 10000
+    attacks:
+      - {name: trojannn, label: TrojanNN, params: {max_steps: 200}}
+      - {name: imc, label: TrojanNN*, params: {max_steps: 200, retrain_steps: 50}}
+    sizes: [0.1, 0.2, 0.3]
+    transparencies: [0.0, 0.7]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from eviltwins.config import read_yaml, validate
+from eviltwins.errors import ParamError
+
+SPEC_SCHEMA = "eviltwins.sweep/1"
+CLEAN_ATTACK = "none"  # the attack name of the "no attack" cells (detectors on the clean model)
+CLEAN_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "augment",
+    "arch_kwargs",
+)
+FIGURES = ("fig10", "fig11", "fig12", "fig13", "fig14", "fig15", "abs")
+
+
+class AttackEntry(BaseModel):
+    """One attack of the sweep: a registry name, a display label and its parameters (size,
+    transparency, target and seed come from the grid)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or ("clean" if self.name == CLEAN_ATTACK else self.name)
+
+
+class DetectorEntry(BaseModel):
+    """One detector run on every cell's poisoned model."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class SweepSpec(BaseModel):
+    """A validated sweep. ``clean`` holds :func:`eviltwins.train` options of the clean models
+    (``epochs``, ``lr``, ...); ``n_clean`` the held-out clean test images input filters are
+    calibrated on (and as many evaluated); ``figures`` the report's figures (default: every
+    figure the grid supports)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    datasets: list[str] = Field(min_length=1)
+    models: list[str] = Field(default_factory=lambda: ["cnn"], min_length=1)
+    attacks: list[AttackEntry] = Field(min_length=1)
+    sizes: list[float] = Field(default_factory=lambda: [0.2], min_length=1)
+    transparencies: list[float] = Field(default_factory=lambda: [0.7], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    detectors: list[DetectorEntry] = Field(default_factory=list)
+    target: int = Field(0, ge=0)
+    train_limit: int | None = Field(None, gt=0)
+    test_limit: int | None = Field(None, gt=0)
+    clean: dict[str, Any] = Field(default_factory=dict)
+    n_clean: int = Field(500, gt=1)
+    save_models: bool = False
+    figures: list[str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("must be letters, digits, '.', '_' or '-' (it names the run folder)")
+        return v
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: list[float]) -> list[float]:
+        for s in v:
+            if not 0 < s <= 1:
+                raise ValueError(f"must hold trigger sizes in (0, 1]; {s} is not")
+        return v
+
+    @field_validator("transparencies")
+    @classmethod
+    def _transparencies(cls, v: list[float]) -> list[float]:
+        for p in v:
+            if not 0 <= p < 1:
+                raise ValueError(f"must hold transparencies in [0, 1); {p} is not")
+        return v
+
+    @field_validator("figures")
+    @classmethod
+    def _figures(cls, v: list[str] | None) -> list[str] | None:
+        for f in v or []:
+            if f not in FIGURES:
+                raise ValueError(f"must name figures among {', '.join(FIGURES)}; {f!r} is not")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> SweepSpec:
+        for kind, entries in (("attack", self.attacks), ("detector", self.detectors)):
+            labels = [e.display for e in entries]
+            dup = sorted({x for x in labels if labels.count(x) > 1})
+            if dup:
+                raise ValueError(f"{kind} labels must be unique; {dup[0]!r} repeats (set 'label')")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SPEC_SCHEMA, **self.model_dump()}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid. ``key`` names its result file: readable fields plus a hash of
+    everything that changes its result, so an edited sweep never reuses a stale cell."""
+
+    dataset: str
+    model: str
+    attack: AttackEntry
+    size: float | None
+    transparency: float | None
+    seed: int
+
+    def config(self, spec: SweepSpec) -> dict[str, Any]:
+        """Everything the cell's result depends on (JSON-safe)."""
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "attack": self.attack.name,
+            "label": self.attack.display,
+            "params": self.attack_params(spec),
+            "size": self.size,
+            "transparency": self.transparency,
+            "seed": self.seed,
+            "detectors": [d.model_dump() for d in spec.detectors],
+            "clean": clean_config(spec, self.dataset, self.model, self.seed),
+            "n_clean": spec.n_clean,
+        }
+
+    def attack_params(self, spec: SweepSpec) -> dict[str, Any]:
+        if self.attack.name == CLEAN_ATTACK:
+            return {}
+        return {
+            **self.attack.params,
+            "size": self.size,
+            "transparency": self.transparency,
+            "target": spec.target,
+            "seed": self.seed,
+        }
+
+    def key(self, spec: SweepSpec) -> str:
+        digest = _digest(self.config(spec))
+        slug = _slug(self.attack.display)
+        if self.attack.name == CLEAN_ATTACK:
+            return f"{self.dataset}__{self.model}__{slug}__seed{self.seed}__{digest}"
+        return (
+            f"{self.dataset}__{self.model}__{slug}__size{self.size:g}__tr{self.transparency:g}"
+            f"__seed{self.seed}__{digest}"
+        )
+
+
+def clean_config(spec: SweepSpec, dataset: str, model: str, seed: int) -> dict[str, Any]:
+    """The :func:`eviltwins.train` arguments of a clean model (its cache key)."""
+    return {
+        "dataset": dataset,
+        "model": model,
+        "seed": seed,
+        "train_limit": spec.train_limit,
+        "test_limit": spec.test_limit,
+        **spec.clean,
+    }
+
+
+def clean_key(spec: SweepSpec, dataset: str, model: str, seed: int) -> str:
+    cfg = clean_config(spec, dataset, model, seed)
+    return f"{dataset}__{model}__seed{seed}__{_digest(cfg)}"
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", label.replace("*", "-star")).strip("-") or "attack"
+
+
+def cells(spec: SweepSpec) -> list[Cell]:
+    """The grid in a fixed order (datasets, models, seeds, attacks, sizes, transparencies).
+    A ``none`` attack (detectors on the clean model) is one cell per dataset/model/seed."""
+    out: list[Cell] = []
+    for ds in spec.datasets:
+        for model in spec.models:
+            for seed in spec.seeds:
+                for atk in spec.attacks:
+                    if atk.name == CLEAN_ATTACK:
+                        out.append(Cell(ds, model, atk, None, None, seed))
+                        continue
+                    for size in spec.sizes:
+                        for tr in spec.transparencies:
+                            out.append(Cell(ds, model, atk, size, tr, seed))
+    return out
+
+
+def load_spec(source: str | os.PathLike[str] | dict[str, Any] | SweepSpec) -> SweepSpec:
+    """A :class:`SweepSpec` from a YAML path, a mapping or a spec, fully validated: every
+    name resolved in its registry and every attack/detector parameter checked by the estimator
+    (one-line :class:`~eviltwins.errors.EviltwinsError` on the first problem)."""
+    if isinstance(source, SweepSpec):
+        spec = source
+    else:
+        raw = read_yaml(source) if not isinstance(source, dict) else dict(source)
+        raw.pop("schema", None)
+        spec = validate(SweepSpec, **raw)
+    check_names(spec)
+    return spec
+
+
+def check_names(spec: SweepSpec) -> None:
+    """Resolve every dataset, model, attack and detector name and build every estimator with
+    its parameters (nothing is loaded or trained)."""
+    from eviltwins.api import _configured
+    from eviltwins.attacks import ATTACKS
+    from eviltwins.data import DATASETS
+    from eviltwins.detectors import DETECTORS
+    from eviltwins.models import MODELS
+    from eviltwins.models.base import is_user_model
+    from eviltwins.training import TrainConfig
+
+    for ds in spec.datasets:
+        DATASETS.get(ds)
+    for m in spec.models:
+        if not is_user_model(m):
+            MODELS.get(m)
+    unknown = sorted(set(spec.clean) - set(CLEAN_OPTIONS))
+    if unknown:
+        raise ParamError(
+            f"unknown clean-training option {unknown[0]!r}; known: {', '.join(CLEAN_OPTIONS)}"
+        )
+    validate(TrainConfig, **{k: v for k, v in spec.clean.items() if k != "arch_kwargs"})
+    for atk in spec.attacks:
+        if atk.name == CLEAN_ATTACK:
+            if atk.params:
+                raise ParamError("the 'none' attack (clean-model cells) takes no params")
+            continue
+        cell = Cell(spec.datasets[0], spec.models[0], atk, spec.sizes[0], spec.transparencies[0], 0)
+        for size in spec.sizes:
+            for tr in spec.transparencies:
+                params = {**cell.attack_params(spec), "size": size, "transparency": tr}
+                try:
+                    _configured(ATTACKS, atk.name, params, True)
+                except ParamError as err:
+                    raise ParamError(f"attack {atk.display!r}: {err}") from None
+    for det in spec.detectors:
+        try:
+            _configured(DETECTORS, det.name, det.params, True)
+        except ParamError as err:
+            raise ParamError(f"detector {det.display!r}: {err}") from None
+
+
+def spec_path_default(spec: SweepSpec) -> Path:
+    return Path("runs") / spec.name
