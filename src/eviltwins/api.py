@@ -249,6 +249,72 @@ def detect(
     return report
 
 
+def sweep(
+    spec: str | os.PathLike[str] | dict[str, Any] | Any,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    executor: str = "local",
+    jobs: int = 1,
+    ray_address: str | None = None,
+    threads: int | None = None,
+    device: str = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    report: bool = True,
+    quiet: bool | None = None,
+) -> Any:
+    """Run (or resume) a sweep: a YAML path, a mapping or a
+    :class:`~eviltwins.experiments.SweepSpec`, into ``out`` (default ``runs/<name>``).
+
+    Finished cells are skipped, failed ones retried; see :func:`eviltwins.experiments.run_sweep`.
+    With ``report`` (default) the report is (re)written afterwards. Returns the
+    :class:`~eviltwins.experiments.SweepSummary`.
+    """
+    from eviltwins.experiments import run_sweep
+
+    summary = run_sweep(
+        spec,
+        out,
+        executor=executor,
+        jobs=jobs,
+        ray_address=ray_address,
+        threads=threads,
+        device=device,
+        data_root=data_root,
+        quiet=quiet,
+    )
+    if report and (summary.ran or summary.skipped):
+        write_sweep_report(summary.out)
+    return summary
+
+
+def write_sweep_report(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
+) -> Any:
+    """Write a sweep folder's report (CSV, figures, claims in Markdown and HTML) into
+    ``run_dir/report`` (or ``out``); returns the :class:`~eviltwins.report.sweep.Report`."""
+    from eviltwins.report.sweep import write_report
+
+    return write_report(run_dir, out)
+
+
+def demo(
+    out: str | os.PathLike[str] = "runs/demo",
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    jobs: int = 1,
+    quiet: bool | None = None,
+) -> tuple[Any, Any]:
+    """The main job on the embedded digits dataset (see :mod:`eviltwins.experiments.demo`):
+    the demo sweep and its report. Returns ``(summary, report)``."""
+    from eviltwins.experiments.demo import demo_spec
+
+    summary = sweep(
+        demo_spec(seeds=[seed]), out, jobs=jobs, device=device, report=False, quiet=quiet
+    )
+    return summary, write_sweep_report(summary.out)
+
+
 def _configured(registry: Any, name: str, params: dict[str, Any] | None, quiet: bool | None) -> Any:
     """Registry entry ``name`` built with ``params`` (hyphens allowed, typos refused) and
     validated before any data or model is loaded."""
@@ -290,8 +356,11 @@ def _matching_dataset(
 __all__ = [
     "TrainResult",
     "attack",
+    "demo",
     "detect",
     "evaluate",
     "get_dataset",
+    "sweep",
     "train",
+    "write_sweep_report",
 ]

@@ -63,8 +63,9 @@ class LocalExecutor:
         finally:
             # On Ctrl-C or an error: drop queued tasks and stop the workers; finished results
             # were already handed to the driver (and written).
+            procs = list((getattr(pool, "_processes", None) or {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
-            for proc in list(getattr(pool, "_processes", {}).values()):
+            for proc in procs:
                 if proc.is_alive():
                     proc.terminate()
 

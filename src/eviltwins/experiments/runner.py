@@ -80,7 +80,9 @@ class SweepSummary:
 
 
 # --- tasks (top-level functions: they run in worker processes and on Ray nodes) -------------
-def train_clean_task(cfg: dict[str, Any], data_root: str | None, threads: int | None) -> dict:
+def train_clean_task(
+    cfg: dict[str, Any], data_root: str | None, device: str, threads: int | None
+) -> dict:
     """Train one clean model; returns its safetensors blob (or the error)."""
     from eviltwins import api
     from eviltwins.io import model_to_bytes
@@ -88,14 +90,20 @@ def train_clean_task(cfg: dict[str, Any], data_root: str | None, threads: int | 
     set_threads(threads)
     opts = {k: v for k, v in cfg.items() if k not in ("dataset", "model")}
     try:
-        res = api.train(cfg["dataset"], cfg["model"], data_root=data_root, quiet=True, **opts)
+        res = api.train(
+            cfg["dataset"], cfg["model"], data_root=data_root, device=device, quiet=True, **opts
+        )
     except Exception as err:  # recorded on every cell of this model; the sweep goes on
         return {"error": _describe(err), "traceback": traceback.format_exc()}
     return {"blob": model_to_bytes(res.model, res.card), "metrics": res.metrics}
 
 
 def run_cell_task(
-    cfg: dict[str, Any], clean_blob: bytes, data_root: str | None, threads: int | None
+    cfg: dict[str, Any],
+    clean_blob: bytes,
+    data_root: str | None,
+    device: str,
+    threads: int | None,
 ) -> dict:
     """Run one cell: the attack on the clean model, then every detector on the result.
 
@@ -105,7 +113,7 @@ def run_cell_task(
     set_threads(threads)
     start = time.perf_counter()
     try:
-        result, files = _run_cell(cfg, clean_blob, data_root)
+        result, files = _run_cell(cfg, clean_blob, data_root, device)
         result["status"] = "ok"
     except Exception as err:
         result = {"status": "error", "error": _describe(err), "traceback": traceback.format_exc()}
@@ -120,7 +128,9 @@ def run_cell_task(
     return {"result": result, "files": files}
 
 
-def _run_cell(cfg: dict[str, Any], clean_blob: bytes, data_root: str | None) -> tuple[dict, dict]:
+def _run_cell(
+    cfg: dict[str, Any], clean_blob: bytes, data_root: str | None, device: str
+) -> tuple[dict, dict]:
     import torch
     from safetensors.torch import save
 
@@ -130,9 +140,10 @@ def _run_cell(cfg: dict[str, Any], clean_blob: bytes, data_root: str | None) -> 
     from eviltwins.detectors import DETECTORS, InputFilter, evaluate_filter
     from eviltwins.io import model_from_bytes, model_to_bytes
     from eviltwins.training import evaluate, predict
+    from eviltwins.utils import resolve_device
 
     clean = cfg["clean"]
-    model, card = model_from_bytes(clean_blob)
+    model, card = model_from_bytes(clean_blob, resolve_device(device))
     spec = get_dataset(
         cfg["dataset"], data_root, False, clean["train_limit"], clean["test_limit"], cfg["seed"]
     )
@@ -214,6 +225,7 @@ def run_sweep(
     jobs: int = 1,
     ray_address: str | None = None,
     threads: int | None = None,
+    device: str = "auto",
     data_root: str | os.PathLike[str] | None = None,
     quiet: bool | None = None,
 ) -> SweepSummary:
@@ -222,6 +234,7 @@ def run_sweep(
     ``executor`` is ``local`` (``jobs`` processes; 1 = in this process) or ``ray``
     (``ray_address`` of an existing cluster, else a local one). ``threads`` pins torch threads
     per task (default: all cores for a sequential run, cores/jobs for processes, 1 on Ray).
+    ``device`` is resolved in each task (``auto``: CUDA when the worker has it).
     """
     from eviltwins.data.base import resolve_data_root
     from eviltwins.io import model_from_bytes, save_model
@@ -253,7 +266,7 @@ def run_sweep(
     try:
         if to_train:
             bar = progress(total=len(to_train), desc="clean models", quiet=quiet)
-            args = [(needed[k], root, threads) for k in to_train]
+            args = [(needed[k], root, device, threads) for k in to_train]
             for i, res in ex.imap(train_clean_task, args):
                 key = to_train[i]
                 if "error" in res:
@@ -286,6 +299,7 @@ def run_sweep(
                 {**c.config(spec), "save_model": spec.save_models},
                 blobs[clean_key(spec, c.dataset, c.model, c.seed)],
                 root,
+                device,
                 threads,
             )
             for c, _ in runnable
