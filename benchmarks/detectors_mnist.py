@@ -22,6 +22,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--work", type=Path, default=Path("runs/compare"))
+    ap.add_argument("--models", nargs="+", default=["clean", "badnet"], choices=["clean", "badnet"])
     args = ap.parse_args()
     spec = et.load_dataset(args.dataset)
     clean_dir = args.work / f"{args.dataset}_clean_s0"
@@ -34,6 +35,8 @@ def main() -> None:
     fit_x, ev_x, ev_y = x[:1000], x[1000:2000], y[1000:2000]
     trig_x = bad.trigger.stamp(ev_x[ev_y != 0])
     for name, model in (("clean", clean), ("badnet", bad.model)):
+        if name not in args.models:
+            continue
         t = time.perf_counter()
         nc = NeuralCleanse(quiet=True).inspect(model, spec)
         print(

@@ -166,6 +166,8 @@ def test_interrupted_sweep_keeps_finished_cells_and_resumes_the_rest(tmp_path):
     proc = subprocess.Popen(
         [*cmd, "--threads", "1", "--quiet", "--no-report"],
         env=env,
+        # a shell's background job inherits SIGINT ignored; give the sweep a normal Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -9,7 +9,17 @@ first layer.
 __version__ = "0.1.0"
 
 from eviltwins import detectors, metrics  # noqa: E402
-from eviltwins.api import TrainResult, attack, evaluate, get_dataset, train  # noqa: E402
+from eviltwins.api import (  # noqa: E402
+    TrainResult,
+    attack,
+    demo,
+    detect,
+    evaluate,
+    get_dataset,
+    sweep,
+    train,
+    write_sweep_report,
+)
 from eviltwins.data import DATASETS, DatasetSpec, load_dataset  # noqa: E402
 from eviltwins.errors import EviltwinsError  # noqa: E402
 from eviltwins.io import ModelCard, load_model, save_model  # noqa: E402
@@ -25,6 +35,8 @@ __all__ = [
     "__version__",
     "activations",
     "attack",
+    "demo",
+    "detect",
     "metrics",
     "build_model",
     "detectors",
@@ -34,5 +46,7 @@ __all__ = [
     "load_dataset",
     "load_model",
     "save_model",
+    "sweep",
     "train",
+    "write_sweep_report",
 ]

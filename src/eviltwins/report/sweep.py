@@ -245,8 +245,12 @@ def _line_figure(
                     and r["model"] == model
                     and (panel_key is None or r.get(panel_key) == pv)
                 ]
+                ticks: set[float] = set()
                 for g, (xs, ms, ss) in sorted(_series(sel, x, col, group).items()):
                     ax.errorbar(xs, ms, yerr=ss, label=g, capsize=2, **_style(g))
+                    ticks.update(xs)
+                if 0 < len(ticks) <= 10:
+                    ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
                 for cr in clean_rows:
                     if cr["dataset"] == ds and cr["model"] == model:
                         v = _num(cr.get(col))
@@ -696,6 +700,7 @@ def _summary_table(
     cols = [("asr", "ASR"), ("clean_acc", "clean acc"), ("acc_drop", "acc drop")]
     if "neural-cleanse" in det:
         cols.append((f"{det['neural-cleanse']}.target_anomaly", "NC index (target)"))
+        cols.append((f"{det['neural-cleanse']}.flagged", "NC flagged labels"))
     if "abs" in det:
         cols.append((f"{det['abs']}.max_anomaly", "ABS REASR"))
     for name in ("strip", "ensemble"):
@@ -716,6 +721,9 @@ def _summary_table(
             str(len(rs)),
         ]
         for col, _ in cols:
+            if col.endswith(".flagged"):  # text: the flagged labels of each seed
+                line.append("; ".join(str(r.get(col) or "none") for r in rs))
+                continue
             mean, std = _mean_std([_num(r.get(col)) for r in rs])
             line.append(
                 "" if math.isnan(mean) else f"{mean:.3f}" + (f" ± {std:.3f}" if std else "")
