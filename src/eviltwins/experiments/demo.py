@@ -14,13 +14,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-BUDGET = 200  # re-training steps, the same for both attacks
+BUDGET = 200  # re-training steps: TrojanNN gets 200, TrojanNN* 6 rounds of 200 // 6 = 198
 
 DEMO_SPEC: dict[str, Any] = {
     "name": "demo",
     "description": (
         "The main job on the embedded digits dataset: a clean small CNN; TrojanNN and TrojanNN* "
-        f"at the same re-training budget ({BUDGET} steps), trigger sizes 0.2 and 0.3 at "
+        f"at the same re-training budget (about {BUDGET} steps), trigger sizes 0.2 and 0.3 at "
         "transparency 0.7; NeuralCleanse and STRIP on every model."
     ),
     "datasets": ["digits"],

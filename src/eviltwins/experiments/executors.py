@@ -75,13 +75,20 @@ class LocalExecutor:
 
 @EXECUTORS.register("ray")
 class RayExecutor:
-    """Tasks as Ray remote functions, each reserving ``threads`` CPUs (default 1).
+    """Tasks as Ray remote functions, each reserving ``threads`` CPUs (default 1), and one GPU
+    when the cluster has GPUs and ``device`` is not ``cpu``.
 
     Starts a local cluster with ``num_cpus`` (default: all cores) unless ``address`` names an
     existing one; shuts down only a cluster it started.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, **_: Any) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        device: str = "auto",
+        **_: Any,
+    ) -> None:
         try:
             import ray  # noqa: F401
         except ImportError:
@@ -90,6 +97,7 @@ class RayExecutor:
             ) from None
         self.address = address
         self.num_cpus = num_cpus
+        self.device = device
         self._started = False
 
     def default_threads(self) -> int | None:
@@ -117,7 +125,10 @@ class RayExecutor:
             return
         self._init()
         threads = _threads_of(args)
-        remote = ray.remote(num_cpus=threads or 1, max_retries=0)(fn)
+        # Ray hides GPUs from tasks that reserve none: reserve one per task when the device
+        # asks for CUDA ("auto" or "cuda...") and the cluster has GPUs.
+        gpus = 1 if self.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0
+        remote = ray.remote(num_cpus=threads or 1, num_gpus=gpus, max_retries=0)(fn)
         refs = {remote.remote(*a): i for i, a in enumerate(args)}
         try:
             while refs:

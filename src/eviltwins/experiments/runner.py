@@ -244,7 +244,7 @@ def run_sweep(
     out = Path(out) if out is not None else Path("runs") / spec.name
     (out / "cells").mkdir(parents=True, exist_ok=True)
     write_json(out / "sweep.json", spec.to_dict())
-    ex = make_executor(executor, jobs=jobs, address=ray_address)
+    ex = make_executor(executor, jobs=jobs, address=ray_address, device=device)
     threads = threads if threads is not None else ex.default_threads()
     root = str(resolve_data_root(data_root))
 
