@@ -206,11 +206,18 @@ def load_model(
                 f"{path} is a bare weights file; also give its architecture (--arch) and dataset"
             )
         weights = path
+    return _built(card, load_state_file(weights), weights, device), card
+
+
+def _built(
+    card: ModelCard, state: dict[str, torch.Tensor], source: Path, device: str | torch.device
+) -> Classifier:
+    """The card's architecture with ``state`` loaded, on ``device``, in eval mode."""
     model = card.build()
-    _load_into(model, load_state_file(weights), weights)
+    _load_into(model, state, source)
     model.to(device)
     model.eval()
-    return model, card
+    return model
 
 
 def model_to_bytes(model: nn.Module, card: ModelCard) -> bytes:
@@ -235,8 +242,4 @@ def model_from_bytes(
     if "card" not in meta:
         raise DataError("the model blob carries no model card")
     card = ModelCard.from_dict(json.loads(meta["card"]))
-    model = card.build()
-    _load_into(model, state, Path("<bytes>"))
-    model.to(device)
-    model.eval()
-    return model, card
+    return _built(card, state, Path("<bytes>"), device), card

@@ -153,14 +153,7 @@ class Trigger:
         base = path.with_suffix("") if path.suffix in (".safetensors", ".png") else path
         base.parent.mkdir(parents=True, exist_ok=True)
         out = base.with_suffix(".safetensors")
-        save_file(
-            {
-                "mask": self.mask.detach().cpu().contiguous(),
-                "pattern": self.pattern.detach().cpu().contiguous(),
-                "region": self.region.detach().cpu().to(torch.uint8).contiguous(),
-            },
-            str(out),
-        )
+        save_file(self._tensors(), str(out))
         if preview:
             grey = torch.full((1, *self.shape), 0.5)
             img = self.stamp(grey)[0]
@@ -182,8 +175,32 @@ class Trigger:
             d = load_file(str(path))
         except (SafetensorError, OSError) as err:
             raise DataError(f"{path} is not a readable trigger file: {err}") from None
+        return cls._from_tensors(d, path)
+
+    def to_bytes(self) -> bytes:
+        """The trigger as the bytes of a ``.safetensors`` file (what :meth:`save` writes)."""
+        from safetensors.torch import save
+
+        return save(self._tensors())
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Trigger:
+        """Inverse of :meth:`to_bytes` (safetensors only: nothing is unpickled)."""
+        from safetensors.torch import load
+
+        return cls._from_tensors(load(blob), "<bytes>")
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {
+            "mask": self.mask.detach().cpu().contiguous(),
+            "pattern": self.pattern.detach().cpu().contiguous(),
+            "region": self.region.detach().cpu().to(torch.uint8).contiguous(),
+        }
+
+    @classmethod
+    def _from_tensors(cls, d: dict[str, Tensor], source: object) -> Trigger:
         if "mask" not in d or "pattern" not in d:
-            raise DataError(f"{path} lacks the 'mask' / 'pattern' tensors of a trigger")
+            raise DataError(f"{source} lacks the 'mask' / 'pattern' tensors of a trigger")
         region = d["region"].bool() if "region" in d else None
         return cls(d["mask"].float(), d["pattern"].float(), region)
 

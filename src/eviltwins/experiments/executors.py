@@ -1,7 +1,8 @@
 """Executors: where a sweep's independent tasks run.
 
-Every executor has one method, ``imap(fn, args)``, yielding ``(index, result)`` as tasks finish,
-so the driver writes each finished cell at once. Tasks are plain functions of JSON-safe values
+Every executor has one method, ``imap(fn, args, cpus)``, yielding ``(index, result)`` as tasks
+finish (``cpus``: the CPUs one task uses, which Ray reserves), so the driver writes each
+finished cell at once. Tasks are plain functions of JSON-safe values
 and bytes (models travel as safetensors blobs), so the same task runs in this process, in a
 spawned worker process, or on a Ray node, and gives the same numbers for the same seeds (with
 the same ``threads`` per task: intra-op thread counts can change float summation order).
@@ -45,7 +46,9 @@ class LocalExecutor:
     def default_threads(self) -> int | None:
         return None if self.jobs == 1 else max(1, (os.cpu_count() or 1) // self.jobs)
 
-    def imap(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+    def imap(
+        self, fn: Callable[..., Any], args: Sequence[tuple], cpus: int | None = None
+    ) -> Iterator[tuple[int, Any]]:
         if self.jobs == 1 or len(args) <= 1:
             for i, a in enumerate(args):
                 yield i, fn(*a)
@@ -118,17 +121,18 @@ class RayExecutor:
             )
             self._started = True
 
-    def imap(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+    def imap(
+        self, fn: Callable[..., Any], args: Sequence[tuple], cpus: int | None = None
+    ) -> Iterator[tuple[int, Any]]:
         import ray
 
         if not args:
             return
         self._init()
-        threads = _threads_of(args)
         # Ray hides GPUs from tasks that reserve none: reserve one per task when the device
         # asks for CUDA ("auto" or "cuda...") and the cluster has GPUs.
         gpus = 1 if self.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0
-        remote = ray.remote(num_cpus=threads or 1, num_gpus=gpus, max_retries=0)(fn)
+        remote = ray.remote(num_cpus=cpus or 1, num_gpus=gpus, max_retries=0)(fn)
         refs = {remote.remote(*a): i for i, a in enumerate(args)}
         try:
             while refs:
@@ -145,12 +149,6 @@ class RayExecutor:
 
             ray.shutdown()
             self._started = False
-
-
-def _threads_of(args: Sequence[tuple]) -> int | None:
-    """Tasks take ``threads`` as their last argument (see runner)."""
-    last = args[0][-1] if args and args[0] else None
-    return int(last) if isinstance(last, int) else None
 
 
 def make_executor(name: str = "local", **options: Any) -> Any:

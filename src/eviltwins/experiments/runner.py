@@ -131,7 +131,6 @@ def run_cell_task(
 def _run_cell(
     cfg: dict[str, Any], clean_blob: bytes, data_root: str | None, device: str
 ) -> tuple[dict, dict]:
-    import torch
     from safetensors.torch import save
 
     from eviltwins.api import _configured, get_dataset
@@ -162,13 +161,7 @@ def _run_cell(
         x, y = load_all(spec.test, limit=256)
         x = x[y != target][:N_EXAMPLES]
         stamped = trigger.stamp(x)
-        files["trigger.safetensors"] = save(
-            {
-                "mask": trigger.mask.contiguous(),
-                "pattern": trigger.pattern.contiguous(),
-                "region": trigger.region.to(torch.uint8).contiguous(),
-            }
-        )
+        files["trigger.safetensors"] = trigger.to_bytes()
         files["examples.safetensors"] = save(
             {
                 "clean": x.contiguous(),
@@ -237,7 +230,7 @@ def run_sweep(
     ``device`` is resolved in each task (``auto``: CUDA when the worker has it).
     """
     from eviltwins.data.base import resolve_data_root
-    from eviltwins.io import model_from_bytes, save_model
+    from eviltwins.io import load_model, model_from_bytes, model_to_bytes, save_model
 
     start = time.perf_counter()
     spec = load_spec(spec)
@@ -267,19 +260,17 @@ def run_sweep(
         if to_train:
             bar = progress(total=len(to_train), desc="clean models", quiet=quiet)
             args = [(needed[k], root, device, threads) for k in to_train]
-            for i, res in ex.imap(train_clean_task, args):
+            for i, res in ex.imap(train_clean_task, args, cpus=threads):
                 key = to_train[i]
                 if "error" in res:
                     errors[key] = res["error"]
                 else:
-                    model, card = model_from_bytes(res["blob"])
-                    save_model(model, card, out / "clean" / key)
+                    blobs[key] = res["blob"]
+                    save_model(*model_from_bytes(res["blob"]), out / "clean" / key)
                 bar.update(1)
             bar.close()
-        from eviltwins.io import load_model, model_to_bytes
-
-        for k in needed:
-            if k not in errors:
+        for k in needed:  # cached clean models of earlier runs
+            if k not in errors and k not in blobs:
                 blobs[k] = model_to_bytes(*load_model(out / "clean" / k))
 
         # Stage 2: the cells.
@@ -304,7 +295,7 @@ def run_sweep(
             )
             for c, _ in runnable
         ]
-        for i, res in ex.imap(run_cell_task, args):
+        for i, res in ex.imap(run_cell_task, args, cpus=threads):
             key = runnable[i][1]
             _write_cell(out, key, res["result"], res["files"])
             if res["result"]["status"] == "ok":
@@ -339,17 +330,17 @@ def _clean_failure(cell: Cell, spec: SweepSpec, error: str) -> dict[str, Any]:
 def _write_cell(out: Path, key: str, result: dict[str, Any], files: dict[str, bytes]) -> None:
     """Side files first, the JSON last (atomically): its presence marks the cell as done."""
     if files:
+        from eviltwins.triggers import Trigger
+
         folder = out / "cells" / key
         folder.mkdir(parents=True, exist_ok=True)
         for name, blob in files.items():
+            if name == "trigger.safetensors":  # Trigger.save also writes the PNG preview
+                Trigger.from_bytes(blob).save(folder / "trigger")
+                continue
             tmp = folder / f".{name}.tmp"
             tmp.write_bytes(blob)
             os.replace(tmp, folder / name)
-        if "trigger.safetensors" in files:
-            from eviltwins.triggers import Trigger
-
-            trig = Trigger.load(folder / "trigger.safetensors")
-            trig.save(folder / "trigger")  # adds the PNG preview
     write_json(out / "cells" / f"{key}.json", result)
 
 

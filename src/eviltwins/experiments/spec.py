@@ -25,7 +25,6 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -288,7 +287,3 @@ def check_names(spec: SweepSpec) -> None:
             _configured(DETECTORS, det.name, det.params, True)
         except ParamError as err:
             raise ParamError(f"detector {det.display!r}: {err}") from None
-
-
-def spec_path_default(spec: SweepSpec) -> Path:
-    return Path("runs") / spec.name

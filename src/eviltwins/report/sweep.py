@@ -593,9 +593,7 @@ def write_report(
     if want("fig10"):
         figs.append(fig10_efficacy(rows, out / "fig10_efficacy.png"))
     if want("fig11"):
-        figs.append(
-            fig11_triggers(rows, run_dir, out / "fig11_triggers.png", _classes(run_dir, rows))
-        )
+        figs.append(fig11_triggers(rows, run_dir, out / "fig11_triggers.png", _classes(run_dir)))
     if want("fig12") and len(_panels(attacked, "size")) > 1:
         figs.append(
             _line_figure(
@@ -686,7 +684,7 @@ def _wanted_figures(run_dir: Path) -> set[str] | None:
     return set(figs) if figs else None
 
 
-def _classes(run_dir: Path, rows: Sequence[dict[str, Any]]) -> dict[str, Sequence[str]]:
+def _classes(run_dir: Path) -> dict[str, Sequence[str]]:
     out: dict[str, Sequence[str]] = {}
     for card in (run_dir / "clean").glob("*/model.json"):
         d = read_json(card, "model card")
