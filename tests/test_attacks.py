@@ -10,7 +10,7 @@ import torch
 import eviltwins as et
 from eviltwins.attacks import BadNet, TrojanNN
 from eviltwins.cli import main
-from eviltwins.errors import DataError
+from eviltwins.errors import DataError, OptimisationError, ParamError
 from eviltwins.triggers import Trigger, stamp
 
 
@@ -51,6 +51,66 @@ def test_trojannn_most_connected_selection(digits_clean, digits_spec):
     _, info = atk.generate_trigger(res.model, digits_spec, torch.Generator().manual_seed(0))
     w = res.model.net.classifier.fc1.weight.abs().view(128, 64, -1).sum(dim=(0, 2))
     assert sorted(info["neurons"]) == sorted(w.argsort(descending=True)[:3].tolist())
+
+
+def _random_spec(shape=(3, 32, 32), n=8):
+    from eviltwins.data import DatasetSpec
+    from eviltwins.data.base import TensorImageDataset
+
+    ds = TensorImageDataset(
+        torch.rand(n, *shape, generator=torch.Generator().manual_seed(0)), torch.arange(n) % 10
+    )
+    c = shape[0]
+    return DatasetSpec("random", shape, tuple("abcdefghij"), (0.5,) * c, (0.25,) * c, ds, ds)
+
+
+@pytest.mark.parametrize(("arch", "consumer"), [("resnet18", "fc"), ("vgg11", "classifier")])
+def test_trojannn_most_connected_reads_the_consuming_layer(arch, consumer):
+    """ResNet ``layer4`` / VGG ``features`` are containers: the "next layer" is the classifier
+    that reads them, not their own first child (which reads the 3 image channels)."""
+    spec = _random_spec()
+    model = et.build_model(arch, spec.shape, 10, spec.mean, spec.std).eval()
+    atk = TrojanNN(selection="most-connected", neurons=4, trigger_steps=0)
+    _, info = atk.generate_trigger(model, spec, torch.Generator().manual_seed(0))
+    assert info["layer"] == model.feature_layer
+    w = getattr(model.net, consumer).weight.detach().abs().sum(0)  # per input channel
+    assert info["neurons"] == w.argsort(descending=True)[:4].tolist()
+    assert max(info["neurons"]) > 3  # channels of the feature map, not of the image
+
+
+def test_connection_strength_per_input_channel():
+    from eviltwins.attacks.trojannn import connection_strength
+
+    conv = torch.nn.Conv2d(4, 6, 3, groups=2)
+    w = conv.weight.detach().abs()  # (6, 2, 3, 3): outputs 0-2 read inputs 0-1, 3-5 read 2-3
+    by_hand = torch.stack([w[:3, 0].sum(), w[:3, 1].sum(), w[3:, 0].sum(), w[3:, 1].sum()])
+    assert torch.allclose(connection_strength(conv, 4), by_hand)
+    fc = torch.nn.Linear(4 * 2 * 2, 5)  # reads a flattened (4, 2, 2) map
+    v = fc.weight.detach().abs().view(5, 4, 4)
+    assert torch.allclose(connection_strength(fc, 4), v.sum(dim=(0, 2)))
+    with pytest.raises(ParamError, match="not a multiple"):
+        connection_strength(fc, 3)
+
+
+def test_trojannn_generation_refuses_a_non_finite_cost(digits_spec):
+    """Huge (finite) activations overflow the cost to inf: generation must stop with an error,
+    not hand back the half-optimised trigger."""
+    model = et.build_model("cnn", digits_spec.shape, 10, digits_spec.mean, digits_spec.std)
+    with torch.no_grad():
+        model.net.features.conv2.weight.mul_(1e25)
+    atk = TrojanNN(size=0.3)
+    with pytest.raises(OptimisationError, match=r"cost became inf at step 0.*lower trigger_lr"):
+        atk.generate_trigger(model, digits_spec, torch.Generator().manual_seed(0))
+
+
+def test_trojannn_generation_refuses_nan_activations(digits_spec):
+    model = et.build_model("cnn", digits_spec.shape, 10, digits_spec.mean, digits_spec.std)
+    with torch.no_grad():
+        model.net.features.conv2.bias.fill_(float("nan"))
+    for selection in ("least-activated", "most-connected"):
+        atk = TrojanNN(size=0.3, selection=selection)
+        with pytest.raises(OptimisationError, match="NaN/inf activations"):
+            atk.generate_trigger(model, digits_spec, torch.Generator().manual_seed(0))
 
 
 def test_target_out_of_range(digits_clean, digits_spec):

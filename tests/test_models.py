@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from eviltwins.errors import ParamError, UnknownNameError
-from eviltwins.models import MODELS, activations, build_model, feature_tap, get_layer, layer_names
+from eviltwins.models import (
+    MODELS,
+    activations,
+    build_model,
+    consumer_of,
+    feature_tap,
+    get_layer,
+    layer_names,
+)
 
 
 @pytest.mark.parametrize(
@@ -84,3 +92,32 @@ def test_bad_model_options_are_param_errors():
         build_model("cnn", (1, 28, 28), 10, depth=3)
     with pytest.raises(ParamError, match="at least 4x4"):
         build_model("cnn", (1, 2, 2), 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "consumer"),
+    [
+        ("resnet18", "net.layer4", "net.fc"),  # a container: not its own first child
+        ("resnet18", "net.layer2.0.conv2", "net.layer2.1.conv1"),  # not the shortcut conv
+        ("vgg11", "net.features", "net.classifier"),  # not features.0 (the image channels)
+        ("vgg11", "net.features.0", "net.features.4"),  # across batch norm, ReLU and pool
+        ("cnn", "net.features.conv2", "net.classifier.fc1"),  # through flatten
+        ("cnn", "net.classifier.fc2", None),  # the last layer
+    ],
+)
+def test_consumer_of_follows_the_data_flow(name, layer, consumer):
+    model = build_model(name, (3, 32, 32), 10)
+    found = consumer_of(model, layer)
+    if consumer is None:
+        assert found is None
+    else:
+        assert found == (consumer, get_layer(model, consumer))
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+
+
+def test_consumer_of_takes_an_example_input_for_plain_modules():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(inplace=True))
+    net.append(torch.nn.Flatten()).append(torch.nn.Linear(4 * 6 * 6, 2))
+    assert consumer_of(net, "1", torch.rand(1, 1, 8, 8))[0] == "3"
+    with pytest.raises(ParamError, match="example_input"):
+        consumer_of(net, "0")

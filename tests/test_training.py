@@ -7,7 +7,8 @@ import torch
 
 import eviltwins as et
 from eviltwins.errors import OptimisationError, ParamError
-from eviltwins.training import TrainConfig, evaluate, train_model
+from eviltwins.training import TrainConfig, Trainer, evaluate, train_model
+from eviltwins.utils import PrivateRNG
 
 
 def test_digits_reaches_95_percent(digits_clean):
@@ -34,6 +35,73 @@ def test_nan_loss_stops_with_one_line_error(digits_spec):
     model = et.build_model("cnn", small.shape, 10, small.mean, small.std)
     with pytest.raises(OptimisationError, match="lower the learning rate"):
         train_model(model, small, TrainConfig(epochs=1, lr=1e30), quiet=True)
+
+
+def _dropout_masks(spec, device, calls=2, seed=0):
+    """The dropout masks of ``calls`` consecutive ``Trainer.steps(1)`` on the same batch; checks
+    that the caller's global RNG (CPU, and the device's on CUDA) is left untouched."""
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(32 * 32, 10)
+    ).to(device)
+    masks = []
+    model[1].register_forward_hook(lambda _m, _i, out: masks.append((out == 0).cpu()))
+    x = torch.ones(8, *spec.shape, device=device)
+    y = torch.zeros(8, dtype=torch.long, device=device)
+    cpu_before = torch.get_rng_state()
+    dev_before = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    trainer = Trainer(
+        model, spec, TrainConfig(batch_size=8, lr=1e-3, seed=seed), batch_hook=lambda *_: (x, y)
+    )
+    for _ in range(calls):
+        trainer.steps(1, quiet=True)
+    assert torch.equal(torch.get_rng_state(), cpu_before)
+    if dev_before is not None:
+        assert torch.equal(torch.cuda.get_rng_state(device), dev_before)
+    return masks
+
+
+def _check_fresh_masks(spec, device):
+    first, second = _dropout_masks(spec, device)
+    assert not torch.equal(first, second)  # the second call does not replay the first's masks
+    assert torch.equal(_dropout_masks(spec, device, calls=1)[0], first)  # same seed, same masks
+
+
+def test_consecutive_steps_draw_fresh_dropout_masks(digits_spec):
+    _check_fresh_masks(digits_spec.subset(train=16, test=8), torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_consecutive_steps_draw_fresh_dropout_masks_on_cuda(digits_spec):
+    _check_fresh_masks(digits_spec.subset(train=16, test=8), torch.device("cuda:0"))
+
+
+def test_private_rng_carries_the_device_generator(monkeypatch):
+    """On a CUDA device the private state holds the device's generator as well as the CPU's
+    (dropout on CUDA draws from it); checked with a stand-in device generator, no CUDA needed."""
+    import eviltwins.utils as utils
+
+    fake = torch.Generator().manual_seed(123)  # stands for the global generator of cuda:0
+    monkeypatch.setattr(utils, "_device_rng_state", lambda d: fake.get_state())
+    monkeypatch.setattr(utils, "_set_device_rng_state", lambda s, d: fake.set_state(s))
+    monkeypatch.setattr(
+        utils,
+        "_seeded_device_rng_state",
+        lambda seed, d: torch.Generator().manual_seed(seed).get_state(),
+    )
+    rng = PrivateRNG(7, "cuda:0")
+    assert rng.devices == [torch.device("cpu"), torch.device("cuda:0")]
+    caller_cpu, caller_dev = torch.get_rng_state(), fake.get_state()
+    draws = []
+    for _ in range(2):
+        with rng:
+            draws.append((torch.rand(4), torch.rand(4, generator=fake)))
+        assert torch.equal(torch.get_rng_state(), caller_cpu)
+        assert torch.equal(fake.get_state(), caller_dev)
+    seeded = torch.Generator().manual_seed(7)
+    assert torch.equal(draws[0][1], torch.rand(4, generator=seeded))  # seeded from `seed`
+    assert torch.equal(draws[1][1], torch.rand(4, generator=seeded))  # and carried on
+    assert not torch.equal(draws[0][0], draws[1][0])
+    assert PrivateRNG(7).devices == [torch.device("cpu")]
 
 
 def test_invalid_config_is_refused_before_any_work():

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from eviltwins.data import DatasetSpec, iter_batches
 from eviltwins.errors import OptimisationError
-from eviltwins.utils import device_of, eval_mode, make_generator, progress
+from eviltwins.utils import PrivateRNG, device_of, eval_mode, make_generator, progress
 
 BatchHook = Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
 ExtraLoss = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
@@ -66,7 +66,9 @@ class Trainer:
     (IMC, Algorithm 2) can interleave re-training with other work without restarting anything.
     ``batch_hook(x, y, step) -> (x, y)`` may rewrite each batch (poisoning);
     ``extra_loss(model, x, y, step)`` adds a term (e.g. IMC's specificity loss). Dropout draws
-    from a private RNG seeded with ``cfg.seed``; the caller's global RNG state is untouched. A
+    from a private RNG seeded with ``cfg.seed`` (CPU and, on CUDA, the device's generator; see
+    :class:`~eviltwins.utils.PrivateRNG`) that carries on across ``steps()`` calls, so each call
+    draws fresh masks; the caller's global RNG state is untouched. A
     NaN/inf loss raises :class:`OptimisationError` instead of silently breaking the model.
     """
 
@@ -94,12 +96,9 @@ class Trainer:
         )
         self.step_count = 0
         self._batches: Any = None
-        with torch.random.fork_rng(devices=self._cuda()):
-            torch.manual_seed(cfg.seed)
-            self._rng = torch.get_rng_state()
-
-    def _cuda(self) -> list[torch.device]:
-        return [self.device] if self.device.type == "cuda" else []
+        # Dropout draws from torch's global generators (the device's one on CUDA): keep a
+        # private stream for them, carried across steps() calls (utils.PrivateRNG).
+        self._rng = PrivateRNG(cfg.seed, self.device)
 
     def _next_batch(self) -> tuple[Tensor, Tensor]:
         while True:
@@ -123,8 +122,7 @@ class Trainer:
         loss_sum, correct, seen = 0.0, 0, 0
         bar = progress(total=n, desc=desc, quiet=quiet)
         model.train()
-        with torch.random.fork_rng(devices=self._cuda()):
-            torch.set_rng_state(self._rng)
+        with self._rng:
             try:
                 for _ in range(n):
                     x, y = self._next_batch()
@@ -152,7 +150,6 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
             finally:
                 bar.close()
-                self._rng = torch.get_rng_state()
         model.eval()
         return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
 

@@ -1,4 +1,4 @@
-"""Small shared helpers: device choice, seeding, progress bars, versions."""
+"""Small shared helpers: device choice, seeding, private RNG states, progress bars, versions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from eviltwins.errors import ParamError
@@ -59,6 +59,79 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def _device_rng_state(device: torch.device) -> Tensor:
+    """The global generator state of an accelerator ``device`` (CUDA)."""
+    return torch.cuda.get_rng_state(device)
+
+
+def _set_device_rng_state(state: Tensor, device: torch.device) -> None:
+    torch.cuda.set_rng_state(state, device)
+
+
+def _seeded_device_rng_state(seed: int, device: torch.device) -> Tensor:
+    """The state of ``device``'s generator freshly seeded with ``seed`` (nothing global moves)."""
+    return make_generator(seed, device).get_state()
+
+
+class PrivateRNG:
+    """A private copy of torch's *global* random state, seeded with ``seed``, for code that
+    draws from the global generators and cannot take a ``generator=`` (dropout, ``torch.rand``
+    inside a model).
+
+    It holds the CPU generator's state and, for a CUDA ``device``, that device's generator too
+    (dropout on a CUDA model draws from the CUDA generator, not the CPU one). ``with rng:``
+    swaps the private states in for the block, then stores where the block left them and puts
+    the caller's states back: the caller's global RNG is untouched, and consecutive blocks
+    continue one private stream (fresh dropout masks each time) instead of replaying it.
+    Other accelerator types are not covered (only their CPU side is). Not re-entrant.
+
+    >>> rng = PrivateRNG(0, "cuda:0")
+    >>> with rng:
+    ...     model(x)  # dropout masks from the private stream
+    """
+
+    def __init__(self, seed: int, device: str | torch.device = "cpu") -> None:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.devices: list[torch.device] = [torch.device("cpu")]
+        if device.type == "cuda":
+            self.devices.append(device)
+        self.states: dict[torch.device, Tensor] = {
+            d: _seeded_device_rng_state(seed, d)
+            if d.type == "cuda"
+            else make_generator(seed).get_state()
+            for d in self.devices
+        }
+        self._saved: dict[torch.device, Tensor] | None = None
+
+    @staticmethod
+    def _get(device: torch.device) -> Tensor:
+        return _device_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+    @staticmethod
+    def _set(state: Tensor, device: torch.device) -> None:
+        if device.type == "cuda":
+            _set_device_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+
+    def __enter__(self) -> PrivateRNG:
+        if self._saved is not None:
+            raise RuntimeError("PrivateRNG is not re-entrant")
+        self._saved = {d: self._get(d) for d in self.devices}
+        for d in self.devices:
+            self._set(self.states[d], d)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        saved, self._saved = self._saved, None
+        assert saved is not None
+        self.states = {d: self._get(d) for d in self.devices}
+        for d in self.devices:
+            self._set(saved[d], d)
 
 
 @contextlib.contextmanager

@@ -15,8 +15,8 @@ from eviltwins.attacks.badnet import RETRAIN_CONSTRAINTS, TRIGGER_CONSTRAINTS, a
 from eviltwins.attacks.base import ATTACKS, BackdoorAttack, poison_hook
 from eviltwins.base import Interval, OneOf
 from eviltwins.data import DatasetSpec, load_all
-from eviltwins.errors import ParamError
-from eviltwins.models import activations, feature_tap, get_layer
+from eviltwins.errors import OptimisationError, ParamError
+from eviltwins.models import activations, consumer_of, feature_tap, get_layer
 from eviltwins.training import TrainConfig, train_model
 from eviltwins.triggers import Trigger, stamp
 from eviltwins.utils import device_of, eval_mode, frozen_params
@@ -37,6 +37,11 @@ def trigger_response(
         m = trigger.region.float().to(x.device)  # opaque on the whole region
         a1 = activations(model, layer, stamp(x[:16], m, r1))
         a2 = activations(model, layer, stamp(x[:16], m, r2))
+    if not (torch.isfinite(a1).all() and torch.isfinite(a2).all()):
+        raise OptimisationError(
+            f"layer {layer!r} gives NaN/inf activations on stamped training images; check the "
+            "model's outputs (weights or inputs not finite) before generating a trigger"
+        )
     tol = 1e-6 * (1 + float(a1.abs().amax()))
     if a1.ndim == 2:
         footprint = torch.ones(1, dtype=torch.bool, device=x.device)
@@ -71,13 +76,17 @@ class TrojanNN(BackdoorAttack):
        ``selection="least-activated"`` (default, IMC authors' code): lowest mean activation on
        benign training batches, among neurons that respond to the trigger region;
        ``"most-connected"`` (original NDSS 2018 paper): largest sum of absolute outgoing
-       weights into the next layer.
+       weights into the next layer, i.e. the conv/linear layer that consumes ``layer``'s
+       output in the forward pass (ALGORITHMS.md, TrojanNN, step 2; for ResNet ``layer4`` /
+       VGG ``features`` that is the classifier, not the container's first child).
        A conv channel's activation is its mean over the positions whose receptive field covers
        the trigger (``footprint=True``, so the trigger can move it; ``False``: the whole map).
     3. Trigger generation (model fixed): from a random pattern inside the mask, minimise
        sum_i (``target_value`` - a_i(psi(x, r; m)))^2 over the pixels of r only, with
        ``trigger_steps`` sign-gradient steps of ``trigger_lr`` (authors: 0.015, 20 steps,
-       stop when the cost < ``cost_threshold`` = 5).
+       stop when the cost < ``cost_threshold`` = 5; ALGORITHMS.md, TrojanNN, step 3). A NaN/inf
+       cost raises :class:`~eviltwins.errors.OptimisationError` instead of returning a
+       half-optimised trigger.
     4. Re-training: fine-tune ``epochs`` epochs (or ``max_steps`` steps) on the training data,
        a ``poison_share`` (10%) of batches also carrying a stamped copy labelled ``target``
        (SGD lr ``lr`` 0.01, momentum 0.9, weight decay 2e-4, Nesterov).
@@ -182,12 +191,17 @@ class TrojanNN(BackdoorAttack):
         with eval_mode(model), frozen_params(model):
             with torch.no_grad():
                 before = act(r).tolist()
-            for _ in range(self.trigger_steps):
+            for step in range(self.trigger_steps):
                 r.requires_grad_(True)
                 cost = ((self.target_value - act(r)) ** 2).sum()
                 costs.append(float(cost.detach()))
                 if not torch.isfinite(cost):
-                    break
+                    raise OptimisationError(
+                        f"TrojanNN trigger generation: the cost became {costs[-1]} at step "
+                        f"{step} (layer {layer!r}, neurons {neurons}); check the model's "
+                        f"activations there (finite, of sane scale), or lower trigger_lr "
+                        f"(now {self.trigger_lr}) or target_value (now {self.target_value})"
+                    )
                 if cost.item() < self.cost_threshold:
                     break
                 (grad,) = torch.autograd.grad(cost, r)
@@ -225,7 +239,7 @@ class TrojanNN(BackdoorAttack):
         responsive: Tensor,
     ) -> list[int]:
         if self.selection == "most-connected":
-            return self._most_connected(model, layer)
+            return self._most_connected(model, layer, x_all[:1], len(responsive))
         # Least-activated on benign data, among neurons that the trigger region can move (a
         # dead ReLU channel has zero gradient and would leave generation stuck at noise).
         with torch.no_grad(), eval_mode(model):
@@ -240,23 +254,20 @@ class TrojanNN(BackdoorAttack):
         ranked = torch.where(responsive, mean_act, torch.full_like(mean_act, float("inf")))
         return ranked.argsort()[: self.neurons].tolist()
 
-    def _most_connected(self, model: nn.Module, layer: str) -> list[int]:
-        """Neurons with the largest sum of absolute outgoing weights (Liu et al., NDSS 2018):
-        the weights of the first parametrised layer after ``layer`` that consumes its units."""
-        named = list(model.named_modules())
-        at = [n for n, _ in named].index(layer)
-        nxt = next((m for _, m in named[at + 1 :] if isinstance(m, nn.Conv2d | nn.Linear)), None)
-        if nxt is None:
-            raise ParamError(f"no conv or linear layer follows {layer!r}; most-connected needs one")
-        w = nxt.weight.detach().abs()
-        if isinstance(nxt, nn.Conv2d):
-            score = w.sum(dim=(0, 2, 3))
-        else:
-            score = w.sum(0)
-            lay = get_layer(model, layer)
-            n_out = getattr(lay, "out_channels", None) or getattr(lay, "out_features", None)
-            if n_out and len(score) != n_out and len(score) % n_out == 0:
-                score = score.view(n_out, -1).sum(1)  # flattened conv map -> per channel
+    def _most_connected(
+        self, model: nn.Module, layer: str, example: Tensor, n_channels: int
+    ) -> list[int]:
+        """Neurons with the largest sum of absolute outgoing weights (Liu et al., NDSS 2018;
+        ALGORITHMS.md, TrojanNN, step 2): the weights of the layer that consumes ``layer``'s
+        output, found by tracing a forward pass (:func:`eviltwins.models.consumer_of`)."""
+        found = consumer_of(model, layer, example)
+        if found is None:
+            raise ParamError(
+                f"no conv or linear layer consumes the output of {layer!r}; most-connected "
+                "needs one (choose an earlier layer, or selection='least-activated')"
+            )
+        name, consumer = found
+        score = connection_strength(consumer, n_channels, f"{name!r} (consumer of {layer!r})")
         return score.argsort(descending=True)[: self.neurons].tolist()
 
     # --- the whole attack --------------------------------------------------------------------
@@ -281,6 +292,35 @@ class TrojanNN(BackdoorAttack):
             desc="trojannn re-train",
         )
         return trigger, history, info
+
+
+def connection_strength(consumer: nn.Module, n_channels: int, what: str = "consumer") -> Tensor:
+    """Per-neuron sum of absolute outgoing weights into ``consumer`` (the "most connected"
+    score of Liu et al., NDSS 2018; ALGORITHMS.md, TrojanNN, step 2), for a layer of
+    ``n_channels`` channels (conv) or units (dense) whose output ``consumer`` reads.
+
+    A convolution sums ``|weight[:, c]|`` over output channels and kernel (grouped convs read
+    only their group's rows); a linear layer sums its columns ``|weight[:, c]|``, grouped per
+    channel when it reads a flattened (C, H, W) map (``in_features = C * H * W``)."""
+    w = consumer.weight.detach().abs()
+    if isinstance(consumer, nn.Linear):
+        n_in = w.shape[1]
+        if n_in % n_channels:
+            raise ParamError(
+                f"{what} has {n_in} input features, not a multiple of the layer's "
+                f"{n_channels} channels; most-connected cannot map its weights to neurons"
+            )
+        return w.view(w.shape[0], n_channels, -1).sum(dim=(0, 2))
+    groups = int(getattr(consumer, "groups", 1))
+    in_channels = int(getattr(consumer, "in_channels", w.shape[1] * groups))
+    if in_channels != n_channels:
+        raise ParamError(
+            f"{what} reads {in_channels} channels but the layer has {n_channels} (e.g. a "
+            "concatenation in between); most-connected cannot map its weights to neurons"
+        )
+    # (out, in/groups, *k) -> (groups, out/groups, in/groups, k) -> per input channel
+    per_group = w.reshape(groups, w.shape[0] // groups, w.shape[1], -1).sum(dim=(1, 3))
+    return per_group.reshape(-1)
 
 
 def _all_positions(feat: Tensor) -> Tensor:

@@ -143,6 +143,67 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     )
 
 
+CONSUMER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def consumer_of(
+    model: nn.Module, layer: str, example_input: Tensor | None = None
+) -> tuple[str, nn.Module] | None:
+    """The first linear or convolution layer that consumes the output of ``layer`` (its "next
+    layer" in the data flow), found by tracing one forward pass; ``None`` when none does.
+
+    ``named_modules()`` order is not data flow: the module after a container (ResNet
+    ``layer4``, VGG ``features``) is its own first child, and a residual block calls its
+    shortcut convolution after the main branch, on the block's input. Here the output of
+    ``layer`` is made the only tensor that carries gradient (model parameters frozen, input
+    without gradient) and the first linear/conv layer called with an input that carries
+    gradient, i.e. a function of that output, is the consumer (ALGORITHMS.md, TrojanNN,
+    step 2, "next layer"). Normalisation layers in between (batch norm) are passed over.
+    ``example_input`` defaults to one zero image of ``model.input_shape``.
+
+    >>> consumer_of(build_model("vgg11", (3, 32, 32), 10), "net.features")[0]
+    'net.classifier'
+    """
+    from eviltwins.utils import device_of, eval_mode, frozen_params
+
+    target = get_layer(model, layer)
+    if example_input is None:
+        shape = getattr(model, "input_shape", None)
+        if shape is None:
+            raise ParamError(
+                "consumer_of needs example_input for a model without an input_shape attribute"
+            )
+        example_input = torch.zeros(1, *shape, device=device_of(model))
+    found: list[str] = []
+
+    def mark(_module: nn.Module, _inp: Any, out: Any) -> Tensor:
+        if not isinstance(out, Tensor):
+            raise ParamError(f"layer {layer!r} returns {type(out).__name__}, not a tensor")
+        return out.detach().requires_grad_(True).clone()  # clone: in-place ReLUs may follow
+
+    def spot(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def pre_hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not found and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+                found.append(name)
+
+        return pre_hook
+
+    named = dict(model.named_modules())
+    handles = [target.register_forward_hook(mark)]
+    handles += [
+        m.register_forward_pre_hook(spot(n))
+        for n, m in named.items()
+        if n and isinstance(m, CONSUMER_TYPES)
+    ]
+    try:
+        with torch.enable_grad(), eval_mode(model), frozen_params(model):
+            model(example_input.detach())
+    finally:
+        for h in handles:
+            h.remove()
+    return (found[0], named[found[0]]) if found else None
+
+
 @contextlib.contextmanager
 def feature_tap(model: nn.Module, layer: str) -> Iterator[dict[str, Tensor]]:
     """Record the output of ``layer`` on every forward inside the block.
