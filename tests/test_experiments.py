@@ -273,3 +273,22 @@ def test_cli_sweep_check_and_report(tiny_run, tmp_path, capsys):
 def test_report_refuses_a_folder_without_cells(tmp_path):
     with pytest.raises(DataError, match="eviltwins sweep"):
         write_report(tmp_path)
+
+
+def test_an_evasion_counts_only_when_the_verdict_is_clean():
+    """Regression (issue 11): a lower target index is not an evasion while NeuralCleanse still
+    flags other labels on the TrojanNN* model; the claim shows both, and efficacy beside."""
+    det = {"neural-cleanse": "nc"}
+    base = {"nc.target_anomaly": 3.0, "nc.target_flagged": True, "nc.flagged": "0"}
+    rows = [
+        _row("TrojanNN", "trojannn", 0.2, 0.4, **base),
+        _row("TrojanNN*", "imc", 0.2, 0.8, **{"nc.target_anomaly": 0.0, "nc.flagged": "2 5 9"}),
+    ]
+    text = "NeuralCleanse is evaded by TrojanNN* (lower target index, no label flagged)"
+    by_claim = {c.claim: c for c in claims(rows, det)}
+    c = by_claim[text]
+    assert c.holds is False
+    assert "clean (no label flagged) in 0/1" in c.measured and "2 5 9" in c.measured
+    assert "efficacy" in c.measured
+    rows[1]["nc.flagged"] = ""
+    assert {c.claim: c.holds for c in claims(rows, det)}[text] is True

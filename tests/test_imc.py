@@ -102,3 +102,97 @@ def test_badnet_star_and_cli(digits_clean, tmp_path, capsys):
     assert d["attack"] == "imc" and d["extra"]["init"] == "badnet"
     assert d["extra"]["evasion_weights"] == {"strip": 0.6} and d["extra"]["fidelity_weight"] == 1
     assert len(d["history"]) <= 3 and (tmp_path / "imc" / "trigger.png").is_file()
+
+
+def test_strip_term_sees_each_input_stamped_once_beside_a_clean_partner(
+    digits_clean, digits_spec, monkeypatch
+):
+    """Regression (issue 11, defect 1): the STRIP term runs only on re-training batches that
+    carry stamped copies, on clean rows stamped once, mixed with *different clean* rows; it
+    never stamps an input twice nor pairs two stamped inputs."""
+    import eviltwins.attacks.evasion as evasion
+    from eviltwins.triggers import Trigger
+
+    res, _ = digits_clean
+    calls = []
+    real = evasion.strip_specificity
+
+    def spy(model, stamped, clean, state=None):
+        calls.append((stamped.detach().clone(), clean.detach().clone()))
+        return real(model, stamped, clean, state)
+
+    monkeypatch.setattr(evasion, "strip_specificity", spy)
+    steps = 60
+    # trigger_steps=0 keeps the BadNet* trigger at its initial white square all along.
+    IMC(
+        init="badnet",
+        size=0.3,
+        transparency=0.5,
+        evade="strip",
+        trigger_steps=0,
+        outer_iters=3,
+        retrain_steps=steps // 3,
+        poison_share=0.3,
+        early_stop=False,
+        quiet=True,
+    ).fit(res.model, digits_spec)
+    trig = Trigger.square(digits_spec.shape, 0.3, 0.5, "bottom-right", "white")
+    assert 0 < len(calls) < steps  # only the batches that carry stamped copies
+    for stamped, clean in calls:
+        # stamped exactly once (tanh parameters put the mask at 0.495, not 0.5; twice: 0.75)
+        assert torch.allclose(stamped, trig.stamp(clean), atol=2e-2)
+        region = trig.region.expand_as(clean[0])
+        # no clean row is itself stamped: the white half-opaque square changes every clean row
+        assert not torch.isclose(clean, trig.stamp(clean))[:, region].all(dim=1).any()
+
+
+def test_strip_evasion_keeps_efficacy(digits_clean, digits_spec):
+    """With the term in the authors' place the backdoor keeps its confidence (before the fix:
+    ASR 1.0 but efficacy 0.41, mixture entropy 2.29 of 2.30 nats)."""
+    res, _ = digits_clean
+    common = dict(size=0.3, outer_iters=6, retrain_steps=24, early_stop=False, quiet=True)
+    strip = IMC(evade="strip", **common).fit(res.model, digits_spec)
+    fixed = IMC(**common).fit(res.model, digits_spec)
+    assert strip.metrics["asr"] >= 0.95
+    assert strip.metrics["efficacy"] >= 0.9
+    assert _mixture_entropy(strip, digits_spec) > _mixture_entropy(fixed, digits_spec)
+
+
+def test_abs_term_acts_on_the_model_step(digits_clean, digits_spec, monkeypatch):
+    """Regression (issue 11, defect 2): the ABS term refreshes ABS's candidates once per outer
+    iteration and acts in the model re-training step on the stamped copies (a gradient on the
+    model), not on the trigger step with the model frozen."""
+    import eviltwins.detectors.abs_evasion as abs_ev
+    from eviltwins.attacks.evasion import EVASIONS
+
+    res, _ = digits_clean
+    term = EVASIONS.create("abs")
+    assert term.trigger_loss is None and term.model_loss is not None
+    refreshed, grads = [], []
+    real_refresh, real_loss = abs_ev.abs_candidates, abs_ev.abs_evasion
+
+    def spy_refresh(model, xs, ys, k):
+        state = real_refresh(model, xs, ys, k)
+        refreshed.append((len(xs), len(state["channels"])))
+        return state
+
+    def spy_loss(model, stamped, clean, state):
+        loss = real_loss(model, stamped, clean, state)
+        grads.append(loss.requires_grad)
+        return loss
+
+    monkeypatch.setattr(abs_ev, "abs_candidates", spy_refresh)
+    monkeypatch.setattr(abs_ev, "abs_evasion", spy_loss)
+    r = IMC(
+        size=0.3,
+        evade="abs",
+        outer_iters=3,
+        retrain_steps=10,
+        poison_share=0.5,
+        early_stop=False,
+        quiet=True,
+    ).fit(res.model, digits_spec)
+    assert len(refreshed) == 3 and all(n == 5 * 10 for n, _ in refreshed)
+    assert any(c > 0 for _, c in refreshed)
+    assert grads and all(grads)
+    assert r.extra["evasion_weights"] == {"abs": 1e-4}

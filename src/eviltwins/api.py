@@ -206,6 +206,7 @@ def detect(
     trigger: str | os.PathLike[str] | None = None,
     target: int | None = None,
     n_clean: int = 1000,
+    protocol: str = "effective",
     out: str | os.PathLike[str] | None = None,
     device: str = "auto",
     data_root: str | os.PathLike[str] | None = None,
@@ -217,11 +218,14 @@ def detect(
 
     Model inspectors (neural-cleanse, abs) return an
     :class:`~eviltwins.detectors.InspectionReport`. Input filters (strip, ensemble) are fitted on
-    the first ``n_clean`` held-out test images and evaluated on the next ``n_clean`` clean
-    images against the same images (true label != target) stamped with ``trigger`` (default:
-    the model folder's ``trigger.safetensors``); they return a
-    :class:`~eviltwins.detectors.FilterReport`. With ``out``, the report (and reversed-trigger
-    images for inspectors) are written there.
+    the first ``n_clean`` held-out test images and evaluated on the next ``n_clean`` images
+    (ALGORITHMS.md, input-filter protocol): with ``protocol="effective"`` (the authors') the
+    clean set is those the model classifies correctly and the triggered set those of them
+    (true label != target) that, stamped with ``trigger`` (default: the model folder's
+    ``trigger.safetensors``), the model sends to the target; ``"all-stamped"`` counts every
+    clean and every stamped non-target input. Both variants are in the returned
+    :class:`~eviltwins.detectors.FilterReport`, with the size of each set. With ``out``, the
+    report (and reversed-trigger images for inspectors) are written there.
     """
     from eviltwins.detectors import DETECTORS, InputFilter, evaluate_filter
     from eviltwins.triggers import Trigger
@@ -241,7 +245,7 @@ def detect(
         )
     trig = Trigger.load(trig_path)
     tgt = target if target is not None else int(card.extra.get("target", 0))
-    report = evaluate_filter(det, net, spec, trig, tgt, n_clean)
+    report = evaluate_filter(det, net, spec, trig, tgt, n_clean, protocol)
     if out is not None:
         from eviltwins.io import write_json
 

@@ -56,6 +56,16 @@ def _emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
     click.echo(json.dumps(result, indent=2) if as_json else summary)
 
 
+def _number_or_text(value: str | None) -> float | str | None:
+    """A flag that is a number for some estimators and a name for others (``--threshold``)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def _params(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
     """An estimator's parameters: a YAML config's values, overridden by the flags given."""
     params = read_yaml(config) if config is not None else {}
@@ -383,25 +393,55 @@ def attack(
     help="strip/ensemble: held-out clean images to fit on (and as many to test).",
 )
 @click.option(
+    "--protocol",
+    type=click.Choice(["effective", "all-stamped"]),
+    default="effective",
+    show_default=True,
+    help="strip/ensemble: effective = clean inputs the model gets right vs stamped inputs it "
+    "sends to the target (the authors'); all-stamped = every clean and stamped input. Both "
+    "are reported.",
+)
+@click.option(
     "--preset",
     default=None,
-    help="neural-cleanse: imc (1,600 inputs, 10 epochs; default) or original.",
+    help="neural-cleanse: imc (1,600 inputs, 10 epochs, batch 32 = 500 steps per label; "
+    "default) or original.",
 )
 @click.option(
     "--variant",
     default=None,
-    help="strip: imc (N=8, average, ln, threshold 0.05; default) or original "
-    "(N=100, additive, log2, normal fit at --frr).",
+    help="strip: imc (N=8, average, ln, threshold at 5% FPR of held-out clean entropies; "
+    "default) or original (N=100, additive, log2, normal fit at 1% FRR).",
+)
+@click.option(
+    "--threshold",
+    default=None,
+    callback=lambda _c, _p, v: _number_or_text(v),
+    help="strip/ensemble: threshold rule quantile, normal or fixed [the variant's]; "
+    "neural-cleanse: anomaly index [2.0]; abs: REASR [0.8].",
+)
+@click.option(
+    "--entropy-threshold",
+    type=float,
+    default=None,
+    help="strip with --threshold fixed: the entropy below which an input is flagged [0.05].",
 )
 @click.option(
     "--frr",
     type=float,
     default=None,
-    help="strip/ensemble: false-rejection rate for the calibrated threshold.",
+    help="strip/ensemble: false-rejection (= false-positive) rate of the calibrated threshold "
+    "[strip imc 0.05, quantile; strip original 0.01, normal fit; ensemble 0.05].",
 )
 @click.option("--epochs", type=int, default=None, help="neural-cleanse: epochs per label.")
 @click.option("--n-inputs", type=int, default=None, help="neural-cleanse: inputs used.")
-@click.option("--steps", type=int, default=None, help="abs: reverse-engineering steps [200].")
+@click.option(
+    "--steps",
+    type=int,
+    default=None,
+    help="neural-cleanse: optimisation steps per label [the preset's: 500]; abs: "
+    "reverse-engineering steps [200]; ensemble: mixture weights [11].",
+)
 @click.option("--layer", default=None, help="abs: layer to stimulate [feature layer].")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--test-limit", type=int, default=None, help="Use a random test subset.")
@@ -422,6 +462,7 @@ def detect(
     trigger: Path | None,
     target: int | None,
     n_clean: int,
+    protocol: str,
     test_limit: int | None,
     config: Path | None,
     out: Path | None,
@@ -443,6 +484,7 @@ def detect(
         trigger=trigger,
         target=target,
         n_clean=n_clean,
+        protocol=protocol,
         out=out,
         device=device,
         data_root=data_root,

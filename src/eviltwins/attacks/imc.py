@@ -59,10 +59,14 @@ class IMC(BackdoorAttack):
     square can shrink). Opacity never exceeds 1 - ``transparency``.
 
     Evasion (``evade``, any of ``neural-cleanse``, ``strip``, and ``abs`` once the ABS detector
-    is installed): NeuralCleanse adds l_f(m) = ||m||_1 / trigger pixels to the trigger step with
-    weight ``fidelity_weight`` (lambda, default 1; it needs a learnable mask: mode opacity or
-    size); STRIP adds l_s = -H(f((x* + x') / 2)) to the model step with ``strip_weight`` (nu,
-    default 0.6; the authors use 0.2 on GTSRB); ABS adds its term with ``abs_weight``.
+    is installed; ALGORITHMS.md, "Evading ..."): NeuralCleanse adds l_f(m) = ||m||_1 / trigger
+    pixels to the trigger step with weight ``fidelity_weight`` (lambda, default 1; it needs a
+    learnable mask: mode opacity or size). STRIP adds nu * l_s(theta), l_s = -H(f((x* + x') /
+    2)), to the model step with ``strip_weight`` (nu, default 0.6; the authors use 0.2 on
+    GTSRB), only on the re-training batches that carry stamped copies, x* a clean input of the
+    batch stamped once and x' a different clean input. ABS subtracts ``abs_weight`` (1e-4)
+    times ABS's re-mask loss of its current candidate neurons, found each outer iteration on
+    ``seeds_per_class`` (5) training images per class, on the stamped copies in the model step.
 
     Result ``history``: per outer iteration, ASR / efficacy / clean accuracy on the monitor
     subset, each loss term, mask L1 and the re-training steps so far.
@@ -94,6 +98,7 @@ class IMC(BackdoorAttack):
         "selection": OneOf("least-activated", "most-connected"),
         "init_trigger_steps": Interval(int, 0, None),
         "monitor_size": Interval(int, 10, None),
+        "seeds_per_class": Interval(int, 1, None),
         "inplace": OneOf(True, False),
     }
 
@@ -125,6 +130,7 @@ class IMC(BackdoorAttack):
         selection: str = "least-activated",
         init_trigger_steps: int = 20,
         monitor_size: int = 1000,
+        seeds_per_class: int = 5,
         inplace: bool = False,
         seed: int = 0,
         quiet: bool | None = None,
@@ -155,6 +161,7 @@ class IMC(BackdoorAttack):
         self.selection = selection
         self.init_trigger_steps = init_trigger_steps
         self.monitor_size = monitor_size
+        self.seeds_per_class = seeds_per_class
         self.inplace = inplace
         self.seed = seed
         self.quiet = quiet
@@ -212,6 +219,19 @@ class IMC(BackdoorAttack):
                 model_terms.append((term, w))
         return lam, trig_terms, model_terms
 
+    def _seed_images(
+        self, data: DatasetSpec, generator: torch.Generator, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """``seeds_per_class`` training images of every class, drawn once: the inputs on which
+        a model-step term refreshes its state (ABS's stimulation analysis, as in the authors'
+        per-epoch candidate search on seed data)."""
+        x, y = load_all(data.train)
+        perm = torch.randperm(len(y), generator=generator)
+        idx = torch.cat(
+            [perm[y[perm] == k][: self.seeds_per_class] for k in range(data.num_classes)]
+        )
+        return x[idx].to(device), y[idx].to(device)
+
     def _fit(self, model: nn.Module, data: DatasetSpec, generator: torch.Generator):
         device = device_of(model)
         init_trigger, init_info = self._initial_trigger(model, data, generator)
@@ -229,11 +249,29 @@ class IMC(BackdoorAttack):
             lr=self.trigger_lr,
             betas=(0.5, 0.9),
         )
-        current = {"trigger": init_trigger.to(device)}
+        current: dict[str, Any] = {"trigger": init_trigger.to(device), "poisoned": None}
+        states: dict[str, Any] = {}
+        poison = poison_hook(
+            lambda: current["trigger"], self.target, self.poison_share, generator, "append"
+        )
+
+        def batch_hook(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor]:
+            """Poison the batch and remember its clean rows and their stamped copies, so the
+            model-step terms see each input stamped once, beside clean partners."""
+            xp, yp = poison(x, y, step)
+            current["poisoned"] = (x, xp[len(x) :]) if len(xp) > len(x) else None
+            return xp, yp
 
         def extra_loss(m: nn.Module, x: Tensor, y: Tensor, step: int) -> Tensor:
-            stamped = current["trigger"].stamp(x)
-            return sum(w * term.model_loss(m, stamped, x) for term, w in model_terms)
+            """nu * l_s(theta) and the other model-step terms, only on batches that carry
+            stamped copies (ALGORITHMS.md, "Evading STRIP" / "Evading ABS")."""
+            if current["poisoned"] is None:
+                return x.new_zeros(())
+            clean, stamped = current["poisoned"]
+            return sum(
+                w * term.model_loss(m, stamped, clean, states.get(term.name))
+                for term, w in model_terms
+            )
 
         n_batches = math.ceil(len(data.train) / self.batch_size)
         per_iter = self.retrain_steps or n_batches
@@ -252,9 +290,7 @@ class IMC(BackdoorAttack):
             model,
             data,
             cfg,
-            batch_hook=poison_hook(
-                lambda: current["trigger"], self.target, self.poison_share, generator, "append"
-            ),
+            batch_hook=batch_hook,
             extra_loss=extra_loss if model_terms else None,
             total_steps=budget,
         )
@@ -264,6 +300,8 @@ class IMC(BackdoorAttack):
         monitor = TensorImageDataset(x_mon[pick], y_mon[pick])
         benign_mon = evaluate(model, monitor)["accuracy"]
         trig_batches = self._trigger_batches(data, generator, device)
+        refreshing = [term for term, _ in model_terms if term.refresh is not None]
+        seeds = self._seed_images(data, generator, device) if refreshing else None
 
         history: list[dict[str, float]] = []
         for k in range(1, self.outer_iters + 1):
@@ -271,6 +309,9 @@ class IMC(BackdoorAttack):
                 break
             losses = self._trigger_step(model, params, opt_t, trig_batches, lam, trig_terms, n_px)
             current["trigger"] = params.trigger().to(device)
+            for term in refreshing:
+                with eval_mode(model), frozen_params(model):
+                    states[term.name] = term.refresh(model, *seeds, data.num_classes)
             stats = trainer.steps(
                 min(per_iter, budget - trainer.step_count),
                 desc=f"imc {k}/{self.outer_iters}",

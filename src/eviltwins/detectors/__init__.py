@@ -1,6 +1,7 @@
 """Detectors: model inspection (NeuralCleanse, ABS) and input filtering (STRIP, the
 NeuralCleanse + STRIP ensemble)."""
 
+from eviltwins.detectors import abs_evasion  # noqa: F401  (registers IMC's ABS evasion term)
 from eviltwins.detectors.abs import ABS
 from eviltwins.detectors.base import (
     DETECTORS,

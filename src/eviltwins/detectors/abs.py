@@ -9,7 +9,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from eviltwins.attacks.evasion import EVASIONS, EvasionTerm
 from eviltwins.base import Check, Interval
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
@@ -33,24 +32,56 @@ def _layer_of(model: nn.Module, layer: str | None) -> str:
     return name
 
 
+def low_high_split(n_levels: int) -> int:
+    """How many of the (ascending) stimulation levels count as "low": ``n // 5`` as in
+    TrojanZoo's ``find_min_max`` (low = levels[:n // 5], high = levels[n // 5:]), at least 1
+    so the low side is never empty (5 levels 0, 1, 2, 4, 8: low = {0}, high = {1, 2, 4, 8})."""
+    return max(1, n_levels // 5)
+
+
+def project_mask(mask: Tensor, budget: float) -> Tensor:
+    """Project each mask of ``mask`` (K, 1, H, W), values in [0, 1], onto L1 <= ``budget``:
+    keep its largest entries while their sum fits, the next one cut to fill the budget
+    exactly, and zero the rest. A mask already within the budget is returned unchanged."""
+    flat = mask.flatten(1)
+    vals, order = flat.sort(dim=1, descending=True)
+    before = vals.cumsum(1) - vals  # L1 of the larger entries
+    kept = (budget - before).clamp_min(0).minimum(vals)
+    out = torch.zeros_like(flat).scatter(1, order, kept)
+    # guard the float rounding of the cumulative sum: never above the budget
+    scale = (budget / out.sum(1).clamp_min(1e-12)).clamp(max=1.0)
+    return (out * scale[:, None]).view_as(mask)
+
+
 @DETECTORS.register("abs")
 class ABS(ModelInspector):
-    """ABS (Liu et al., CCS 2019), following ALGORITHMS.md:
+    """ABS (Liu et al., CCS 2019), following ALGORITHMS.md ("ABS"):
 
     1. Stimulation: on ``seeds_per_class`` held-out images per class, each channel of
        ``layer`` (default: the model's feature layer) is set, over its whole map, to each of
-       ``levels`` x its largest observed mean activation (0 included), and the logits recorded.
-    2. Elevation: per channel and seed image, the label (other than the image's own) whose
-       logit the stimulation raises most, with its margin over the runner-up; channels that
-       raise the same label on >= ``consistency`` (90%) of the seeds are ranked by their
-       smallest margin, and the top ``top_k`` (10) kept as candidates.
+       ``levels`` x its largest observed activation (0 included), and the logits recorded.
+    2. Elevation (ALGORITHMS.md step 2; the original and TrojanZoo's ``find_min_max``): per
+       channel, seed image and label, the elevation is the label's maximum logit over the
+       high stimulation levels minus its minimum over the low ones (levels sorted ascending;
+       low = the first ``max(1, n // 5)``, high = the rest; see :func:`low_high_split`), not
+       the raw maximum logit. Per channel and seed, the label (other than the seed's own)
+       with the largest elevation, and its margin over the runner-up (own label excluded);
+       channels that raise the same label on >= ``consistency`` (90%) of the seeds of other
+       classes are ranked by their smallest margin, and the top ``top_k`` (10) kept
+       (:meth:`candidates`).
     3. Reverse engineering, all candidates batched: a mask (1 x H x W) and pattern (tanh
        parameters, Adam lr ``lr``, ``steps`` steps) maximising the candidate's activation minus
        the other channels', and in the second half also the label's logit, with the mask L1
        kept under ``mask_bound`` x H x W (penalty weight 500 above the bound, 1000 above 1.2x).
+       The penalty is soft, so each mask is then projected onto the bound
+       (:func:`project_mask`) before REASR; the report holds the projected masks.
     4. REASR: the share of other held-out images (not the seeds, label != candidate label) that
-       the recovered trigger sends to the label; a label is flagged at REASR >= ``threshold``
-       (0.8).
+       the recovered trigger (projected mask) sends to the label; a label is flagged at
+       REASR >= ``threshold`` (0.8).
+
+    When no channel passes step 2 nothing is tested: ``details["no_candidate"]`` is True and
+    the summary says "no candidate neuron" (the per-label scores are then 0 by convention,
+    not measured REASRs; ``details["label_reasr"]`` is None for every untested label).
     """
 
     name: ClassVar[str] = "abs"
@@ -99,9 +130,23 @@ class ABS(ModelInspector):
         self.seed = seed
         self.quiet = quiet
 
+    def layer_of(self, model: nn.Module) -> str:
+        """The layer ABS stimulates in ``model``: ``layer``, else the model's feature layer."""
+        return _layer_of(model, self.layer)
+
+    def candidates(
+        self, model: nn.Module, layer: str, xs: Tensor, ys: Tensor, num_classes: int
+    ) -> list[tuple[int, int]]:
+        """Steps 1-2 on seed images ``xs`` (labels ``ys``): the candidate (channel, label)
+        pairs of ``layer``, best first (at most ``top_k``; empty when no channel qualifies).
+        The model runs in eval mode without gradients and is left as it was."""
+        self._validate_params()
+        with eval_mode(model), frozen_params(model):
+            return self._candidates(model, layer, xs, ys, num_classes)[0]
+
     def inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
         self._validate_params()
-        layer = _layer_of(model, self.layer)
+        layer = self.layer_of(model)
         start = time.perf_counter()
         g = make_generator(self.seed)
         dev = device_of(model)
@@ -120,7 +165,7 @@ class ABS(ModelInspector):
         best = torch.zeros(k)
         best_i = torch.full((k,), -1, dtype=torch.long)
         for i, (_, label) in enumerate(cands):
-            if reasr[i] > best[label]:
+            if best_i[label] < 0 or reasr[i] > best[label]:
                 best[label], best_i[label] = reasr[i], i
         c, h, w = data.shape
         out_m = torch.zeros(k, 1, h, w)
@@ -128,7 +173,8 @@ class ABS(ModelInspector):
         for label in range(k):
             if best_i[label] >= 0:
                 out_m[label], out_p[label] = masks[best_i[label]], patterns[best_i[label]]
-        flagged = [lab for lab in range(k) if best[lab] >= self.threshold]
+        flagged = [lab for lab in range(k) if best_i[lab] >= 0 and best[lab] >= self.threshold]
+        tested = [lab for lab in range(k) if best_i[lab] >= 0]
         return InspectionReport(
             "abs",
             best.tolist(),
@@ -140,9 +186,14 @@ class ABS(ModelInspector):
             round(time.perf_counter() - start, 3),
             {
                 "layer": layer,
+                "no_candidate": not cands,
                 "candidates": [[int(n), int(lab)] for n, lab in cands],
                 "candidate_reasr": [float(r) for r in reasr],
+                "candidate_mask_l1": [float(v) for v in masks.sum(dim=(1, 2, 3))],
+                "mask_bound_l1": self.mask_bound * h * w,
                 "elevation": elev,
+                "tested_labels": tested,
+                "label_reasr": [float(best[lab]) if lab in tested else None for lab in range(k)],
                 "labels": list(range(k)),
                 "n_seeds": len(xs),
                 "n_eval": len(xe),
@@ -152,15 +203,17 @@ class ABS(ModelInspector):
     def _candidates(
         self, model: nn.Module, layer: str, xs: Tensor, ys: Tensor, n_classes: int
     ) -> tuple[list[tuple[int, int]], list[float]]:
-        """Steps 1-2: stimulation analysis and candidate selection."""
+        """Steps 1-2: stimulation analysis and candidate selection (see the class docstring);
+        returns the candidates and their robust margins."""
         with torch.no_grad(), feature_tap(model, layer) as tap:
             model(xs)
             base = tap["out"]
         n_ch = base.shape[1]
         # largest value observed per channel (over images and positions)
         top = (base if base.ndim == 2 else base.amax(dim=(2, 3))).amax(0).clamp_min(1e-3)
-        levels = torch.tensor([float(v) for v in self.levels], device=xs.device)
+        levels = torch.tensor(sorted(float(v) for v in self.levels), device=xs.device)
         n_lv, n_s = len(levels), len(xs)
+        n_low = low_high_split(n_lv)
         elev = torch.empty(n_ch, n_s, n_classes, device=xs.device)
         per = max(1, 4096 // (n_lv * n_s))
         bar = progress(total=n_ch, desc="abs stimulation", quiet=self.quiet)
@@ -186,7 +239,8 @@ class ABS(ModelInspector):
             finally:
                 handle.remove()
             logits = logits.view(len(chans), n_lv, n_s, n_classes)
-            elev[chans] = logits.amax(1)
+            # elevation = max over the high levels - min over the low levels (find_min_max)
+            elev[chans] = logits[:, n_low:].amax(1) - logits[:, :n_low].amin(1)
             bar.update(len(chans))
         bar.close()
         # Elevated label per (channel, seed), excluding the seed's own label.
@@ -217,7 +271,8 @@ class ABS(ModelInspector):
         ye: Tensor,
         g: torch.Generator,
     ) -> tuple[Tensor, Tensor, list[float]]:
-        """Steps 3-4: batched trigger reverse engineering for every candidate, then REASR."""
+        """Steps 3-4: batched trigger reverse engineering for every candidate, projection of
+        each mask onto the bound, then REASR with the projected masks."""
         c, h, w = xs.shape[1:]
         if not cands:
             return torch.zeros(0, 1, h, w), torch.zeros(0, c, h, w), []
@@ -258,40 +313,26 @@ class ABS(ModelInspector):
             bar.update(1)
         bar.close()
         with torch.no_grad():
-            m = (torch.tanh(w_m) + 1) / 2
+            m = project_mask((torch.tanh(w_m) + 1) / 2, bound)
             p = (torch.tanh(w_p) + 1) / 2
-            # Enforce the bound exactly: keep the largest mask entries within the budget.
-            reasr = []
-            for k in range(n_k):
-                keep = ye != labels[k]
-                xk = xe[keep]
-                pred = model(xk * (1 - m[k]) + p[k] * m[k]).argmax(1)
-                reasr.append(float((pred == labels[k]).float().mean()) if len(xk) else 0.0)
+            reasr = self._reasr(model, m, p, labels, xe, ye)
         return m.cpu(), p.cpu(), reasr
 
-
-def abs_evasion(
-    model: nn.Module, stamped: Tensor, benign: Tensor, mask: Tensor, n_pixels: int
-) -> Tensor:
-    """Pang et al., Appendix C: make the trigger's effect look unlike ABS's single-neuron
-    elevation, by penalising the largest per-channel activation increase (stamped vs benign)
-    in the model's feature layer (ABS's recovery objective, negated and scaled)."""
-    layer = _layer_of(model, None)
-    with feature_tap(model, layer) as tap:
-        model(stamped)
-        a_s = _channel_means(tap["out"]).mean(0)
-        with torch.no_grad():
-            model(benign)
-            a_b = _channel_means(tap["out"]).mean(0)
-    return (a_s - a_b).amax()
-
-
-EVASIONS.register("abs")(
-    lambda: EvasionTerm(
-        "abs",
-        1e-4,
-        trigger_loss=abs_evasion,
-        doc="largest single-channel elevation in the feature layer, on the "
-        "trigger step (weight 1e-4)",
-    )
-)
+    @torch.no_grad()
+    def _reasr(
+        self,
+        model: nn.Module,
+        masks: Tensor,
+        patterns: Tensor,
+        labels: Tensor,
+        xe: Tensor,
+        ye: Tensor,
+    ) -> list[float]:
+        """Step 4: per candidate, the share of held-out images of other labels that the
+        trigger (``masks`` already projected onto the bound) sends to its label."""
+        out = []
+        for k in range(len(masks)):
+            xk = xe[ye != labels[k]]
+            pred = model(xk * (1 - masks[k]) + patterns[k] * masks[k]).argmax(1)
+            out.append(float((pred == labels[k]).float().mean()) if len(xk) else 0.0)
+        return out

@@ -4,18 +4,19 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from eviltwins.base import Estimator
 from eviltwins.data import DatasetSpec, check_images, load_all
-from eviltwins.errors import NotFittedError
+from eviltwins.errors import NotFittedError, ParamError
 from eviltwins.io import write_json
 from eviltwins.metrics import detection_metrics
 from eviltwins.registry import Registry
@@ -98,6 +99,12 @@ class InspectionReport:
         return out
 
     def summary(self) -> str:
+        if self.details.get("no_candidate"):
+            # ABS found no candidate neuron: nothing was reverse-engineered or tested.
+            return (
+                f"{self.detector}: no candidate neuron (no stimulated neuron raised one label "
+                f"consistently), nothing tested: no backdoor found; {self.seconds:.1f} s"
+            )
         verdict = (
             f"BACKDOORED, flagged label(s) {self.flagged}" if self.flagged else "no backdoor found"
         )
@@ -107,40 +114,124 @@ class InspectionReport:
         )
 
 
+PROTOCOLS = ("effective", "all-stamped")
+
+#: Metrics that need at least one triggered input (None when the triggered set is empty).
+_NEED_TRIGGERED = ("f1", "precision", "recall", "far", "auc")
+#: Metrics that need at least one clean input (None when the clean set is empty).
+_NEED_CLEAN = ("frr", "auc")
+
+
+def _mean(v: Tensor) -> float | None:
+    return float(v.double().mean()) if len(v) else None
+
+
+def filter_result(scores_clean: Tensor, scores_triggered: Tensor, threshold: float) -> dict:
+    """Metrics of one evaluation set: ``metrics`` (decisions ``score > threshold``; AUC from
+    the scores), ``n_clean``, ``n_triggered``, the mean scores, and ``defined``.
+
+    With an empty triggered set (e.g. the attack sent no stamped input to the target) F1,
+    precision, recall, FAR and AUC are undefined: they are ``None`` (never 0 or NaN) and
+    ``defined`` is False; likewise FRR and AUC with an empty clean set.
+    """
+    sc, st = scores_clean.detach().cpu(), scores_triggered.detach().cpu()
+    scores = torch.cat([sc, st]).double().numpy()
+    truth = np.r_[np.zeros(len(sc), bool), np.ones(len(st), bool)]
+    m: dict[str, float | None] = dict(detection_metrics(scores > threshold, truth, scores))
+    undefined = (_NEED_TRIGGERED if not len(st) else ()) + (_NEED_CLEAN if not len(sc) else ())
+    for k in undefined:
+        m[k] = None
+    return {
+        "metrics": m,
+        "n_clean": len(sc),
+        "n_triggered": len(st),
+        "score_clean_mean": _mean(sc),
+        "score_triggered_mean": _mean(st),
+        "defined": not undefined,
+    }
+
+
 @dataclass(frozen=True)
 class FilterReport:
     """An input filter's evaluation on clean vs triggered inputs: F1, precision, recall, FRR,
-    FAR from its decisions and ROC AUC from its continuous scores."""
+    FAR from its decisions and ROC AUC from its continuous scores.
+
+    ``metrics``, ``n_clean``, ``n_triggered`` and the mean scores belong to ``protocol``:
+
+    * ``"effective"`` (default of :func:`evaluate_filter`; the authors' protocol, ALGORITHMS.md
+      "Evaluation protocol for every input filter"): clean = held-out clean evaluation inputs
+      the model classifies correctly; triggered = stamped non-target inputs the model actually
+      sends to the target, so F1 measures the detector, not the attack's misses;
+    * ``"all-stamped"``: every clean evaluation input vs every stamped non-target input;
+    * ``"given"``: the sets passed to :meth:`InputFilter.evaluate`, as they are.
+
+    :func:`evaluate_filter` fills both ``effective`` and ``all_stamped`` (each a dict of
+    ``metrics``, ``n_clean``, ``n_triggered``, ``score_clean_mean``, ``score_triggered_mean``,
+    ``defined``; see :func:`filter_result`). ``defined`` is False when a set is empty: the
+    metrics that need it are then ``None`` (e.g. F1 when the attack sent no stamped input to
+    the target). ``seconds`` is the wall time of fit + evaluation.
+    """
 
     detector: str
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     threshold: float
     n_clean: int
     n_triggered: int
-    score_clean_mean: float
-    score_triggered_mean: float
+    score_clean_mean: float | None
+    score_triggered_mean: float | None
     details: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "given"
+    effective: dict[str, Any] | None = None
+    all_stamped: dict[str, Any] | None = None
+    seconds: float | None = None
+    defined: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": FILTER_SCHEMA,
             "detector": self.detector,
+            "protocol": self.protocol,
             "metrics": self.metrics,
+            "defined": self.defined,
             "threshold": self.threshold,
             "n_clean": self.n_clean,
             "n_triggered": self.n_triggered,
             "score_clean_mean": self.score_clean_mean,
             "score_triggered_mean": self.score_triggered_mean,
+            "effective": self.effective,
+            "all_stamped": self.all_stamped,
+            "seconds": self.seconds,
             "details": self.details,
         }
 
-    def summary(self) -> str:
-        m = self.metrics
+    @staticmethod
+    def _line(m: dict[str, float | None]) -> str:
+        def f(k: str) -> str:
+            v = m.get(k)
+            return "undefined" if v is None else f"{v:.3f}"
+
         return (
-            f"{self.detector}: F1 {m['f1']:.3f}, precision {m['precision']:.3f}, recall "
-            f"{m['recall']:.3f}, FRR {m['frr']:.3f}, FAR {m['far']:.3f}, AUC {m['auc']:.3f} "
+            f"F1 {f('f1')}, precision {f('precision')}, recall {f('recall')}, FRR {f('frr')}, "
+            f"FAR {f('far')}, AUC {f('auc')}"
+        )
+
+    def summary(self) -> str:
+        text = (
+            f"{self.detector} ({self.protocol}): {self._line(self.metrics)} "
             f"({self.n_clean} clean / {self.n_triggered} triggered inputs)"
         )
+        if not self.n_triggered:
+            text += "; no triggered input (the trigger sent no stamped input to the target)"
+        other = self.all_stamped if self.protocol == "effective" else self.effective
+        if other is not None and self.protocol in PROTOCOLS:
+            name = "all-stamped" if self.protocol == "effective" else "effective"
+            text += (
+                f"; {name}: {self._line(other['metrics'])} ({other['n_clean']} clean / "
+                f"{other['n_triggered']} triggered)"
+            )
+        if self.seconds is not None:
+            text += f"; {self.seconds:.1f} s"
+        return text
 
 
 class ModelInspector(Estimator):
@@ -180,23 +271,45 @@ class InputFilter(Estimator):
         """True for inputs judged trigger-carrying."""
         return self.score(x) > self.threshold_
 
+    def _report_details(self) -> dict[str, Any]:
+        """What a FilterReport's ``details`` records about this fitted filter."""
+        return {"params": self.get_params()}
+
     def evaluate(self, clean: Tensor | Dataset, triggered: Tensor | Dataset) -> FilterReport:
-        """Detection metrics on held-out ``clean`` inputs vs ``triggered`` inputs."""
-        xc, xt = as_images(clean), as_images(triggered)
-        sc, st = self.score(xc), self.score(xt)
-        scores = torch.cat([sc, st]).numpy()
-        truth = np.r_[np.zeros(len(sc), bool), np.ones(len(st), bool)]
-        m = detection_metrics(scores > self.threshold_, truth, scores)
-        return FilterReport(
-            self.name,
-            m,
-            float(self.threshold_),
-            len(sc),
-            len(st),
-            float(sc.mean()),
-            float(st.mean()),
-            {"params": self.get_params()},
+        """Detection metrics on held-out ``clean`` inputs vs ``triggered`` inputs, taken as
+        given (protocol ``"given"``; :func:`evaluate_filter` applies the authors' protocol)."""
+        self._check_fitted()
+        start = time.perf_counter()
+        res = filter_result(
+            self.score(as_images(clean)), self.score(as_images(triggered)), self.threshold_
         )
+        seconds = getattr(self, "fit_seconds_", 0.0) + time.perf_counter() - start
+        return _report(self, res, "given", None, None, seconds)
+
+
+def _report(
+    detector: InputFilter,
+    res: dict[str, Any],
+    protocol: str,
+    effective: dict[str, Any] | None,
+    all_stamped: dict[str, Any] | None,
+    seconds: float,
+) -> FilterReport:
+    return FilterReport(
+        detector.name,
+        res["metrics"],
+        float(detector.threshold_),
+        res["n_clean"],
+        res["n_triggered"],
+        res["score_clean_mean"],
+        res["score_triggered_mean"],
+        detector._report_details(),
+        protocol=protocol,
+        effective=effective,
+        all_stamped=all_stamped,
+        seconds=round(seconds, 3),
+        defined=res["defined"],
+    )
 
 
 def as_images(x: Tensor | Dataset) -> Tensor:
@@ -216,7 +329,36 @@ def normal_threshold(values: Tensor, frr: float) -> float:
     return float(norm.ppf(frr, loc=float(v.mean()), scale=float(v.std().clamp_min(1e-12))))
 
 
+def quantile_threshold(values: Tensor, rate: float) -> float:
+    """The empirical ``rate`` quantile of clean ``values`` as the authors' STRIP code takes it
+    (TrojanZoo ``strip_fpr``: ``sorted(values)[int(rate * n)]``): about ``rate`` of the clean
+    values lie strictly below it, so ``values < threshold`` rejects that share of them."""
+    v = values.double().sort().values
+    if not len(v):
+        raise ParamError("cannot calibrate a threshold on no clean inputs")
+    return float(v[min(int(rate * len(v)), len(v) - 1)])
+
+
 DETECTORS: Registry[Estimator] = Registry("detector")
+
+
+def _subset(ds: Dataset, index: Tensor) -> Dataset:
+    if hasattr(ds, "subset"):
+        return ds.subset(index)
+    return Subset(ds, index.tolist())
+
+
+def split_filter_data(data: DatasetSpec, n_clean: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Index split of ``data.test`` for :func:`evaluate_filter`: (calibration, evaluation,
+    NeuralCleanse pool). Calibration = the first ``n_clean`` test images, evaluation = the next
+    ``n_clean`` (each half of the split when it holds fewer than ``2 * n_clean``), and the
+    NeuralCleanse pool = every test image *outside* the evaluation part (calibration + rest)."""
+    n = len(data.test)
+    n_clean = min(n_clean, n // 2)
+    idx = torch.arange(n)
+    fit_i, ev_i = idx[:n_clean], idx[n_clean : 2 * n_clean]
+    nc_i = torch.cat([idx[:n_clean], idx[2 * n_clean :]])
+    return fit_i, ev_i, nc_i
 
 
 def evaluate_filter(
@@ -226,17 +368,43 @@ def evaluate_filter(
     trigger: Any,
     target: int,
     n_clean: int = 1000,
+    protocol: str = "effective",
 ) -> FilterReport:
-    """Fit an input filter on held-out clean test images and evaluate it (the protocol of the
-    paper's Section 5.3): the first ``n_clean`` test images calibrate, the next ``n_clean`` are
-    the clean half of the evaluation and, stamped with ``trigger``, those whose true label is not
-    ``target`` are the triggered half. With fewer than ``2 * n_clean`` test images each half gets
-    half of them. The ensemble additionally runs NeuralCleanse on (up to 2,000) test images."""
+    """Fit an input filter on held-out clean test images and evaluate it (ALGORITHMS.md,
+    "Evaluation protocol for every input filter"; the paper's Section 5.3).
+
+    The first ``n_clean`` test images calibrate (and are STRIP's overlay pool); the next
+    ``n_clean`` are evaluated: clean as they are, and those whose true label is not ``target``
+    stamped with ``trigger``. With fewer than ``2 * n_clean`` test images each part gets half.
+    Two sets of metrics are computed from the same scores:
+
+    * ``effective`` (the authors' protocol, default ``protocol``): the clean inputs the model
+      classifies correctly vs the stamped inputs the model sends to ``target``;
+    * ``all-stamped``: every clean evaluation input vs every stamped non-target input.
+
+    ``protocol`` picks which one fills the report's ``metrics`` / ``n_clean`` /
+    ``n_triggered``; both are in ``report.effective`` and ``report.all_stamped``. The ensemble
+    runs NeuralCleanse on the test images outside the evaluated part only (the calibration
+    part and any images after the evaluated part), never on the inputs it is evaluated on.
+    """
+    if protocol not in PROTOCOLS:
+        raise ParamError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+    from eviltwins.training import predict
+
+    start = time.perf_counter()
+    fit_i, ev_i, nc_i = split_filter_data(data, n_clean)
     x, y = load_all(data.test)
-    n_clean = min(n_clean, len(x) // 2)
-    fit_x, ev_x, ev_y = x[:n_clean], x[n_clean : 2 * n_clean], y[n_clean : 2 * n_clean]
+    fit_x, ev_x, ev_y = x[fit_i], x[ev_i], y[ev_i]
     if detector.needs_data:
-        detector.fit(model, fit_x, data=data.subset(test=min(len(data.test), 2000)))
+        detector.fit(model, fit_x, data=replace(data, test=_subset(data.test, nc_i)))
     else:
         detector.fit(model, fit_x)
-    return detector.evaluate(ev_x, trigger.stamp(ev_x[ev_y != target]))
+    stamped = trigger.stamp(ev_x[ev_y != target])
+    correct = predict(model, ev_x).argmax(1) == ev_y
+    hit = predict(model, stamped).argmax(1) == target
+    sc, st = detector.score(ev_x), detector.score(stamped)
+    thr = float(detector.threshold_)
+    eff = filter_result(sc[correct], st[hit], thr)
+    alls = filter_result(sc, st, thr)
+    chosen = eff if protocol == "effective" else alls
+    return _report(detector, chosen, protocol, eff, alls, time.perf_counter() - start)

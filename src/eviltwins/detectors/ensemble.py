@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import time
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from eviltwins.base import Interval, OneOf
-from eviltwins.detectors.base import DETECTORS, InputFilter, as_images, normal_threshold
+from eviltwins.data import DatasetSpec
+from eviltwins.detectors.base import (
+    DETECTORS,
+    InputFilter,
+    as_images,
+    normal_threshold,
+    quantile_threshold,
+)
+from eviltwins.errors import ParamError
 from eviltwins.metrics import prediction_entropy
 from eviltwins.triggers import Trigger
 from eviltwins.utils import device_of, eval_mode, make_generator
@@ -17,18 +26,25 @@ from eviltwins.utils import device_of, eval_mode, make_generator
 
 @DETECTORS.register("ensemble")
 class NCStripEnsemble(InputFilter):
-    """Ensemble detector (Section 5.4): (i) NeuralCleanse recovers the suspected trigger;
-    (ii) it is stamped on benign inputs; (iii) the input under test is mixed with those stamped
-    benign inputs at weights w = 0.0, 0.1, ..., 1.0 (mixture = w x + (1 - w) b*); (iv) the mean
-    self-entropy of ``n_overlays`` mixtures is taken at each weight; (v) the score is minus the
-    standard deviation of the 11 values (a trigger-carrying input keeps every mixture dominated
-    by a trigger: low deviation; higher score = more suspicious).
+    """Ensemble detector (ALGORITHMS.md, "Ensemble NeuralCleanse + STRIP"; paper Section 5.4):
+    (i) NeuralCleanse recovers the suspected trigger; (ii) it is stamped on benign inputs;
+    (iii) the input under test is mixed with those stamped benign inputs at weights
+    w = 0.0, 0.1, ..., 1.0 (mixture = w x + (1 - w) b*); (iv) the mean self-entropy of
+    ``n_overlays`` mixtures is taken at each weight; (v) the score is minus the standard
+    deviation of the 11 values (a trigger-carrying input keeps every mixture dominated by a
+    trigger: low deviation; higher score = more suspicious).
 
-    The paper gives no threshold: ``threshold="frr"`` (default) puts it at the ``frr`` (0.05)
-    quantile of a normal fitted to the deviations of the held-out clean ``fit`` inputs;
-    ``"fixed"`` uses ``fixed_threshold`` on the deviation. ``fit(model, clean, trigger)`` takes
-    the recovered trigger (e.g. from ``NeuralCleanse().inspect``: ``report.masks[suspect]``),
-    or runs NeuralCleanse on ``data`` itself when ``trigger`` is None.
+    The paper gives no threshold; it is calibrated like STRIP's on the held-out clean ``fit``
+    inputs, each mixed only with the *other* stamped clean inputs: ``threshold="normal"``
+    (default) puts it at the ``frr`` (0.05) quantile of a normal fitted to their deviations
+    (Gao et al.'s rule), ``"quantile"`` at their empirical ``frr`` quantile (TrojanZoo's
+    ``strip_fpr`` rule), ``"fixed"`` uses ``deviation_threshold`` on the deviation.
+
+    ``fit(model, clean, trigger)`` takes the recovered trigger (e.g. from
+    ``NeuralCleanse().inspect``: ``report.masks[suspect]``), or runs NeuralCleanse on
+    ``data.test`` when ``trigger`` is None. Those NeuralCleanse inputs must be disjoint from the
+    inputs the ensemble is evaluated on: :func:`~eviltwins.detectors.evaluate_filter` passes
+    the test images outside its evaluated part.
     """
 
     name: ClassVar[str] = "ensemble"
@@ -36,8 +52,8 @@ class NCStripEnsemble(InputFilter):
     _constraints = {
         "n_overlays": Interval(int, 1, None),
         "steps": Interval(int, 2, None),
-        "threshold": OneOf("fixed", "frr"),
-        "fixed_threshold": Interval(float, 0, None),
+        "threshold": OneOf("normal", "quantile", "fixed"),
+        "deviation_threshold": Interval(float, 0, None),
         "frr": Interval(float, 0, 1, closed="neither"),
         "seed": Interval(int, 0, None),
     }
@@ -46,27 +62,32 @@ class NCStripEnsemble(InputFilter):
         self,
         n_overlays: int = 8,
         steps: int = 11,
-        threshold: str = "frr",
-        fixed_threshold: float = 0.1,
+        threshold: str = "normal",
+        deviation_threshold: float = 0.1,
         frr: float = 0.05,
         seed: int = 0,
     ) -> None:
         self.n_overlays = n_overlays
         self.steps = steps
         self.threshold = threshold
-        self.fixed_threshold = fixed_threshold
+        self.deviation_threshold = deviation_threshold
         self.frr = frr
         self.seed = seed
 
     def fit(
-        self, model: nn.Module, clean: Tensor | Dataset, trigger: Trigger | None = None, data=None
+        self,
+        model: nn.Module,
+        clean: Tensor | Dataset,
+        trigger: Trigger | None = None,
+        data: DatasetSpec | None = None,
     ) -> NCStripEnsemble:
-        """Calibrate on held-out ``clean`` images with the recovered ``trigger``."""
+        """Calibrate on held-out ``clean`` images with the recovered ``trigger`` (or run
+        NeuralCleanse on ``data.test``, which must not hold the inputs evaluated later)."""
         self._validate_params()
+        start = time.perf_counter()
+        self.nc_report_ = None
         if trigger is None:
             if data is None:
-                from eviltwins.errors import ParamError
-
                 raise ParamError(
                     "the ensemble needs NeuralCleanse's recovered trigger: pass "
                     "trigger=... or data=<DatasetSpec> to run NeuralCleanse"
@@ -80,19 +101,25 @@ class NCStripEnsemble(InputFilter):
         self.model_ = model
         self.trigger_ = trigger
         pool = as_images(clean).cpu()
+        if len(pool) < 2:
+            raise ParamError("the ensemble needs at least 2 held-out clean images to calibrate")
         self.pool_ = trigger.stamp(pool)  # benign inputs carrying the suspected trigger
         self.generator_ = make_generator(self.seed)
-        if self.threshold == "frr":
-            dev = self.deviation(pool)
-            # Low deviation = suspicious: reject the lowest frr share of clean inputs.
-            self.deviation_threshold_ = normal_threshold(dev, self.frr)
+        if self.threshold == "fixed":
+            self.deviation_threshold_ = float(self.deviation_threshold)
         else:
-            self.deviation_threshold_ = float(self.fixed_threshold)
+            dev = self.deviation(pool, exclude_self=True)
+            # Low deviation = suspicious: reject the lowest frr share of clean inputs.
+            rule = normal_threshold if self.threshold == "normal" else quantile_threshold
+            self.deviation_threshold_ = rule(dev, self.frr)
         self.threshold_ = -self.deviation_threshold_
+        self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def deviation(self, x: Tensor) -> Tensor:
-        """Standard deviation over the mixture weights of the mean mixture entropy."""
+    def deviation(self, x: Tensor, exclude_self: bool = False) -> Tensor:
+        """Standard deviation over the mixture weights of the mean mixture entropy.
+        ``exclude_self``: ``x`` holds the clean images whose stamped copies are the pool
+        (calibration), so input i is never mixed with its own stamped copy."""
         model, n = self.model_, self.n_overlays
         w = torch.linspace(0, 1, self.steps)
         device = device_of(model)
@@ -101,15 +128,34 @@ class NCStripEnsemble(InputFilter):
         with torch.no_grad(), eval_mode(model):
             for start in range(0, len(x), per):
                 xb = x[start : start + per].to(device)
-                idx = torch.randint(0, len(self.pool_), (len(xb), n), generator=self.generator_)
+                if exclude_self:
+                    idx = torch.randint(
+                        0, len(self.pool_) - 1, (len(xb), n), generator=self.generator_
+                    )
+                    own = torch.arange(start, start + len(xb))[:, None]
+                    idx = idx + (idx >= own).long()
+                else:
+                    idx = torch.randint(0, len(self.pool_), (len(xb), n), generator=self.generator_)
                 b = self.pool_[idx].to(device)  # (B, N, C, H, W)
                 ww = w.to(device).view(1, -1, 1, 1, 1, 1)
                 mixed = ww * xb[:, None, None] + (1 - ww) * b[:, None]  # (B, S, N, C, H, W)
                 logits = model(mixed.reshape(-1, *xb.shape[1:]))
                 h = prediction_entropy(logits).view(len(xb), self.steps, n).mean(2)
                 out.append(h.std(1).cpu())
-        return torch.cat(out)
+        return torch.cat(out) if out else torch.empty(0)
 
     def score(self, x: Tensor) -> Tensor:
         self._check_fitted()
         return -self.deviation(as_images(x))
+
+    def _report_details(self) -> dict[str, Any]:
+        d: dict[str, Any] = {**super()._report_details(), "threshold_mode": self.threshold}
+        rep = self.nc_report_
+        if rep is not None:
+            d["neural_cleanse"] = {
+                "suspect": rep.suspect,
+                "flagged": rep.flagged,
+                "max_anomaly": rep.max_anomaly,
+                "n_inputs": rep.details.get("n_inputs"),
+            }
+        return d

@@ -18,7 +18,8 @@ from eviltwins.metrics import anomaly_index
 from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator, progress
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Pang et al. (CCS 2020), Section 5.3.1: 1,600 random inputs, 10 epochs.
+    # Pang et al. (CCS 2020), Section 5.3.1: 1,600 random inputs, 10 epochs, batch 32:
+    # 10 x 1,600 / 32 = 500 optimisation steps per label (ALGORITHMS.md, NeuralCleanse).
     "imc": {"n_inputs": 1600, "epochs": 10, "check_every": 10, "patience": 5},
     # Wang et al.'s released code: schedule checked once per epoch, long runs.
     "original": {"n_inputs": 1600, "epochs": 80, "check_every": None, "patience": 5},
@@ -43,9 +44,19 @@ class NeuralCleanse(ModelInspector):
     L1 has not improved for ``early_stop_patience`` checks with the cost both raised and lowered.
     A check is every ``check_every`` mini-batches (``None``: once per epoch, the original).
 
+    Budget in optimisation steps (ALGORITHMS.md: "Count the budget in steps"): ``steps``, or
+    by default ``epochs`` x ceil(``n_inputs`` / ``batch_size``) with the *nominal* ``n_inputs``
+    (``imc``: 10 x 1,600 / 32 = 500 steps per label). ``n_inputs`` random images are drawn from
+    ``data.test`` (held-out clean data); when it holds fewer, every image is used and the
+    optimisation cycles through them (a fresh shuffle per pass) until the steps are spent, so a
+    small split never silently runs fewer steps. An "epoch" (the check interval when
+    ``check_every`` is None) is ceil(``n_inputs`` / ``batch_size``) steps, as in Wang et al.'s
+    code, whose data generator also cycles. Early stopping (``early_stop``, on by default: the
+    original rule) may still end a label before the budget; ``details["steps"]`` records the
+    steps each label actually ran and ``details["budget_steps"]`` the budget.
+
     Presets: ``imc`` (default; Pang et al.: 1,600 inputs, 10 epochs, checks every 10 batches)
     and ``original`` (80 epochs, checks once per epoch). Explicit parameters override a preset.
-    Inputs are drawn from ``data.test`` (held-out clean data).
     """
 
     name: ClassVar[str] = "neural-cleanse"
@@ -53,12 +64,14 @@ class NeuralCleanse(ModelInspector):
         "preset": OneOf(*PRESETS),
         "n_inputs": Interval(int, 1, None, allow_none=True),
         "epochs": Interval(int, 1, None, allow_none=True),
+        "steps": Interval(int, 1, None, allow_none=True),
         "batch_size": Interval(int, 1, None),
         "lr": Interval(float, 0, None, closed="neither"),
         "init_cost": Interval(float, 0, None, closed="neither"),
         "success": Interval(float, 0, 1),
         "patience": Interval(int, 1, None, allow_none=True),
         "check_every": Interval(int, 1, None, allow_none=True),
+        "early_stop": OneOf(True, False),
         "early_stop_patience": Interval(int, 1, None, allow_none=True),
         "threshold": Interval(float, 0, None),
         "label_chunk": Interval(int, 1, None, allow_none=True),
@@ -70,12 +83,14 @@ class NeuralCleanse(ModelInspector):
         preset: str = "imc",
         n_inputs: int | None = None,
         epochs: int | None = None,
+        steps: int | None = None,
         batch_size: int = 32,
         lr: float = 0.1,
         init_cost: float = 1e-3,
         success: float = 0.99,
         patience: int | None = None,
         check_every: int | None = None,
+        early_stop: bool = True,
         early_stop_patience: int | None = None,
         threshold: float = 2.0,
         labels: Sequence[int] | None = None,
@@ -86,12 +101,14 @@ class NeuralCleanse(ModelInspector):
         self.preset = preset
         self.n_inputs = n_inputs
         self.epochs = epochs
+        self.steps = steps
         self.batch_size = batch_size
         self.lr = lr
         self.init_cost = init_cost
         self.success = success
         self.patience = patience
         self.check_every = check_every
+        self.early_stop = early_stop
         self.early_stop_patience = early_stop_patience
         self.threshold = threshold
         self.labels = labels
@@ -103,6 +120,16 @@ class NeuralCleanse(ModelInspector):
         v = getattr(self, name)
         return PRESETS[self.preset].get(name) if v is None else v
 
+    def steps_per_epoch(self) -> int:
+        """ceil(nominal ``n_inputs`` / ``batch_size``): the steps of one nominal epoch."""
+        return math.ceil(self._resolved("n_inputs") / self.batch_size)
+
+    def budget_steps(self) -> int:
+        """Optimisation steps per label: ``steps``, else ``epochs`` x :meth:`steps_per_epoch`."""
+        if self.steps is not None:
+            return int(self.steps)
+        return int(self._resolved("epochs")) * self.steps_per_epoch()
+
     def inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
         """Reverse-engineer a trigger per label and run the MAD test; the model is untouched."""
         self._validate_params()
@@ -112,10 +139,12 @@ class NeuralCleanse(ModelInspector):
         start = time.perf_counter()
         g = make_generator(self.seed)
         x_all, _ = load_all(data.test)
+        if not len(x_all):
+            raise ParamError("NeuralCleanse needs held-out images: data.test is empty")
         pick = torch.randperm(len(x_all), generator=g)[: self._resolved("n_inputs")]
         x = x_all[pick].to(device_of(model))
         chunk = self.label_chunk or len(labels)
-        norms, masks, patterns, succ = [], [], [], []
+        norms, masks, patterns, succ, steps = [], [], [], [], []
         with eval_mode(model), frozen_params(model):
             for i in range(0, len(labels), chunk):
                 out = self._reverse(model, x, labels[i : i + chunk], g)
@@ -123,6 +152,7 @@ class NeuralCleanse(ModelInspector):
                 masks.append(out[1])
                 patterns.append(out[2])
                 succ += out[3]
+                steps += out[4]
         idx = anomaly_index(norms) if len(norms) > 2 else [0.0] * len(norms)
         flagged = [lab for lab, a in zip(labels, idx, strict=True) if a > self.threshold]
         return InspectionReport(
@@ -138,15 +168,21 @@ class NeuralCleanse(ModelInspector):
                 "labels": labels,
                 "success": succ,
                 "n_inputs": len(x),
+                "n_inputs_requested": self._resolved("n_inputs"),
                 "epochs": self._resolved("epochs"),
+                "budget_steps": self.budget_steps(),
+                "steps": steps,
+                "early_stop": self.early_stop,
                 "preset": self.preset,
             },
         )
 
     def _reverse(
         self, model: nn.Module, x: Tensor, labels: list[int], g: torch.Generator
-    ) -> tuple[list[float], Tensor, Tensor, list[float]]:
-        """Batched reverse engineering of the triggers of ``labels`` (Wang et al., Alg. 1)."""
+    ) -> tuple[list[float], Tensor, Tensor, list[float], list[int]]:
+        """Batched reverse engineering of the triggers of ``labels`` (Wang et al., Alg. 1):
+        :meth:`budget_steps` steps per label, cycling through ``x``; returns the norms, masks,
+        patterns, success rates of the best masks and the steps each label ran."""
         n_lab, (c, h, w) = len(labels), x.shape[1:]
         dev = x.device
         # tanh parameters, initialised at random like the original (uniform in [0, 1] space).
@@ -156,9 +192,9 @@ class NeuralCleanse(ModelInspector):
         w_p.requires_grad_(True)
         opt = torch.optim.Adam([w_m, w_p], lr=self.lr, betas=(0.5, 0.9))
         target = torch.tensor(labels, device=dev)
-        n_batches = math.ceil(len(x) / self.batch_size)
-        epochs = self._resolved("epochs")
-        check_every = self._resolved("check_every") or n_batches
+        n_batches = math.ceil(len(x) / self.batch_size)  # per pass over the available x
+        budget = self.budget_steps()
+        check_every = self._resolved("check_every") or self.steps_per_epoch()
         patience = self._resolved("patience")
         es_patience = self.early_stop_patience or 2 * patience
         inf = float("inf")
@@ -175,18 +211,18 @@ class NeuralCleanse(ModelInspector):
         es_cnt = torch.zeros_like(set_cnt)
         es_best = torch.full((n_lab,), inf, device=dev)
         active = torch.ones(n_lab, dtype=torch.bool, device=dev)
+        steps_run = torch.zeros(n_lab, dtype=torch.long, device=dev)
         acc_sum = torch.zeros(n_lab, device=dev)
         l1_sum = torch.zeros(n_lab, device=dev)
         seen = 0
-        total = epochs * n_batches
         bar = progress(
-            total=total, desc=f"neural-cleanse labels {labels[0]}..{labels[-1]}", quiet=self.quiet
+            total=budget, desc=f"neural-cleanse labels {labels[0]}..{labels[-1]}", quiet=self.quiet
         )
         step = 0
-        for _epoch in range(epochs):
+        while step < budget and active.any():  # passes over x, cycling until the budget
             order = torch.randperm(len(x), generator=g).to(dev)
             for b in range(n_batches):
-                if not active.any():
+                if step >= budget or not active.any():
                     break
                 xb = x[order[b * self.batch_size : (b + 1) * self.batch_size]]
                 act = active.nonzero().squeeze(1)
@@ -218,6 +254,7 @@ class NeuralCleanse(ModelInspector):
                     l1_sum[act] += l1.detach()
                 seen += 1
                 step += 1
+                steps_run[act] += 1
                 bar.update(1)
                 if seen < check_every:
                     continue
@@ -240,8 +277,9 @@ class NeuralCleanse(ModelInspector):
                         has_best & (best_l1 >= es_best), es_cnt + 1, torch.zeros_like(es_cnt)
                     )
                     es_best = torch.minimum(es_best, best_l1)
-                    done = up_flag & down_flag & (es_cnt >= es_patience)
-                    active &= ~done
+                    if self.early_stop:
+                        done = up_flag & down_flag & (es_cnt >= es_patience)
+                        active &= ~done
                     # cost schedule
                     zero = cost == 0
                     set_cnt = torch.where(zero & ok, set_cnt + 1, torch.zeros_like(set_cnt))
@@ -267,4 +305,10 @@ class NeuralCleanse(ModelInspector):
             best_m[none] = final_m[none]
             best_p[none] = final_p[none]
             norms = best_m.abs().sum(dim=(1, 2, 3))
-        return norms.tolist(), best_m.detach(), best_p.detach(), best_succ.tolist()
+        return (
+            norms.tolist(),
+            best_m.detach(),
+            best_p.detach(),
+            best_succ.tolist(),
+            steps_run.tolist(),
+        )

@@ -4,6 +4,7 @@ prediction fixed, so the predictions' entropy stays low."""
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, ClassVar
 
 import torch
@@ -11,28 +12,46 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from eviltwins.base import Interval, OneOf
-from eviltwins.detectors.base import DETECTORS, InputFilter, as_images, normal_threshold
+from eviltwins.detectors.base import (
+    DETECTORS,
+    InputFilter,
+    as_images,
+    normal_threshold,
+    quantile_threshold,
+)
+from eviltwins.errors import ParamError
 from eviltwins.metrics import prediction_entropy
 from eviltwins.utils import device_of, eval_mode, make_generator
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    # Pang et al. (CCS 2020), Section 5.3.1: 8 overlays, equal weights, ln, threshold 0.05.
+    # Pang et al. (CCS 2020), Section 5.3.1: 8 overlays, equal weights, ln, "positive threshold
+    # 0.05" = a 5% false-positive rate as the authors' STRIP code reads it (TrojanZoo
+    # ``--strip_fpr 0.05``: the 5% quantile of clean entropies), calibrated on held-out inputs.
     "imc": {
         "n_overlays": 8,
         "blend": "average",
         "log_base": math.e,
-        "threshold": "fixed",
-        "fixed_threshold": 0.05,
+        "threshold": "quantile",
+        "frr": 0.05,
+        "entropy_threshold": 0.05,
     },
     # Gao et al.: 100 overlays, both at weight 1 (clipped), log2, normal fit at a chosen FRR.
     "original": {
         "n_overlays": 100,
         "blend": "add",
         "log_base": 2.0,
-        "threshold": "frr",
-        "fixed_threshold": 0.05,
+        "threshold": "normal",
+        "frr": 0.01,
+        "entropy_threshold": 0.05,
     },
 }
+
+
+def _mix(x: Tensor, overlays: Tensor, blend: str) -> Tensor:
+    """``x`` (B, C, H, W) superimposed with ``overlays`` (B, N, C, H, W) -> (B, N, C, H, W)."""
+    if blend == "average":
+        return (x[:, None] + overlays) / 2
+    return (x[:, None] + overlays).clamp(0, 1)
 
 
 def overlay_entropy(
@@ -44,43 +63,71 @@ def overlay_entropy(
     log_base: float,
     generator: torch.Generator,
     batch_size: int = 2048,
+    exclude_self: bool = False,
 ) -> Tensor:
     """Mean prediction entropy of each input of ``x`` superimposed with ``n`` random images of
-    ``pool``; all N overlays of a batch go through the model in one batched forward."""
+    ``pool``; all N overlays of a batch go through the model in one batched forward.
+
+    ``exclude_self``: ``x`` *is* ``pool`` (calibration on the overlay pool), so input i is
+    never overlaid with ``pool[i]`` (its overlays are drawn uniformly from the other images).
+    """
+    if exclude_self and len(x) != len(pool):
+        raise ParamError("exclude_self needs x to be the overlay pool itself")
+    if exclude_self and len(pool) < 2:
+        raise ParamError("STRIP needs at least 2 held-out clean images to calibrate")
     device = device_of(model)
     per = max(1, batch_size // n)
     out = []
     with torch.no_grad(), eval_mode(model):
         for start in range(0, len(x), per):
             xb = x[start : start + per].to(device)
-            idx = torch.randint(0, len(pool), (len(xb), n), generator=generator)
-            ov = pool[idx].to(device)  # (B, N, C, H, W)
-            mixed = (xb[:, None] + ov) / 2 if blend == "average" else (xb[:, None] + ov).clamp(0, 1)
+            if exclude_self:
+                idx = torch.randint(0, len(pool) - 1, (len(xb), n), generator=generator)
+                own = torch.arange(start, start + len(xb))[:, None]
+                idx = idx + (idx >= own).long()  # skip the input's own index
+            else:
+                idx = torch.randint(0, len(pool), (len(xb), n), generator=generator)
+            mixed = _mix(xb, pool[idx].to(device), blend)
             logits = model(mixed.reshape(-1, *xb.shape[1:]))
             h = prediction_entropy(logits, base=log_base).view(len(xb), n)
             out.append(h.mean(1).cpu())
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty(0)
 
 
 @DETECTORS.register("strip")
 class STRIP(InputFilter):
-    """STRIP input filter. ``score(x)`` = minus the mean overlay entropy (higher = more
-    suspicious); ``detect(x)`` flags ``entropy < threshold``.
+    """STRIP input filter (ALGORITHMS.md, "STRIP"). ``score(x)`` = minus the mean overlay
+    entropy (higher = more suspicious); ``detect(x)`` flags ``entropy < entropy_threshold_``.
 
-    Variants: ``imc`` (default; Pang et al.: N = 8 overlays, 0.5/0.5 average, natural log,
-    fixed threshold 0.05) and ``original`` (Gao et al.: N = 100, both images at weight 1 then
-    clipped, log2, threshold at the ``frr`` quantile of a normal fitted to the entropies of the
-    held-out clean inputs given to ``fit``). ``n_overlays``, ``threshold`` (``fixed`` / ``frr``)
-    and ``fixed_threshold`` override the variant. Overlay images come from the ``fit`` data.
+    Variants:
+
+    * ``imc`` (default; Pang et al., CCS 2020, Section 5.3.1, as the authors' code reads it):
+      N = 8 overlays, 0.5/0.5 average, natural log. Its "positive threshold 0.05" is a 5%
+      false-positive rate (TrojanZoo ``--strip_fpr``): the threshold is the ``frr`` (0.05)
+      empirical quantile of the entropies of the held-out clean inputs given to ``fit``
+      (``threshold="quantile"``; TrojanZoo's rule ``sorted(h)[int(frr * n)]``). Unlike
+      TrojanZoo, the quantile never comes from the inputs being evaluated.
+    * ``original`` (Gao et al., ACSAC 2019): N = 100, both images at weight 1 then clipped,
+      log2, threshold at the ``frr`` (0.01) quantile of a normal fitted to the clean
+      calibration entropies (``threshold="normal"``).
+
+    Overrides: ``n_overlays``; ``threshold`` = ``"quantile"`` | ``"normal"`` | ``"fixed"``;
+    ``frr`` = the share of clean inputs falsely rejected (= false-positive rate) the calibrated
+    thresholds aim at; ``entropy_threshold`` = the entropy (in the variant's log base) used by
+    ``threshold="fixed"`` (default 0.05: the literal reading of the paper's "0.05", an option
+    only; it flags almost nothing). ``None`` takes the variant's value.
+
+    Overlay images and calibration inputs are both the held-out clean images given to
+    ``fit``; during calibration an input is never overlaid with itself.
     """
 
     name: ClassVar[str] = "strip"
     _constraints = {
         "variant": OneOf(*VARIANTS),
         "n_overlays": Interval(int, 1, None, allow_none=True),
-        "threshold": OneOf("fixed", "frr", None),
-        "fixed_threshold": Interval(float, 0, None, allow_none=True),
-        "frr": Interval(float, 0, 1, closed="neither"),
+        "threshold": OneOf("quantile", "normal", "fixed", None),
+        "frr": Interval(float, 0, 1, closed="neither", allow_none=True),
+        "entropy_threshold": Interval(float, 0, None, allow_none=True),
         "seed": Interval(int, 0, None),
     }
 
@@ -89,15 +136,15 @@ class STRIP(InputFilter):
         variant: str = "imc",
         n_overlays: int | None = None,
         threshold: str | None = None,
-        fixed_threshold: float | None = None,
-        frr: float = 0.01,
+        frr: float | None = None,
+        entropy_threshold: float | None = None,
         seed: int = 0,
     ) -> None:
         self.variant = variant
         self.n_overlays = n_overlays
         self.threshold = threshold
-        self.fixed_threshold = fixed_threshold
         self.frr = frr
+        self.entropy_threshold = entropy_threshold
         self.seed = seed
 
     def _opt(self, name: str) -> Any:
@@ -106,21 +153,33 @@ class STRIP(InputFilter):
 
     def fit(self, model: nn.Module, clean: Tensor | Dataset) -> STRIP:
         """Keep ``model`` and the held-out ``clean`` images (overlay pool), and set the
-        threshold (fixed, or from the clean inputs' entropies at ``frr``)."""
+        threshold: the ``frr`` empirical quantile (``quantile``) or normal-fit quantile
+        (``normal``) of the clean images' own overlay entropies, each image overlaid only with
+        the *other* clean images; or the fixed ``entropy_threshold``."""
         self._validate_params()
+        start = time.perf_counter()
         self.model_ = model
         self.pool_ = as_images(clean).cpu()
         self.generator_ = make_generator(self.seed)
-        if self._opt("threshold") == "frr":
-            h = self.entropy(self.pool_)
-            self.entropy_threshold_ = normal_threshold(h, self.frr)
+        mode = self._opt("threshold")
+        self.threshold_mode_ = mode
+        if mode == "fixed":
+            self.calibration_entropy_ = None
+            self.entropy_threshold_ = float(self._opt("entropy_threshold"))
         else:
-            self.entropy_threshold_ = float(self._opt("fixed_threshold"))
+            h = self.entropy(self.pool_, exclude_self=True)
+            self.calibration_entropy_ = h
+            frr = float(self._opt("frr"))
+            self.entropy_threshold_ = (
+                quantile_threshold(h, frr) if mode == "quantile" else normal_threshold(h, frr)
+            )
         self.threshold_ = -self.entropy_threshold_
+        self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def entropy(self, x: Tensor) -> Tensor:
-        """Mean overlay entropy per input (low = trigger suspected)."""
+    def entropy(self, x: Tensor, exclude_self: bool = False) -> Tensor:
+        """Mean overlay entropy per input (low = trigger suspected); ``exclude_self`` when
+        ``x`` is the overlay pool itself (calibration)."""
         return overlay_entropy(
             self.model_,
             x,
@@ -129,8 +188,17 @@ class STRIP(InputFilter):
             self._opt("blend"),
             self._opt("log_base"),
             self.generator_,
+            exclude_self=exclude_self,
         )
 
     def score(self, x: Tensor) -> Tensor:
         self._check_fitted()
         return -self.entropy(as_images(x))
+
+    def _report_details(self) -> dict[str, Any]:
+        return {
+            **super()._report_details(),
+            "threshold_mode": self.threshold_mode_,
+            "entropy_threshold": self.entropy_threshold_,
+            "frr": None if self.threshold_mode_ == "fixed" else float(self._opt("frr")),
+        }

@@ -127,11 +127,23 @@ def flatten(cell: dict[str, Any]) -> dict[str, Any]:
         if d.get("kind") == "filter":
             for k in FILTER_COLUMNS:
                 row[f"{label}.{k}"] = d["metrics"].get(k)
+            # set sizes of the protocol used, and the all-stamped variant beside it
+            row[f"{label}.n_clean"] = d.get("n_clean")
+            row[f"{label}.n_triggered"] = d.get("n_triggered")
+            all_stamped = d.get("all_stamped") or {}
+            row[f"{label}.f1_all_stamped"] = (all_stamped.get("metrics") or {}).get("f1")
+            row[f"{label}.n_all_stamped"] = all_stamped.get("n_triggered")
         else:
-            row[f"{label}.max_anomaly"] = d.get("max_anomaly")
-            row[f"{label}.target_anomaly"] = d.get("target_anomaly")
+            details = d.get("details", {})
+            no_candidate = bool(details.get("no_candidate"))
+            row[f"{label}.max_anomaly"] = None if no_candidate else d.get("max_anomaly")
+            row[f"{label}.target_anomaly"] = None if no_candidate else d.get("target_anomaly")
             row[f"{label}.target_flagged"] = d.get("target_flagged")
             row[f"{label}.flagged"] = " ".join(str(i) for i in d.get("flagged", []))
+            if "no_candidate" in details:
+                row[f"{label}.no_candidate"] = no_candidate
+            if details.get("steps"):
+                row[f"{label}.steps_per_label"] = float(np.mean(details["steps"]))
         row[f"{label}.seconds"] = d.get("seconds", d.get("details", {}).get("seconds"))
     return row
 
@@ -464,37 +476,71 @@ def claims(rows: Sequence[dict[str, Any]], det: dict[str, str]) -> list[Claim]:
             )
         )
 
+    def efficacy_note(rows_: Sequence[dict[str, Any]]) -> str:
+        eff = [_num(r.get("efficacy")) for r in rows_]
+        eff = [e for e in eff if not math.isnan(e)]
+        return f"; TrojanNN* efficacy {min(eff):.3f}-{max(eff):.3f}" if eff else ""
+
     def lower(metric: str, name: str, text: str, paper: str) -> None:
+        """An input filter's measure (STRIP's F1) is lower against the starred attack."""
         label = det.get(name)
         col = f"{label}.{metric}"
-        vals = [(_num(b.get(col)), _num(s.get(col))) for b, s in ps]
-        vals = [(x, y) for x, y in vals if not (math.isnan(x) or math.isnan(y))]
+        vals = [(_num(b.get(col)), _num(s.get(col)), s) for b, s in ps]
+        vals = [(x, y, s) for x, y, s in vals if not (math.isnan(x) or math.isnan(y))]
         if not vals:
             out.append(Claim(text, paper, "not in this sweep", None))
             return
-        mb, ms = np.mean([x for x, _ in vals]), np.mean([y for _, y in vals])
+        mb, ms = np.mean([x for x, _, _ in vals]), np.mean([y for _, y, _ in vals])
         out.append(
             Claim(
                 text,
                 paper,
-                f"mean {mb:.3f} (baseline) vs {ms:.3f} (TrojanNN*) over {len(vals)} pairs",
+                f"mean {mb:.3f} (baseline) vs {ms:.3f} (TrojanNN*) over {len(vals)} pairs"
+                + efficacy_note([s for _, _, s in vals]),
                 bool(ms < mb),
             )
         )
 
-    lower(
+    def evaded(metric: str, name: str, text: str, paper: str) -> None:
+        """A model inspector is evaded only where its verdict on the starred model is clean
+        (no label flagged), not merely where the target's measure is lower; both are shown."""
+        label = det.get(name)
+        col, flagged = f"{label}.{metric}", f"{label}.flagged"
+        vals = [(_num(b.get(col)), _num(s.get(col)), b, s) for b, s in ps]
+        vals = [v for v in vals if not (math.isnan(v[0]) or math.isnan(v[1]))]
+        if not vals:
+            out.append(Claim(text, paper, "not in this sweep", None))
+            return
+        mb, ms = np.mean([v[0] for v in vals]), np.mean([v[1] for v in vals])
+        n_clean = sum(not s.get(flagged) for *_, s in vals)
+        alarms = sorted({str(s.get(flagged)) for *_, s in vals if s.get(flagged)})
+        caught = sum(bool(b.get(f"{label}.target_flagged")) for _, _, b, _ in vals)
+        out.append(
+            Claim(
+                text,
+                paper,
+                f"target measure mean {mb:.3f} (baseline) vs {ms:.3f} (TrojanNN*) over "
+                f"{len(vals)} pairs; baseline target flagged in {caught}/{len(vals)}; "
+                f"TrojanNN* verdict clean (no label flagged) in {n_clean}/{len(vals)}"
+                + (f" (labels flagged: {'; '.join(alarms)})" if alarms else "")
+                + efficacy_note([s for *_, s in vals]),
+                bool(ms < mb and n_clean == len(vals)),
+            )
+        )
+
+    evaded(
         "target_anomaly",
         "neural-cleanse",
-        "NeuralCleanse's anomaly index is lower against TrojanNN* than TrojanNN",
-        "much lower (Fig. 14)",
+        "NeuralCleanse is evaded by TrojanNN* (lower target index, no label flagged)",
+        "index gap > 2 (Fig. 14)",
     )
     lower(
         "f1", "strip", "STRIP's F1 is lower against TrojanNN* than TrojanNN", "much lower (Fig. 14)"
     )
-    lower(
-        "max_anomaly",
+    evaded(
+        "target_anomaly",
         "abs",
-        "ABS's REASR is lower against TrojanNN* than TrojanNN",
+        "ABS is evaded by TrojanNN* (lower target REASR, no label flagged)",
         "lower (App. C)",
     )
 
@@ -695,15 +741,24 @@ def _classes(run_dir: Path) -> dict[str, Sequence[str]]:
 def _summary_table(
     rows: Sequence[dict[str, Any]], det: dict[str, str]
 ) -> tuple[list[str], list[list[str]]]:
-    cols = [("asr", "ASR"), ("clean_acc", "clean acc"), ("acc_drop", "acc drop")]
+    cols = [
+        ("asr", "ASR"),
+        ("efficacy", "efficacy"),
+        ("clean_acc", "clean acc"),
+        ("acc_drop", "acc drop"),
+    ]
     if "neural-cleanse" in det:
         cols.append((f"{det['neural-cleanse']}.target_anomaly", "NC index (target)"))
         cols.append((f"{det['neural-cleanse']}.flagged", "NC flagged labels"))
+        cols.append((f"{det['neural-cleanse']}.steps_per_label", "NC steps per label"))
     if "abs" in det:
-        cols.append((f"{det['abs']}.max_anomaly", "ABS REASR"))
+        cols.append((f"{det['abs']}.max_anomaly", "ABS REASR (blank: no candidate)"))
+        cols.append((f"{det['abs']}.flagged", "ABS flagged labels"))
     for name in ("strip", "ensemble"):
         if name in det:
             cols.append((f"{det[name]}.f1", f"{det[name]} F1"))
+            cols.append((f"{det[name]}.f1_all_stamped", f"{det[name]} F1, all stamped"))
+            cols.append((f"{det[name]}.n_triggered", f"{det[name]} triggered inputs"))
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["dataset"], r["model"], r["attack"], r["size"], r["transparency"])].append(r)
