@@ -35,7 +35,13 @@ def abs_candidates(model: nn.Module, xs: Tensor, ys: Tensor, num_classes: int) -
 def remask_loss(feats: Tensor, channel: Tensor) -> Tensor:
     """ABS's re-mask loss of each candidate ``channel`` on features ``feats`` (N, C[, H, W]):
     minus its activation summed over inputs and positions, plus ``OTHERS_WEIGHT`` times the
-    other channels' (the authors' ``abs_loss``); one value per candidate."""
+    other channels' (the authors' ``abs_loss``); one value per candidate.
+
+    Activations are read after a ReLU: ABS's neurons are post-activation values, and on a
+    pre-activation feature layer (the small CNN's ``conv2``) the subtracted term is unbounded
+    below, so re-training drives the candidates to minus infinity (NaN loss within 77 steps on
+    digits)."""
+    feats = feats.clamp_min(0)
     per_channel = feats.sum(dim=0) if feats.ndim == 2 else feats.sum(dim=(0, 2, 3))
     own = per_channel[channel]
     return -own + OTHERS_WEIGHT * (per_channel.sum() - own)
