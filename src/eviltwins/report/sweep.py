@@ -42,6 +42,7 @@ ATTACK_COLUMNS = ("asr", "efficacy", "clean_acc", "benign_acc", "acc_drop", "mas
 FILTER_COLUMNS = ("f1", "precision", "recall", "frr", "far", "auc")
 NC_THRESHOLD = 2.0
 ABS_THRESHOLD = 0.8
+CAUGHT_F1 = 0.5  # an input filter "catches" an attack at this F1 (for the evasion claims)
 ASR_TOLERANCE = 0.02  # "TrojanNN* >= TrojanNN" allows this much seed noise per pair
 WEAK_BASELINE = 0.7  # a setting is "hard" when the baseline's ASR is below this
 
@@ -491,13 +492,15 @@ def claims(rows: Sequence[dict[str, Any]], det: dict[str, str]) -> list[Claim]:
             out.append(Claim(text, paper, "not in this sweep", None))
             return
         mb, ms = np.mean([x for x, _, _ in vals]), np.mean([y for _, y, _ in vals])
+        caught = sum(x >= CAUGHT_F1 for x, _, _ in vals)
         out.append(
             Claim(
                 text,
                 paper,
-                f"mean {mb:.3f} (baseline) vs {ms:.3f} (TrojanNN*) over {len(vals)} pairs"
+                f"mean {mb:.3f} (baseline) vs {ms:.3f} (TrojanNN*) over {len(vals)} pairs; "
+                f"baseline caught (F1 >= {CAUGHT_F1}) in {caught}/{len(vals)}"
                 + efficacy_note([s for _, _, s in vals]),
-                bool(ms < mb),
+                bool(ms < mb) if caught else None,  # nothing to evade where nothing is caught
             )
         )
 
@@ -524,7 +527,8 @@ def claims(rows: Sequence[dict[str, Any]], det: dict[str, str]) -> list[Claim]:
                 f"TrojanNN* verdict clean (no label flagged) in {n_clean}/{len(vals)}"
                 + (f" (labels flagged: {'; '.join(alarms)})" if alarms else "")
                 + efficacy_note([s for *_, s in vals]),
-                bool(ms < mb and n_clean == len(vals)),
+                # an evasion needs a detection to evade: no verdict where no baseline is flagged
+                bool(ms < mb and n_clean == len(vals)) if caught else None,
             )
         )
 
