@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--abs-bounds", type=float, nargs="+", default=[0.06, 0.1])
     ap.add_argument("--out", type=Path, default=Path("runs/compare/badnet_8x8.json"))
+    ap.add_argument("--save", type=Path, default=None, help="also keep the model folder here")
     args = ap.parse_args()
     spec = et.load_dataset(args.dataset)
     side = 8 / spec.shape[2]
@@ -50,6 +51,20 @@ def main() -> None:
         from_scratch=True,
         quiet=True,
     ).fit(model, spec)
+    if args.save is not None:
+        from eviltwins.io import ModelCard
+
+        c = spec.shape[0]
+        card = ModelCard(
+            architecture="cnn",
+            input_shape=spec.shape,
+            num_classes=spec.num_classes,
+            mean=(0.0,) * c,
+            std=(1.0,) * c,
+            dataset=spec.name,
+            classes=spec.classes,
+        )
+        res.save(args.save, card)
     m = res.metrics
     out: dict = {
         "asr": m["asr"],
