@@ -18,16 +18,11 @@ import json
 import time
 from pathlib import Path
 
+from attack_comparison import clean_model  # benchmarks/ is on sys.path when run as a script
+
 import eviltwins as et
 from eviltwins.attacks import IMC, TrojanNN
 from eviltwins.detectors import STRIP, NeuralCleanse, evaluate_filter
-
-
-def clean_model(dataset: str, work: Path, epochs: int, seed: int):
-    path = work / f"{dataset}_clean_s{seed}"
-    if not (path / "model.json").is_file():
-        et.train(dataset, "cnn", epochs=epochs, seed=seed, out=path, quiet=True)
-    return et.load_model(path)[0]
 
 
 def detect(model, spec, trigger, target: int, n_clean: int) -> dict:
