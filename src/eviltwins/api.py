@@ -20,8 +20,9 @@ from eviltwins.attacks.base import BackdoorResult
 from eviltwins.config import validate
 from eviltwins.data import DatasetSpec, load_all, load_dataset
 from eviltwins.errors import ParamError
-from eviltwins.io import ModelCard, load_model, save_model
+from eviltwins.io import ModelCard, TrustArch, load_model, save_model
 from eviltwins.models import build_model
+from eviltwins.paths import prepare_out
 from eviltwins.training import TrainConfig, train_model
 from eviltwins.training import evaluate as _evaluate
 from eviltwins.utils import resolve_device, seed_everything, versions
@@ -86,11 +87,16 @@ def train(
     test_limit: int | None = None,
     arch_kwargs: dict[str, Any] | None = None,
     out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
     quiet: bool | None = None,
 ) -> TrainResult:
     """Train a clean ``model`` on ``dataset`` and (with ``out``) save it safely.
 
     ``epochs=None`` uses the dataset's default (2 for MNIST/Fashion-MNIST, 30 for digits).
+    ``out`` is checked before training (see :func:`eviltwins.paths.prepare_out`): a folder
+    holding an attack, a report or foreign files is refused unless ``overwrite``. Training
+    that diverges (NaN or inf) raises :class:`~eviltwins.errors.OptimisationError` and saves
+    nothing.
     """
     cfg = validate(
         TrainConfig,
@@ -102,12 +108,17 @@ def train(
         augment=augment,
         seed=seed,
     )
+    if not isinstance(model, str):
+        raise ParamError(f"model must be an architecture name; got {type(model).__name__}")
+    arch_kwargs = _checked_arch_kwargs(arch_kwargs)
+    if out is not None:
+        prepare_out(out, "model", overwrite=overwrite)
     dev = resolve_device(device)
     spec = get_dataset(dataset, data_root, download, train_limit, test_limit, seed)
     seed_everything(seed)  # weight initialisation is the only global-RNG use
-    net = build_model(
-        model, spec.shape, spec.num_classes, spec.mean, spec.std, **(arch_kwargs or {})
-    ).to(dev)
+    net = build_model(model, spec.shape, spec.num_classes, spec.mean, spec.std, **arch_kwargs).to(
+        dev
+    )
     start = time.perf_counter()
     history = train_model(net, spec, cfg, quiet=quiet)
     seconds = time.perf_counter() - start
@@ -127,7 +138,7 @@ def train(
         std=spec.std,
         dataset=spec.name,
         classes=spec.classes,
-        arch_kwargs=dict(arch_kwargs or {}),
+        arch_kwargs=dict(arch_kwargs),
         metrics=metrics,
         seed=seed,
         training={
@@ -152,9 +163,14 @@ def evaluate(
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
     test_limit: int | None = None,
+    trust_arch: TrustArch = (),
 ) -> dict[str, Any]:
-    """Clean accuracy of a saved model on the test split of its own (or another) dataset."""
-    net, card = load_model(Path(model), resolve_device(device))
+    """Clean accuracy of a saved model on the test split of its own (or another) dataset.
+
+    ``trust_arch`` names the user architectures (``package.module:ClassName``) the model card
+    may import (see :func:`eviltwins.io.load_model`); registered ones need none.
+    """
+    net, card = load_model(Path(model), resolve_device(device), trust_arch=trust_arch)
     spec = _matching_dataset(card, dataset, data_root, download, None, test_limit)
     res = _evaluate(net, spec.test)
     return {
@@ -178,17 +194,24 @@ def attack(
     download: bool = False,
     train_limit: int | None = None,
     test_limit: int | None = None,
+    trust_arch: TrustArch = (),
+    overwrite: bool = False,
     quiet: bool | None = None,
 ) -> BackdoorResult:
     """Run attack ``name`` (``eviltwins list attacks``) on a saved benign model.
 
     ``params`` are the attack's parameters (unknown names are refused with a suggestion). With
-    ``out``, writes the poisoned model, its trigger, ``metrics.json`` and ``examples.png``.
+    ``out``, writes the poisoned model, its trigger, ``metrics.json`` and ``examples.png``;
+    ``out`` is checked first and may not be the input model's folder (the input is never
+    modified) or hold a model, report or foreign files (unless ``overwrite``).
+    ``trust_arch``: see :func:`evaluate`.
     """
     from eviltwins.attacks import ATTACKS
 
     atk = _configured(ATTACKS, name, params, quiet)
-    net, card = load_model(Path(model), resolve_device(device))
+    if out is not None:
+        prepare_out(out, "attack", inputs=[model], overwrite=overwrite)
+    net, card = load_model(Path(model), resolve_device(device), trust_arch=trust_arch)
     spec = _matching_dataset(card, dataset, data_root, download, train_limit, test_limit)
     res = atk.fit(net, spec)
     if out is not None:
@@ -212,6 +235,8 @@ def detect(
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
     test_limit: int | None = None,
+    trust_arch: TrustArch = (),
+    overwrite: bool = False,
     quiet: bool | None = None,
 ) -> Any:
     """Run detector ``name`` (``eviltwins list detectors``) on a saved model.
@@ -225,26 +250,45 @@ def detect(
     ``trigger.safetensors``), the model sends to the target; ``"all-stamped"`` counts every
     clean and every stamped non-target input. Both variants are in the returned
     :class:`~eviltwins.detectors.FilterReport`, with the size of each set. With ``out``, the
-    report (and reversed-trigger images for inspectors) are written there.
+    report (and reversed-trigger images for inspectors) are written there; ``out`` is checked
+    first and may not be the model's folder. ``trust_arch``: see :func:`evaluate`.
     """
     from eviltwins.detectors import DETECTORS, InputFilter, evaluate_filter
     from eviltwins.triggers import Trigger
 
     det = _configured(DETECTORS, name, params, quiet)
-    net, card = load_model(Path(model), resolve_device(device))
+    is_filter = isinstance(det, InputFilter)
+    if is_filter:
+        _check_int("n_clean", n_clean, 1, MAX_N_CLEAN)
+        if protocol not in ("effective", "all-stamped"):
+            raise ParamError(f"protocol must be 'effective' or 'all-stamped'; got {protocol!r}")
+        if target is not None:
+            _check_int("target", target, 0, None)
+    if out is not None:
+        prepare_out(out, "report", inputs=[model], overwrite=overwrite)
+    net, card = load_model(Path(model), resolve_device(device), trust_arch=trust_arch)
+    if is_filter:  # the trigger is checked before the dataset is loaded
+        folder = Path(model) if Path(model).is_dir() else Path(model).parent
+        trig_path = Path(trigger) if trigger is not None else folder / "trigger.safetensors"
+        if trigger is None and not trig_path.exists():
+            raise ParamError(
+                f"{name} is evaluated on stamped inputs, and {folder} holds no "
+                "trigger.safetensors: pass --trigger"
+            )
+        trig = Trigger.load(trig_path)  # exactly this path; a hostile file is one line
+        trig.check_shape(card.input_shape, f"model {model}")
+        tgt = target if target is not None else card.extra.get("target", 0)
+        if not (isinstance(tgt, int) and not isinstance(tgt, bool) and 0 <= tgt < card.num_classes):
+            raise ParamError(
+                f"target class {tgt!r} is not a class of the model (0..{card.num_classes - 1}); "
+                "pass --target"
+            )
     spec = _matching_dataset(card, dataset, data_root, download, None, test_limit)
-    if not isinstance(det, InputFilter):
+    if not is_filter:
         report = det.inspect(net, spec)
         if out is not None:
             report.save(out)
         return report
-    trig_path = Path(trigger) if trigger is not None else Path(model) / "trigger.safetensors"
-    if not trig_path.with_suffix(".safetensors").is_file():
-        raise ParamError(
-            f"{name} is evaluated on stamped inputs: pass --trigger (no {trig_path} found)"
-        )
-    trig = Trigger.load(trig_path)
-    tgt = target if target is not None else int(card.extra.get("target", 0))
     report = evaluate_filter(det, net, spec, trig, tgt, n_clean, protocol)
     if out is not None:
         from eviltwins.io import write_json
@@ -317,6 +361,36 @@ def demo(
         demo_spec(seeds=[seed]), out, jobs=jobs, device=device, report=False, quiet=quiet
     )
     return summary, write_sweep_report(summary.out)
+
+
+#: Largest ``n_clean`` (held-out images to fit an input filter on, and as many to test).
+MAX_N_CLEAN = 1_000_000
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None) -> None:
+    """One ParamError line unless ``value`` is an int in [low, high]."""
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        rule = f">= {low}" if high is None else f"in [{low}, {high:,}]"
+        raise ParamError(f"{name} must be an integer {rule}; got {value!r}")
+
+
+def _checked_arch_kwargs(arch_kwargs: Any) -> dict[str, Any]:
+    """``arch_kwargs`` as a dict of keyword arguments (None is empty), else one line."""
+    if arch_kwargs is None:
+        return {}
+    if not isinstance(arch_kwargs, dict) or not all(
+        isinstance(k, str) and k.isidentifier() for k in arch_kwargs
+    ):
+        raise ParamError(
+            "arch_kwargs must be a mapping of architecture options (name: value); got "
+            f"{arch_kwargs!r}"[:200]
+        )
+    return dict(arch_kwargs)
 
 
 def _configured(registry: Any, name: str, params: dict[str, Any] | None, quiet: bool | None) -> Any:

@@ -98,6 +98,10 @@ class Interval(Constraint):
         return "not a number"
 
 
+#: Seeds: torch generators take 64-bit integers; eviltwins keeps them non-negative.
+SEED_RANGE = Interval(int, 0, 2**63 - 1)
+
+
 class OneOf(Constraint):
     """One of a fixed set of values."""
 
@@ -173,9 +177,9 @@ class Estimator:
         for name, value in params.items():
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ParamError(
-                    f"{type(self).__name__} has no parameter {name!r}{hint} known: "
+                    f"{type(self).__name__} has no parameter {name!r}{hint}; known: "
                     f"{', '.join(known)}"
                 )
             setattr(self, name, value)
@@ -191,6 +195,8 @@ class Estimator:
         owner = type(self).__name__
         for name, rule in self._constraints.items():
             rule.check(owner, name, getattr(self, name))
+        if "seed" in self._constraints:  # every RNG eviltwins seeds takes 63 bits
+            SEED_RANGE.check(owner, "seed", self.seed)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         defaults = {

@@ -66,24 +66,87 @@ def _number_or_text(value: str | None) -> float | str | None:
         return value
 
 
-def _params(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
-    """An estimator's parameters: a YAML config's values, overridden by the flags given."""
-    params = read_yaml(config) if config is not None else {}
-    params.update({k: v for k, v in flags.items() if v is not None})
-    return params
+#: Command-line options a YAML config may not set (they say how to read the config itself).
+_NOT_IN_CONFIG = frozenset({"config", "as_json", "json"})
 
 
-def _merge_config(config: Path | None, flags: dict[str, Any], fn: Any) -> dict[str, Any]:
-    """Values from a YAML config, overridden by the flags given on the command line."""
+def _resolve(config: Path | None, flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The command's options and the estimator's parameters, from the command line and a YAML
+    ``config`` (a flag given on the command line wins over the config).
+
+    Returns ``(options, params)``: ``options`` maps every command option (``out``, ``device``,
+    ``quiet``, ...) to its value, a config value cast like the flag would be; ``params`` holds
+    the estimator's parameters: the ``flags`` the user set, and the config's other keys as
+    written (the estimator checks their names, types and ranges).
+    """
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
     values = read_yaml(config) if config is not None else {}
-    known = set(inspect.signature(fn).parameters)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ParamError(
-            f"unknown option {unknown[0]!r} in config {config}; known: {', '.join(sorted(known))}"
-        )
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return values
+    options = {k: v for k, v in ctx.params.items() if k not in flags}
+    params = {k: v for k, v in flags.items() if v is not None}
+    by_name = {p.name: p for p in ctx.command.params}
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    for key, value in values.items():
+        if key in _NOT_IN_CONFIG:
+            raise ParamError(f"option {key!r} cannot be set in config {config}")
+        param = by_name.get(key)
+        if param is None or key in flags:
+            params.setdefault(key, value)  # estimator parameter (flag wins when given)
+            continue
+        if ctx.get_parameter_source(key) in given:
+            continue
+        if value is None:
+            options[key] = None
+            continue
+        try:
+            cast = param.type_cast_value(ctx, value)
+        except click.BadParameter as err:
+            raise ParamError(
+                f"option {key!r} in config {config}: {' '.join(err.message.split())}"
+            ) from None
+        except (TypeError, ValueError):
+            raise ParamError(
+                f"option {key!r} in config {config} must be {param.type.name}; got {value!r}"
+            ) from None
+        if param.callback is not None:
+            cast = param.callback(ctx, param, cast)
+        options[key] = cast
+    return options, params
+
+
+def _overwrite(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--overwrite (commands that write a folder)."""
+    return click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Write into an --out folder holding another kind of eviltwins output (a model, "
+        "an attack, a report) after deleting those files; never the input model's folder, "
+        "never files eviltwins did not write.",
+    )(fn)
+
+
+def _trust(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--trust-arch / --trust-code (commands that load a received model folder)."""
+    fn = click.option(
+        "--trust-code",
+        is_flag=True,
+        help="Import whatever user architecture the model card names (runs that code: only "
+        "for models from a source you trust).",
+    )(fn)
+    return click.option(
+        "--trust-arch",
+        "trust_arch",
+        multiple=True,
+        metavar="PKG.MOD:CLASS",
+        help="A user architecture the model card may name; its module is imported (its code "
+        "runs). Repeatable. Without it a card naming package.module:Class is refused and "
+        "nothing is imported.",
+    )(fn)
+
+
+def _trusted(trust_arch: tuple[str, ...], trust_code: bool) -> bool | tuple[str, ...]:
+    return True if trust_code else tuple(trust_arch)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
@@ -121,9 +184,11 @@ def cli() -> None:
 @click.option(
     "--out", type=PathType, default=Path("runs/clean"), show_default=True, help="Output folder."
 )
+@_overwrite
 @_common
 def train(
     out: Path,
+    overwrite: bool,
     config: Path | None,
     device: str,
     data_root: Path | None,
@@ -132,15 +197,26 @@ def train(
     as_json: bool,
     **flags: Any,
 ) -> None:
-    """Train a clean model; write model.safetensors and model.json to OUT."""
-    kwargs = _merge_config(config, flags, api.train)
+    """Train a clean model; write model.safetensors and model.json to OUT.
+
+    A config may set any of these options (command-line flags override it) and the other
+    arguments of eviltwins.train (weight_decay, arch_kwargs)."""
+    opts, params = _resolve(config, flags)
+    known = set(inspect.signature(api.train).parameters) - set(opts)
+    unknown = sorted(set(params) - known - set(flags))
+    if unknown:
+        raise ParamError(
+            f"unknown option {unknown[0]!r} in config {config}; known: "
+            f"{', '.join(sorted(known | set(opts) - _NOT_IN_CONFIG))}"
+        )
     res = api.train(
-        **kwargs,
-        out=out,
-        device=device,
-        data_root=data_root,
-        download=download,
-        quiet=quiet or None,
+        **params,
+        out=opts["out"],
+        overwrite=opts["overwrite"],
+        device=opts["device"],
+        data_root=opts["data_root"],
+        download=opts["download"],
+        quiet=opts["quiet"] or None,
     )
     m = res.metrics
     _emit(
@@ -161,11 +237,14 @@ def train(
 )
 @click.option("--dataset", default=None, help="Dataset [default: the model's own].")
 @click.option("--test-limit", type=int, default=None, help="Test on a random subset of N.")
+@_trust
 @_common
 def evaluate(
     model: Path,
     dataset: str | None,
     test_limit: int | None,
+    trust_arch: tuple[str, ...],
+    trust_code: bool,
     device: str,
     data_root: Path | None,
     download: bool,
@@ -174,7 +253,13 @@ def evaluate(
 ) -> None:
     """Clean test accuracy of a saved model."""
     res = api.evaluate(
-        model, dataset, device=device, data_root=data_root, download=download, test_limit=test_limit
+        model,
+        dataset,
+        device=device,
+        data_root=data_root,
+        download=download,
+        test_limit=test_limit,
+        trust_arch=_trusted(trust_arch, trust_code),
     )
     _emit(
         res,
@@ -324,6 +409,8 @@ def evaluate(
     help="YAML file with attack parameters (flags override it).",
 )
 @click.option("--out", type=PathType, required=True, help="Output folder.")
+@_overwrite
+@_trust
 @_common
 def attack(
     attack_name: str,
@@ -333,6 +420,9 @@ def attack(
     test_limit: int | None,
     config: Path | None,
     out: Path,
+    overwrite: bool,
+    trust_arch: tuple[str, ...],
+    trust_code: bool,
     device: str,
     data_root: Path | None,
     download: bool,
@@ -343,20 +433,23 @@ def attack(
     """Plant a backdoor with ATTACK (badnet, trojannn, imc) in a copy of MODEL; write the
     poisoned model, trigger.safetensors/.png, metrics.json and examples.png to OUT.
 
-    imc with --init trojannn (the default) is TrojanNN*; with --init badnet it is BadNet*."""
-    params = _params(config, flags)
+    imc with --init trojannn (the default) is TrojanNN*; with --init badnet it is BadNet*.
+    A config may hold any attack parameter and any of these options (flags override it)."""
+    opts, params = _resolve(config, flags)
     res = api.attack(
         attack_name,
-        model,
-        dataset,
+        opts["model"],
+        opts["dataset"],
         params=params,
-        out=out,
-        device=device,
-        data_root=data_root,
-        download=download,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        quiet=quiet or None,
+        out=opts["out"],
+        overwrite=opts["overwrite"],
+        trust_arch=_trusted(opts["trust_arch"], opts["trust_code"]),
+        device=opts["device"],
+        data_root=opts["data_root"],
+        download=opts["download"],
+        train_limit=opts["train_limit"],
+        test_limit=opts["test_limit"],
+        quiet=opts["quiet"] or None,
     )
     m = res.metrics
     _emit(
@@ -454,6 +547,8 @@ def attack(
 @click.option(
     "--out", type=PathType, default=None, help="Folder for report.json (and reversed triggers)."
 )
+@_overwrite
+@_trust
 @_common
 def detect(
     detector_name: str,
@@ -466,6 +561,9 @@ def detect(
     test_limit: int | None,
     config: Path | None,
     out: Path | None,
+    overwrite: bool,
+    trust_arch: tuple[str, ...],
+    trust_code: bool,
     device: str,
     data_root: Path | None,
     download: bool,
@@ -474,23 +572,26 @@ def detect(
     **flags: Any,
 ) -> None:
     """Scan MODEL with DETECTOR: neural-cleanse or abs (model inspection), strip or ensemble
-    (input filtering, evaluated on clean vs stamped held-out inputs)."""
-    params = _params(config, flags)
+    (input filtering, evaluated on clean vs stamped held-out inputs). A config may hold any
+    detector parameter and any of these options (flags override it)."""
+    opts, params = _resolve(config, flags)
     report = api.detect(
         detector_name,
-        model,
-        dataset,
+        opts["model"],
+        opts["dataset"],
         params=params,
-        trigger=trigger,
-        target=target,
-        n_clean=n_clean,
-        protocol=protocol,
-        out=out,
-        device=device,
-        data_root=data_root,
-        download=download,
-        test_limit=test_limit,
-        quiet=quiet or None,
+        trigger=opts["trigger"],
+        target=opts["target"],
+        n_clean=opts["n_clean"],
+        protocol=opts["protocol"],
+        out=opts["out"],
+        overwrite=opts["overwrite"],
+        trust_arch=_trusted(opts["trust_arch"], opts["trust_code"]),
+        device=opts["device"],
+        data_root=opts["data_root"],
+        download=opts["download"],
+        test_limit=opts["test_limit"],
+        quiet=opts["quiet"] or None,
     )
     _emit(report.to_dict(), as_json, report.summary())
 
@@ -500,12 +601,13 @@ REGISTRIES = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS, "detec
 
 @cli.command("list")
 @click.argument("kind")
-def list_(kind: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the names as a JSON list.")
+def list_(kind: str, as_json: bool) -> None:
     """List the registered names of KIND (datasets, models, attacks, detectors)."""
     if kind not in REGISTRIES:
         raise ParamError(f"cannot list {kind!r}; choose one of: {', '.join(REGISTRIES)}")
-    for name in REGISTRIES[kind].names():
-        click.echo(name)
+    names = REGISTRIES[kind].names()
+    _emit({"kind": kind, "names": names}, as_json, "\n".join(names))
 
 
 @cli.command()
@@ -554,17 +656,31 @@ def sweep(
 ) -> None:
     """Run (or resume) the sweep in CONFIG (YAML; see configs/): every cell's JSON result in
     OUT/cells, then the report in OUT/report. Finished cells are skipped; failed cells are
-    retried; Ctrl-C keeps every finished cell."""
+    retried; Ctrl-C keeps every finished cell. Exits with 2 when any cell failed."""
     from eviltwins.experiments import cells, load_spec
+    from eviltwins.experiments.runner import check_run_folder
+    from eviltwins.experiments.spec import user_models
 
+    if jobs < 1:
+        raise ParamError(f"--jobs must be >= 1 (worker processes); got {jobs}")
+    if threads is not None and threads < 1:
+        raise ParamError(f"--threads must be >= 1 (torch threads per cell); got {threads}")
     spec = load_spec(config)
+    check_run_folder(out if out is not None else Path("runs") / spec.name)
     if download:
         for ds in spec.datasets:
             api.get_dataset(ds, data_root, download=True)
     if check:
         grid = cells(spec)
         keys = [c.key(spec) for c in grid]
-        _emit({"name": spec.name, "cells": keys}, as_json, f"{spec.name}: {len(keys)} cells, valid")
+        user = user_models(spec)
+        text = f"{spec.name}: {len(keys)} cells, valid"
+        for m in user:
+            text += (
+                f"\nnote: model {m!r} is user code: module {m.split(':')[0]!r} is imported when "
+                "the sweep runs (not checked now)"
+            )
+        _emit({"name": spec.name, "cells": keys, "user_models": user}, as_json, text)
         return
     summary = api.sweep(
         spec,
@@ -582,6 +698,7 @@ def sweep(
     if report and (summary.ran or summary.skipped):
         text += f"\nreport: {Path(summary.out) / 'report' / 'report.md'}"
     _emit(summary.to_dict(), as_json, text)
+    summary.raise_for_failures()  # exit 2 with one line: never a success for a broken run
 
 
 @cli.command("report")
@@ -592,6 +709,8 @@ def report_(run_dir: Path, out: Path | None, as_json: bool) -> None:
     """Write the report of the sweep folder RUN_DIR: cells.csv, the paper's figures (PNG) and
     report.md / report.html with each claim of the paper next to the measured value."""
     rep = api.write_sweep_report(run_dir, out)
+    for line in rep.unreadable_lines():
+        click.echo(f"eviltwins: warning: {line}", err=True)
     _emit(rep.to_dict(), as_json, rep.summary())
 
 
@@ -608,13 +727,25 @@ def demo(out: Path, seed: int, jobs: int, device: str, quiet: bool, as_json: boo
     """The main job on the embedded digits dataset (no download, about 4 minutes on 2 CPU
     cores): train a clean small CNN; run TrojanNN and TrojanNN* at the same re-training budget
     at two trigger sizes; run NeuralCleanse and STRIP on every model; write the report
-    (OUT/report/report.md, .html, figures). Re-running resumes."""
-    summary, rep = api.demo(out, seed=seed, device=device, jobs=jobs, quiet=quiet or None)
+    (OUT/report/report.md, .html, figures). Re-running resumes. Exits with 2 when any cell
+    failed (the report of the finished cells is still written)."""
+    from eviltwins.experiments.demo import demo_spec
+
+    if jobs < 1:
+        raise ParamError(f"--jobs must be >= 1 (worker processes); got {jobs}")
+    summary = api.sweep(
+        demo_spec(seeds=[seed]), out, jobs=jobs, device=device, report=False, quiet=quiet or None
+    )
+    if not (summary.ran or summary.skipped):  # every cell failed: nothing to report
+        _emit({"sweep": summary.to_dict(), "report": None}, as_json, summary.summary())
+        summary.raise_for_failures()
+    rep = api.write_sweep_report(summary.out)
     _emit(
         {"sweep": summary.to_dict(), "report": rep.to_dict()},
         as_json,
         f"{summary.summary()}\n{rep.summary()}\nopen {rep.out / 'report.html'}",
     )
+    summary.raise_for_failures()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,13 +8,13 @@ User input from YAML files, CLI flags and Python keyword arguments all goes thro
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from eviltwins.errors import DataError, ParamError
+from eviltwins.paths import readable_file
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,17 +41,47 @@ def validate(cls: type[M], **values: Any) -> M:
         ) from None
 
 
+#: Largest config file read (a sweep spec is a few kB).
+MAX_YAML_BYTES = 1_000_000
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data only: nothing is constructed or imported) that also
+    refuses aliases (``*name``), whose nesting can expand a small file into a huge structure."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise DataError(
+                f"config file {self.name} uses a YAML alias (*{event.anchor} at line "
+                f"{event.start_mark.line + 1}), which eviltwins does not accept; write the "
+                "value out"
+            )
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML mapping; a missing or malformed file raises a one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"config file {path} does not exist")
+    """Read a YAML mapping safely; a missing, unreadable, oversized or malformed file raises a
+    one-line error."""
+    path = readable_file(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise DataError(f"config file {path} is over {MAX_YAML_BYTES // 1000} kB")
+        loader = _Loader(path.read_bytes())
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        raise DataError(f"config file {path} is not valid YAML{at}; fix its syntax") from None
+        what = "" if where is not None else f" ({' '.join(str(err).split())[:80]})"
+        raise DataError(f"config file {path} is not valid YAML{at}{what}; fix its syntax") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise DataError(f"config file {path} is not a readable YAML text file") from None
+    except OSError as err:
+        raise DataError(f"config file {path} cannot be read ({err.strerror or err})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

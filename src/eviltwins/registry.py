@@ -40,13 +40,18 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Callable[..., T]:
         """The factory filed under ``name``; unknown names raise with a suggestion."""
+        if not isinstance(name, str):
+            raise UnknownNameError(
+                f"a {self.kind} must be named by a string; got {name!r}"[:200]
+                + f"; known: {', '.join(self.names())}"
+            )
         key = name.strip().lower().replace("_", "-")
         if key in self._entries:
             return self._entries[key]
         close = difflib.get_close_matches(key, list(self._entries), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UnknownNameError(
-            f"unknown {self.kind} {name!r}{hint} known: {', '.join(self.names())}"
+            f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}"
         )
 
     def create(self, name: str, **kwargs: Any) -> T:

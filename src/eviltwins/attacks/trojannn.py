@@ -16,7 +16,12 @@ from eviltwins.attacks.base import ATTACKS, BackdoorAttack, poison_hook
 from eviltwins.base import Interval, OneOf
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.errors import OptimisationError, ParamError
-from eviltwins.models import activations, consumer_of, feature_tap, get_layer
+from eviltwins.models import (
+    activations,
+    consumer_of,
+    feature_tap,
+    layer_or_feature_layer,
+)
 from eviltwins.training import TrainConfig, train_model
 from eviltwins.triggers import Trigger, stamp
 from eviltwins.utils import device_of, eval_mode, frozen_params
@@ -221,14 +226,7 @@ class TrojanNN(BackdoorAttack):
         return trigger, info
 
     def _layer(self, model: nn.Module) -> str:
-        layer = self.layer or getattr(model, "feature_layer", None)
-        if not layer:
-            raise ParamError(
-                "the model declares no feature layer; pass layer='<name>' "
-                "(eviltwins.models.layer_names(model) lists them)"
-            )
-        get_layer(model, layer)
-        return layer
+        return layer_or_feature_layer(model, self.layer)
 
     def _select(
         self,

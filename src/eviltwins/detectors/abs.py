@@ -12,9 +12,16 @@ from torch import Tensor, nn
 from eviltwins.base import Check, Interval
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
-from eviltwins.errors import OptimisationError, ParamError
-from eviltwins.models import feature_tap, get_layer
-from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator, progress
+from eviltwins.errors import DataError, OptimisationError
+from eviltwins.models import feature_tap, get_layer, layer_or_feature_layer
+from eviltwins.utils import (
+    device_of,
+    eval_mode,
+    frozen_params,
+    make_generator,
+    nonfinite_outputs_message,
+    progress,
+)
 
 
 def _channel_means(feat: Tensor) -> Tensor:
@@ -22,14 +29,7 @@ def _channel_means(feat: Tensor) -> Tensor:
 
 
 def _layer_of(model: nn.Module, layer: str | None) -> str:
-    name = layer or getattr(model, "feature_layer", None)
-    if not name:
-        raise ParamError(
-            "the model declares no feature layer; pass layer='<name>' "
-            "(eviltwins.models.layer_names(model) lists them)"
-        )
-    get_layer(model, name)
-    return name
+    return layer_or_feature_layer(model, layer)
 
 
 def low_high_split(n_levels: int) -> int:
@@ -144,7 +144,8 @@ class ABS(ModelInspector):
         with eval_mode(model), frozen_params(model):
             return self._candidates(model, layer, xs, ys, num_classes)[0]
 
-    def inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
+    def _inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
+        """ABS steps 1-4 (see the class docstring); the model is untouched."""
         self._validate_params()
         layer = self.layer_of(model)
         start = time.perf_counter()
@@ -306,7 +307,10 @@ class ABS(ModelInspector):
             loss = (loss + weight * over).sum()
             if not torch.isfinite(loss):
                 bar.close()
-                raise OptimisationError(f"ABS loss became {loss.item()}; lower lr ({self.lr})")
+                raise OptimisationError(
+                    f"ABS reverse-engineering diverged at step {step + 1} (loss {loss.item()}); "
+                    f"lower lr (now {self.lr:g}) or check the model"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -333,6 +337,9 @@ class ABS(ModelInspector):
         out = []
         for k in range(len(masks)):
             xk = xe[ye != labels[k]]
-            pred = model(xk * (1 - masks[k]) + patterns[k] * masks[k]).argmax(1)
+            logits = model(xk * (1 - masks[k]) + patterns[k] * masks[k])
+            if not bool(torch.isfinite(logits).all()):
+                raise DataError(nonfinite_outputs_message("trigger-stamped held-out"))
+            pred = logits.argmax(1)
             out.append(float((pred == labels[k]).float().mean()) if len(xk) else 0.0)
         return out

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from eviltwins.base import Interval, OneOf
+from eviltwins.base import Check, Interval, OneOf
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import OptimisationError, ParamError
@@ -76,6 +76,19 @@ class NeuralCleanse(ModelInspector):
         "threshold": Interval(float, 0, None),
         "label_chunk": Interval(int, 1, None, allow_none=True),
         "seed": Interval(int, 0, None),
+        "labels": Check(
+            lambda v: (
+                v is None
+                or v == "all"
+                or (
+                    isinstance(v, list | tuple)
+                    and len(v) > 0
+                    and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+                )
+            ),
+            "None or 'all' (every label) or a non-empty list of class indices",
+            bad="x",
+        ),
     }
 
     def __init__(
@@ -93,7 +106,7 @@ class NeuralCleanse(ModelInspector):
         early_stop: bool = True,
         early_stop_patience: int | None = None,
         threshold: float = 2.0,
-        labels: Sequence[int] | None = None,
+        labels: Sequence[int] | str | None = None,
         label_chunk: int | None = None,
         seed: int = 0,
         quiet: bool | None = None,
@@ -130,10 +143,11 @@ class NeuralCleanse(ModelInspector):
             return int(self.steps)
         return int(self._resolved("epochs")) * self.steps_per_epoch()
 
-    def inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
+    def _inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
         """Reverse-engineer a trigger per label and run the MAD test; the model is untouched."""
         self._validate_params()
-        labels = list(range(data.num_classes)) if self.labels is None else list(self.labels)
+        every = self.labels is None or self.labels == "all"
+        labels = list(range(data.num_classes)) if every else list(self.labels)
         if not labels or any(not 0 <= lab < data.num_classes for lab in labels):
             raise ParamError(f"labels must lie in 0..{data.num_classes - 1}; got {self.labels}")
         start = time.perf_counter()
@@ -243,7 +257,9 @@ class NeuralCleanse(ModelInspector):
                 if not torch.isfinite(loss):
                     bar.close()
                     raise OptimisationError(
-                        f"NeuralCleanse loss became {loss.item()}; lower lr (now {self.lr})"
+                        f"NeuralCleanse diverged at step {step + 1} (loss {loss.item()}): the "
+                        "model's outputs on stamped inputs are NaN/inf or huge; check the "
+                        f"model, or lower lr (now {self.lr:g})"
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

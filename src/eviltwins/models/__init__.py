@@ -13,6 +13,7 @@ from eviltwins.models.base import (
     import_user_model,
     is_user_model,
     layer_names,
+    layer_or_feature_layer,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "import_user_model",
     "is_user_model",
     "layer_names",
+    "layer_or_feature_layer",
 ]

@@ -79,7 +79,12 @@ def is_user_model(name: str) -> bool:
 
 
 def import_user_model(spec: str) -> type[nn.Module]:
-    """Import ``package.module:ClassName`` (the user's own code, imported on their request)."""
+    """Import ``package.module:ClassName`` (the user's own code, imported on their request).
+
+    Importing runs the module's code: call this only for a spec the user named. A model card
+    received with a model never reaches here unless the user trusted its architecture
+    (``trust_arch``, ``--trust-arch``; see :func:`eviltwins.io.check_trust`).
+    """
     if not is_user_model(spec):
         raise ParamError(f"a user model must be given as package.module:ClassName; got {spec!r}")
     module_name, cls_name = spec.split(":")
@@ -88,7 +93,7 @@ def import_user_model(spec: str) -> type[nn.Module]:
     except ImportError as err:
         raise UnknownNameError(
             f"cannot import module {module_name!r} for model {spec!r} ({err}); "
-            "make it importable (pip install it or add its folder to PYTHONPATH)"
+            "install the package that provides it, or run from the folder that holds it"
         ) from None
     cls = getattr(module, cls_name, None)
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
@@ -116,7 +121,11 @@ def build_model(
     if len(mean) != c:
         raise ParamError(f"mean/std have {len(mean)} channels but the input has {c}")
     if is_user_model(name):
-        net = import_user_model(name)(**kwargs)
+        cls = import_user_model(name)
+        try:
+            net = cls(**kwargs)
+        except TypeError as err:
+            raise ParamError(f"model {name!r} does not take these options: {err}") from None
     else:
         factory = MODELS.get(name)
         try:
@@ -141,6 +150,19 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     raise UnknownNameError(
         f"the model has no layer {name!r}{hint} (eviltwins.models.layer_names(model) lists them)"
     )
+
+
+def layer_or_feature_layer(model: nn.Module, layer: str | None) -> str:
+    """``layer``, else the model's declared feature layer (TrojanNN's and ABS's default),
+    checked to exist; one :class:`ParamError` line when neither is there."""
+    name = layer or getattr(model, "feature_layer", None)
+    if not name:
+        raise ParamError(
+            "the model declares no feature layer; choose one with --layer NAME (Python: "
+            "layer='NAME'); eviltwins.models.layer_names(model) lists them"
+        )
+    get_layer(model, name)
+    return name
 
 
 CONSUMER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
