@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from eviltwins.data import iter_batches
-from eviltwins.utils import device_of, eval_mode
+from eviltwins.errors import DataError
+from eviltwins.utils import device_of, eval_mode, nonfinite_outputs_message
 
 if TYPE_CHECKING:
     from eviltwins.triggers import Trigger
@@ -34,19 +35,26 @@ def attack_metrics(
 
     Returns ``asr`` (fraction classified as ``target`` after stamping), ``efficacy`` (mean
     softmax probability of ``target`` on the same stamped inputs) and ``n_attack`` (how many).
+    Non-finite outputs raise :class:`~eviltwins.errors.DataError` instead of counting a NaN
+    row's argmax (class 0) as a hit.
     """
     device = device_of(model)
     trig = trigger.to(device)
     hits, prob, n = 0, 0.0, 0
+    bad = torch.zeros((), dtype=torch.long, device=device)
     with eval_mode(model):
         for x, y in iter_batches(dataset, batch_size, device=device):
             keep = y != target
             if not keep.any():
                 continue
-            p = torch.softmax(model(trig.stamp(x[keep])).float(), dim=1)
+            logits = model(trig.stamp(x[keep])).float()
+            bad += (~torch.isfinite(logits)).any(1).sum()
+            p = torch.softmax(logits, dim=1)
             hits += int((p.argmax(1) == target).sum())
             prob += float(p[:, target].sum())
             n += int(keep.sum())
+    if int(bad):
+        raise DataError(nonfinite_outputs_message(f"{int(bad)} of {n} stamped"))
     if n == 0:
         return {"asr": float("nan"), "efficacy": float("nan"), "n_attack": 0.0}
     return {"asr": hits / n, "efficacy": prob / n, "n_attack": float(n)}

@@ -15,9 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from eviltwins.data import DatasetSpec, iter_batches
-from eviltwins.errors import OptimisationError
-from eviltwins.utils import PrivateRNG, device_of, eval_mode, make_generator, progress
+from eviltwins.data import DatasetSpec, iter_batches, load_all
+from eviltwins.errors import DataError, OptimisationError
+from eviltwins.utils import (
+    CHECK_IMAGES,
+    PrivateRNG,
+    device_of,
+    eval_mode,
+    make_generator,
+    nonfinite_outputs_message,
+    nonfinite_weights,
+    progress,
+)
 
 BatchHook = Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
 ExtraLoss = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
@@ -43,7 +52,7 @@ class TrainConfig(BaseModel):
     schedule: Literal["cosine", "constant"] = "cosine"
     augment: bool | None = None
     max_steps: int | None = Field(default=None, ge=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -68,8 +77,13 @@ class Trainer:
     ``extra_loss(model, x, y, step)`` adds a term (e.g. IMC's specificity loss). Dropout draws
     from a private RNG seeded with ``cfg.seed`` (CPU and, on CUDA, the device's generator; see
     :class:`~eviltwins.utils.PrivateRNG`) that carries on across ``steps()`` calls, so each call
-    draws fresh masks; the caller's global RNG state is untouched. A
-    NaN/inf loss raises :class:`OptimisationError` instead of silently breaking the model.
+    draws fresh masks; the caller's global RNG state is untouched.
+
+    Divergence is never silent: a NaN/inf loss (checked every step) or NaN/inf weights after
+    a ``steps()`` call raise a one-line :class:`OptimisationError` naming the epoch and step.
+    Weights can stay finite yet so large that the outputs overflow: a caller checks those with
+    :meth:`check_finite` on a few images (no extra forward pass happens inside ``steps``, so
+    forward hooks see the training batches only).
     """
 
     def __init__(
@@ -116,9 +130,39 @@ class Trainer:
             except StopIteration:
                 self._batches = None
 
+    def where(self, step: int | None = None) -> str:
+        """``epoch E, step S`` of optimiser step ``step`` (0-based; default: the last one run),
+        counting epochs as passes over the training data, both from 1."""
+        step = self.step_count - 1 if step is None else step
+        step = max(step, 0)
+        return f"epoch {step // self.n_batches + 1}, step {step % self.n_batches + 1}"
+
+    def diverged(self, what: str, step: int | None = None) -> OptimisationError:
+        """The one-line error for a diverged run: ``what`` went NaN/inf at ``step``."""
+        return OptimisationError(
+            f"training diverged at {self.where(step)} ({what}); lower the learning rate "
+            f"(lr now {self.cfg.lr:g}) or check the data"
+        )
+
+    def check_finite(self, x: Tensor | None = None) -> None:
+        """Raise :meth:`diverged` when a weight or buffer holds NaN/inf, or when the model's
+        outputs on ``x`` (eval mode) do: a finite loss can still leave weights so large that
+        the next forward overflows."""
+        name = nonfinite_weights(self.model)
+        if name is not None:
+            raise self.diverged(f"weights of {name} became NaN/inf")
+        if x is None:
+            return
+        with torch.no_grad(), eval_mode(self.model):
+            out = self.model(x.to(self.device))
+        if not bool(torch.isfinite(out).all()):
+            raise self.diverged("the model's outputs became NaN/inf")
+
     def steps(self, n: int, desc: str = "train", quiet: bool | None = None) -> dict[str, float]:
-        """Run ``n`` optimiser steps; returns the mean loss and accuracy over them."""
-        model, cfg = self.model, self.cfg
+        """Run ``n`` optimiser steps; returns the mean loss and accuracy over them.
+
+        Raises :class:`OptimisationError` when the run diverges (see the class docstring)."""
+        model = self.model
         loss_sum, correct, seen = 0.0, 0, 0
         bar = progress(total=n, desc=desc, quiet=quiet)
         model.train()
@@ -132,24 +176,24 @@ class Trainer:
                     loss = nn.functional.cross_entropy(logits, y)
                     if self.extra_loss is not None:
                         loss = loss + self.extra_loss(model, x, y, self.step_count)
-                    if not torch.isfinite(loss):
-                        raise OptimisationError(
-                            f"training loss became {loss.item()} at step {self.step_count}; "
-                            f"lower the learning rate (now {cfg.lr}) or check the data"
-                        )
+                    loss_value = loss.item()  # one sync per step (the loss is logged anyway)
+                    if not math.isfinite(loss_value):
+                        raise self.diverged(f"loss {loss_value}", self.step_count)
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     self.opt.step()
                     if self.sched is not None:
                         self.sched.step()
                     self.step_count += 1
-                    loss_sum += loss.item() * len(y)
+                    loss_sum += loss_value * len(y)
                     correct += int((logits.argmax(1) == y).sum())
                     seen += len(y)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
             finally:
                 bar.close()
+            if n > 0:
+                self.check_finite()
         model.eval()
         return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
@@ -172,6 +216,10 @@ def train_model(
     ``epochs=None`` uses the dataset's ``default_epochs``; ``max_steps`` cuts the last epoch
     short. ``epoch_callback(epoch, record)`` may add fields to each epoch's record (e.g. an
     attack's ASR). See :class:`Trainer` for ``batch_hook`` and ``extra_loss``.
+
+    A diverged run raises :class:`OptimisationError` (one line, naming the epoch and step)
+    instead of returning a broken model: a NaN/inf loss or weight, or NaN/inf outputs after an
+    epoch on any test input (``eval_each_epoch``) or on the first test images (otherwise).
     """
     cfg = config or TrainConfig()
     epochs = data.default_epochs if cfg.epochs is None else cfg.epochs
@@ -183,6 +231,7 @@ def train_model(
         model, data, cfg, batch_hook=batch_hook, extra_loss=extra_loss, total_steps=total
     )
     history: list[dict[str, float]] = []
+    x_check = None if eval_each_epoch else load_all(data.test, limit=CHECK_IMAGES)[0]
     epoch = 0
     while trainer.step_count < total:
         epoch += 1
@@ -192,8 +241,14 @@ def train_model(
             **trainer.steps(n, desc=f"{desc} {epoch}/{math.ceil(total / n_batches)}", quiet=quiet),
         }
         if eval_each_epoch:
-            ev = evaluate(model, data.test, quiet=quiet)
+            ev, n_bad = _evaluate(model, data.test, quiet=quiet)
+            if n_bad:
+                raise trainer.diverged(
+                    f"outputs NaN/inf on {n_bad} of {int(ev['n'])} {data.name} test images"
+                )
             record.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
+        elif x_check is not None and len(x_check):
+            trainer.check_finite(x_check)
         if epoch_callback is not None:
             epoch_callback(epoch, record)
         history.append(record)
@@ -212,20 +267,37 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module, dataset: Dataset, batch_size: int = 512, quiet: bool | None = True
 ) -> dict[str, float]:
-    """Clean accuracy and mean cross-entropy of ``model`` on ``dataset``."""
+    """Clean accuracy and mean cross-entropy of ``model`` on ``dataset``.
+
+    A model whose outputs hold NaN/inf on any input raises :class:`DataError` (one line):
+    no accuracy is reported for a broken model (a NaN row's argmax would read as class 0).
+    """
+    res, n_bad = _evaluate(model, dataset, batch_size, quiet)
+    if n_bad:
+        raise DataError(nonfinite_outputs_message(f"{n_bad} of {int(res['n'])} evaluated"))
+    return res
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module, dataset: Dataset, batch_size: int = 512, quiet: bool | None = True
+) -> tuple[dict[str, float], int]:
+    """:func:`evaluate`'s numbers and how many inputs got non-finite outputs (no raising)."""
     device = device_of(model)
     loss_sum, correct, seen = 0.0, 0, 0
+    bad = torch.zeros((), dtype=torch.long, device=device)
     with eval_mode(model):
         bar = progress(total=math.ceil(len(dataset) / batch_size), desc="evaluate", quiet=quiet)
         for x, y in iter_batches(dataset, batch_size, device=device):
             logits = model(x)
+            bad += (~torch.isfinite(logits)).any(1).sum()
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.update(1)
         bar.close()
-    return {"accuracy": correct / max(seen, 1), "loss": loss_sum / max(seen, 1), "n": float(seen)}
+    res = {"accuracy": correct / max(seen, 1), "loss": loss_sum / max(seen, 1), "n": float(seen)}
+    return res, int(bad)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from eviltwins.errors import ParamError
+from eviltwins.errors import DataError, EviltwinsError, ParamError
 
 T = TypeVar("T")
 
@@ -157,6 +157,66 @@ def frozen_params(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p in frozen:
             p.requires_grad_(True)
+
+
+def nonfinite_weights(model: nn.Module) -> str | None:
+    """The name of the first floating parameter or buffer of ``model`` holding NaN/inf, else
+    None; one device synchronisation for the whole model."""
+    named = [
+        (name, t)
+        for name, t in [*model.named_parameters(), *model.named_buffers()]
+        if t.is_floating_point()
+    ]
+    if not named:
+        return None
+    dev = named[0][1].device
+    finite = torch.stack([torch.isfinite(t.detach()).all().to(dev) for _, t in named]).cpu()
+    bad = (~finite).nonzero()
+    return named[int(bad[0])][0] if len(bad) else None
+
+
+#: How many images the up-front finiteness checks run a model on (attacks, detectors).
+CHECK_IMAGES = 64
+
+#: What to do about a broken model (the end of the one-line messages below).
+BROKEN_HINT = "it is broken: retrain it (e.g. with a lower learning rate)"
+
+
+def nonfinite_outputs_message(what: str, hint: str = BROKEN_HINT) -> str:
+    """The one-line message for a model whose outputs on ``what`` inputs hold NaN/inf."""
+    return f"the model outputs non-finite values (NaN/inf) on {what} inputs; {hint}"
+
+
+def check_finite_outputs(
+    model: nn.Module,
+    x: Tensor,
+    what: str,
+    error: type[EviltwinsError] = DataError,
+    hint: str = BROKEN_HINT,
+) -> None:
+    """Refuse a broken model up front: raise ``error`` (one line ending with ``hint``) when a
+    parameter or buffer of ``model`` holds NaN/inf, or when its outputs (eval mode, no
+    gradients) on the images ``x`` do. ``what`` names the inputs (e.g. the dataset's name).
+
+    The one check shared by the attacks (before attacking) and the detectors (before
+    inspecting or calibrating), so no verdict or metric is ever computed from NaN logits (a
+    NaN row's argmax is class 0, which would read as a perfect attack on target 0).
+    """
+    name = nonfinite_weights(model)
+    if name is not None:
+        raise error(f"the model has non-finite weights (NaN/inf in {name}); {hint}")
+    if not len(x):
+        return
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x.to(device_of(model)))
+    except RuntimeError as err:
+        raise DataError(
+            f"the model cannot take {what} images of shape {tuple(x.shape[1:])}: "
+            f"{' '.join(str(err).split())[:200]}"
+        ) from None
+    if not bool(torch.isfinite(out).all()):
+        raise error(nonfinite_outputs_message(what, hint))
 
 
 def progress(

@@ -19,13 +19,13 @@ from torch import Tensor, nn
 
 from eviltwins.base import Estimator
 from eviltwins.data import DatasetSpec, load_all
-from eviltwins.errors import DataError
+from eviltwins.errors import DataError, OptimisationError
 from eviltwins.io import ModelCard, save_model, write_json
 from eviltwins.metrics import attack_metrics
 from eviltwins.registry import Registry
 from eviltwins.training import evaluate
 from eviltwins.triggers import Trigger
-from eviltwins.utils import device_of, make_generator
+from eviltwins.utils import CHECK_IMAGES, check_finite_outputs, device_of, make_generator
 
 RESULT_SCHEMA = "eviltwins.backdoor/1"
 
@@ -117,7 +117,12 @@ class BackdoorAttack(Estimator):
     quiet: bool | None
 
     def fit(self, model: nn.Module, data: DatasetSpec) -> BackdoorResult:
-        """Plant a backdoor in (a copy of) ``model`` using ``data``; see the class docstring."""
+        """Plant a backdoor in (a copy of) ``model`` using ``data``; see the class docstring.
+
+        A broken input model (NaN/inf weights or outputs) is refused up front with a
+        :class:`~eviltwins.errors.DataError`; a re-training that diverges raises
+        :class:`~eviltwins.errors.OptimisationError`. No metric is computed from non-finite
+        outputs."""
         self._validate_params()
         check_model_and_data(model, data, self.target)
         benign_acc = evaluate(model, data.test)["accuracy"]
@@ -126,6 +131,11 @@ class BackdoorAttack(Estimator):
         trigger, history, extra = self._fit(work, data, make_generator(self.seed))
         seconds = time.perf_counter() - start
         work.eval()
+        x, _ = load_all(data.test, limit=CHECK_IMAGES)
+        lr = getattr(self, "lr", None)
+        fix = f"lower lr (now {lr:g})" if isinstance(lr, int | float) else "check its parameters"
+        hint = f"the {self.name} attack diverged; {fix}"
+        check_finite_outputs(work, x, data.name, error=OptimisationError, hint=hint)
         m = attack_metrics(work, data.test, trigger, self.target)
         clean = evaluate(work, data.test)["accuracy"]
         metrics = {
@@ -157,13 +167,15 @@ class BackdoorAttack(Estimator):
 
 
 def check_model_and_data(model: nn.Module, data: DatasetSpec, target: int) -> None:
-    """The model must take ``data``'s images and output one logit per class; target in range."""
+    """The model must take ``data``'s images and output one logit per class, all finite
+    (:func:`~eviltwins.utils.check_finite_outputs`, a :class:`DataError` otherwise); target in
+    range."""
     if target >= data.num_classes:
         raise DataError(
             f"target class {target} does not exist: {data.name} has "
             f"{data.num_classes} classes (0..{data.num_classes - 1})"
         )
-    x, _ = load_all(data.test, limit=2)
+    x, _ = load_all(data.test, limit=CHECK_IMAGES)
     try:
         with torch.no_grad():
             was = model.training
@@ -180,6 +192,7 @@ def check_model_and_data(model: nn.Module, data: DatasetSpec, target: int) -> No
             f"the model outputs {tuple(out.shape[1:])} values per image but "
             f"{data.name} has {data.num_classes} classes"
         )
+    check_finite_outputs(model, x, data.name)
 
 
 def poison_hook(

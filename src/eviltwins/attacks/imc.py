@@ -25,7 +25,7 @@ from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.metrics import attack_metrics
 from eviltwins.training import TrainConfig, Trainer, evaluate
 from eviltwins.triggers import Trigger, TriggerParams
-from eviltwins.utils import device_of, eval_mode, frozen_params
+from eviltwins.utils import CHECK_IMAGES, device_of, eval_mode, frozen_params
 
 MODES = ("fixed", "opacity", "size")
 
@@ -298,6 +298,7 @@ class IMC(BackdoorAttack):
         x_mon, y_mon = load_all(data.train)
         pick = torch.randperm(len(y_mon), generator=generator)[: self.monitor_size]
         monitor = TensorImageDataset(x_mon[pick], y_mon[pick])
+        x_check = x_mon[pick][:CHECK_IMAGES]
         benign_mon = evaluate(model, monitor)["accuracy"]
         trig_batches = self._trigger_batches(data, generator, device)
         refreshing = [term for term, _ in model_terms if term.refresh is not None]
@@ -317,6 +318,7 @@ class IMC(BackdoorAttack):
                 desc=f"imc {k}/{self.outer_iters}",
                 quiet=self.quiet,
             )
+            trainer.check_finite(x_check)  # finite weights can still overflow the outputs
             m = attack_metrics(model, monitor, current["trigger"], self.target)
             clean = evaluate(model, monitor)["accuracy"]
             record = {

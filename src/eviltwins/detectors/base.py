@@ -16,10 +16,11 @@ from torch.utils.data import Dataset, Subset
 
 from eviltwins.base import Estimator
 from eviltwins.data import DatasetSpec, check_images, load_all
-from eviltwins.errors import NotFittedError, ParamError
+from eviltwins.errors import DataError, NotFittedError, ParamError
 from eviltwins.io import write_json
 from eviltwins.metrics import detection_metrics
 from eviltwins.registry import Registry
+from eviltwins.utils import CHECK_IMAGES, check_finite_outputs, nonfinite_outputs_message
 
 INSPECTION_SCHEMA = "eviltwins.inspection/1"
 FILTER_SCHEMA = "eviltwins.filter/1"
@@ -132,9 +133,16 @@ def filter_result(scores_clean: Tensor, scores_triggered: Tensor, threshold: flo
 
     With an empty triggered set (e.g. the attack sent no stamped input to the target) F1,
     precision, recall, FAR and AUC are undefined: they are ``None`` (never 0 or NaN) and
-    ``defined`` is False; likewise FRR and AUC with an empty clean set.
+    ``defined`` is False; likewise FRR and AUC with an empty clean set. NaN/inf scores (the
+    model's outputs were not finite) raise :class:`~eviltwins.errors.DataError`.
     """
     sc, st = scores_clean.detach().cpu(), scores_triggered.detach().cpu()
+    n_bad = int((~torch.isfinite(sc)).sum() + (~torch.isfinite(st)).sum())
+    if n_bad:
+        raise DataError(
+            f"{n_bad} of {len(sc) + len(st)} detector scores are NaN/inf: the model outputs "
+            "non-finite values on those inputs; it is broken: retrain it"
+        )
     scores = torch.cat([sc, st]).double().numpy()
     truth = np.r_[np.zeros(len(sc), bool), np.ones(len(st), bool)]
     m: dict[str, float | None] = dict(detection_metrics(scores > threshold, truth, scores))
@@ -235,11 +243,26 @@ class FilterReport:
 
 
 class ModelInspector(Estimator):
-    """Scans a model for a backdoor: ``inspect(model, data) -> InspectionReport``."""
+    """Scans a model for a backdoor: ``inspect(model, data) -> InspectionReport``.
+
+    A subclass implements ``_inspect`` (its algorithm only); ``inspect`` validates the
+    parameters and refuses a broken model first.
+    """
 
     name: ClassVar[str] = ""
 
     def inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
+        """Inspect ``model`` (left untouched) with held-out ``data.test`` images.
+
+        A model with NaN/inf weights or outputs on ``data.test`` is refused with a one-line
+        :class:`~eviltwins.errors.DataError` before any work: no verdict is ever drawn from
+        non-finite logits."""
+        self._validate_params()
+        x, _ = load_all(data.test, limit=CHECK_IMAGES)
+        check_finite_outputs(model, x, data.name)
+        return self._inspect(model, data)
+
+    def _inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
         raise NotImplementedError  # pragma: no cover
 
 
@@ -255,7 +278,19 @@ class InputFilter(Estimator):
     higher_is_suspicious: ClassVar[bool] = True
     needs_data: ClassVar[bool] = False  # True: fit(..., data=DatasetSpec) as well
 
-    def fit(self, model: nn.Module, clean: Tensor | Dataset) -> InputFilter:
+    def fit(self, model: nn.Module, clean: Tensor | Dataset, **kwargs: Any) -> InputFilter:
+        """Store ``model`` and calibrate on the held-out ``clean`` images (a tensor or a
+        dataset); ``kwargs`` go to the filter's ``_fit`` (see each filter).
+
+        A model with NaN/inf weights or outputs on ``clean`` is refused with a one-line
+        :class:`~eviltwins.errors.DataError` before any work: no threshold or score is ever
+        computed from non-finite logits."""
+        self._validate_params()
+        images = as_images(clean)
+        check_finite_outputs(model, images[:CHECK_IMAGES], "the held-out clean")
+        return self._fit(model, images, **kwargs)
+
+    def _fit(self, model: nn.Module, clean: Tensor, **kwargs: Any) -> InputFilter:
         raise NotImplementedError  # pragma: no cover
 
     def score(self, x: Tensor) -> Tensor:
@@ -400,8 +435,12 @@ def evaluate_filter(
     else:
         detector.fit(model, fit_x)
     stamped = trigger.stamp(ev_x[ev_y != target])
-    correct = predict(model, ev_x).argmax(1) == ev_y
-    hit = predict(model, stamped).argmax(1) == target
+    logits_clean, logits_stamped = predict(model, ev_x), predict(model, stamped)
+    for logits, what in ((logits_clean, "held-out clean"), (logits_stamped, "stamped")):
+        if not bool(torch.isfinite(logits).all()):
+            raise DataError(nonfinite_outputs_message(what))
+    correct = logits_clean.argmax(1) == ev_y
+    hit = logits_stamped.argmax(1) == target
     sc, st = detector.score(ev_x), detector.score(stamped)
     thr = float(detector.threshold_)
     eff = filter_result(sc[correct], st[hit], thr)

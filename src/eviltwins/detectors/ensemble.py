@@ -74,7 +74,7 @@ class NCStripEnsemble(InputFilter):
         self.frr = frr
         self.seed = seed
 
-    def fit(
+    def _fit(
         self,
         model: nn.Module,
         clean: Tensor | Dataset,

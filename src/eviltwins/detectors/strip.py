@@ -151,7 +151,7 @@ class STRIP(InputFilter):
         v = getattr(self, name, None)
         return VARIANTS[self.variant][name] if v is None else v
 
-    def fit(self, model: nn.Module, clean: Tensor | Dataset) -> STRIP:
+    def _fit(self, model: nn.Module, clean: Tensor | Dataset) -> STRIP:
         """Keep ``model`` and the held-out ``clean`` images (overlay pool), and set the
         threshold: the ``frr`` empirical quantile (``quantile``) or normal-fit quantile
         (``normal``) of the clean images' own overlay entropies, each image overlaid only with
