@@ -11,6 +11,8 @@ for transparency p (p = 0 is opaque). The tanh change of variables used by the o
 
 from __future__ import annotations
 
+import json
+import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from eviltwins.data.base import _one_line, read_image
 from eviltwins.errors import DataError, ParamError
 
 POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
@@ -52,6 +55,12 @@ class Trigger:
 
     def __post_init__(self) -> None:
         m, r = self.mask, self.pattern
+        for name, t in (("mask", m), ("pattern", r)):
+            if not isinstance(t, Tensor) or not t.is_floating_point():
+                got = f"dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+                raise ParamError(
+                    f"trigger {name} must be a float torch.Tensor in [0, 1]; got {got}"
+                )
         if m.ndim != 3 or m.shape[0] != 1:
             raise ParamError(f"trigger mask must have shape (1, H, W); got {tuple(m.shape)}")
         if r.ndim != 3 or r.shape[1:] != m.shape[1:]:
@@ -63,16 +72,41 @@ class Trigger:
             if t.numel() and (
                 float(t.min()) < 0 or float(t.max()) > 1 or not torch.isfinite(t).all()
             ):
-                raise ParamError(f"trigger {name} values must lie in [0, 1]")
+                raise ParamError(f"trigger {name} values must be finite and lie in [0, 1]")
         if self.region is None:
             object.__setattr__(self, "region", (m > 0).detach().clone())
+        elif not isinstance(self.region, Tensor) or tuple(self.region.shape) != tuple(m.shape):
+            got = tuple(self.region.shape) if isinstance(self.region, Tensor) else self.region
+            raise ParamError(
+                f"trigger region must be a bool tensor shaped like the mask {tuple(m.shape)}; "
+                f"got {got!r}"
+            )
+        elif self.region.dtype != torch.bool:
+            object.__setattr__(self, "region", self.region != 0)
 
     # --- stamping -------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.pattern.shape)  # type: ignore[return-value]
 
+    def check_shape(self, shape: Sequence[int], what: str = "the model") -> None:
+        """Raise :class:`DataError` unless this trigger is made for images of ``shape``
+        (C, H, W), e.g. a model's input shape: callers check a loaded trigger with it before any
+        work (``what`` names whose shape it is in the message)."""
+        try:
+            want = tuple(int(v) for v in shape)
+        except (TypeError, ValueError):
+            raise ParamError(f"an image shape must be (C, H, W) ints; got {shape!r}") from None
+        if want != self.shape:
+            raise DataError(
+                f"the trigger is made for images of shape {self.shape} (C, H, W) but {what} "
+                f"takes {want}; use a trigger made for this input shape"
+            )
+
     def check_images(self, x: Tensor) -> None:
+        """Raise :class:`DataError` unless ``x`` is a batch of images this trigger can stamp."""
+        if not isinstance(x, Tensor):
+            raise DataError(f"can only stamp a torch.Tensor batch; got {type(x).__name__}")
         if x.ndim != 4 or tuple(x.shape[1:]) != self.shape:
             raise DataError(
                 f"cannot stamp images of shape {tuple(x.shape[1:]) if x.ndim == 4 else tuple(x.shape)} "
@@ -128,7 +162,7 @@ class Trigger:
         ``(row, col)`` of the square's top-left pixel; ``pattern`` is white (default), black,
         random (seeded), an image file, or a tensor (C, s, s) or (C, H, W).
         """
-        c, h, w = (int(v) for v in shape)
+        c, h, w = check_image_shape(shape)
         check_size(size)
         check_transparency(transparency)
         side = min(side_pixels(size, w), h)
@@ -162,20 +196,34 @@ class Trigger:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trigger:
-        """Read a trigger saved by :meth:`save` (safetensors only: nothing is unpickled)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        """Read a trigger saved by :meth:`save` (safetensors only: nothing is unpickled).
 
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path.with_suffix(".safetensors")
+        ``path`` must name a ``.safetensors`` file, and exactly that file is read; as a shorthand
+        matching :meth:`save`, a path with no suffix at all (``out/trigger``) means
+        ``out/trigger.safetensors``. Any other suffix (``x.pt``, the ``x.png`` preview) is
+        refused. The safetensors header is checked (names, dtypes, shapes at most
+        :data:`MAX_TRIGGER_SIDE` pixels a side, sizes against the file's) before any tensor
+        is read; every problem raises one :class:`DataError` / :class:`ParamError` line.
+        """
+        path = trigger_path(path)
+        if not path.exists():
+            raise DataError(
+                f"trigger file {path} does not exist; pass a trigger.safetensors written by "
+                "eviltwins (e.g. the one in a poisoned model's folder)"
+            )
         if not path.is_file():
-            raise DataError(f"trigger file {path} does not exist")
+            raise DataError(f"trigger {path} is not a file; pass a .safetensors trigger file")
         try:
-            d = load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise DataError(f"{path} is not a readable trigger file: {err}") from None
-        return cls._from_tensors(d, path)
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                _check_header(f.read(8), f.read, size, path)
+                f.seek(0)
+                blob = f.read(size + 1)
+        except OSError as err:
+            raise DataError(f"trigger file {path} cannot be read: {_one_line(err)}") from None
+        if len(blob) != size:
+            raise DataError(f"trigger file {path} changed while it was read; try again")
+        return cls._from_blob(blob, path)
 
     def to_bytes(self) -> bytes:
         """The trigger as the bytes of a ``.safetensors`` file (what :meth:`save` writes)."""
@@ -185,10 +233,32 @@ class Trigger:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Trigger:
-        """Inverse of :meth:`to_bytes` (safetensors only: nothing is unpickled)."""
+        """Inverse of :meth:`to_bytes` (safetensors only: nothing is unpickled; the header is
+        checked as in :meth:`load` before any tensor is read)."""
+        if not isinstance(blob, bytes | bytearray | memoryview):
+            raise ParamError(f"a trigger blob must be bytes; got {type(blob).__name__}")
+        blob = bytes(blob)
+        pos = 8
+
+        def read(n: int) -> bytes:
+            nonlocal pos
+            pos += n
+            return blob[pos - n : pos]
+
+        _check_header(blob[:8], read, len(blob), "<bytes>")
+        return cls._from_blob(blob, "<bytes>")
+
+    @classmethod
+    def _from_blob(cls, blob: bytes, source: object) -> Trigger:
+        """Tensors from a safetensors blob whose header :func:`_check_header` accepted."""
+        from safetensors import SafetensorError
         from safetensors.torch import load
 
-        return cls._from_tensors(load(blob), "<bytes>")
+        try:
+            d = load(blob)
+        except (SafetensorError, ValueError, RuntimeError, TypeError) as err:
+            raise DataError(f"{source} is not a readable trigger file: {_one_line(err)}") from None
+        return cls._from_tensors(d, source)
 
     def _tensors(self) -> dict[str, Tensor]:
         return {
@@ -201,8 +271,137 @@ class Trigger:
     def _from_tensors(cls, d: dict[str, Tensor], source: object) -> Trigger:
         if "mask" not in d or "pattern" not in d:
             raise DataError(f"{source} lacks the 'mask' / 'pattern' tensors of a trigger")
-        region = d["region"].bool() if "region" in d else None
-        return cls(d["mask"].float(), d["pattern"].float(), region)
+        region = d["region"] != 0 if "region" in d else None
+        try:
+            return cls(d["mask"].float(), d["pattern"].float(), region)
+        except ParamError as err:
+            raise DataError(f"{source} is not a valid trigger: {err}") from None
+
+
+# What a trigger file may hold: tensor name -> allowed safetensors dtypes (with item sizes).
+_FLOATS = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+TRIGGER_TENSORS = {"mask": _FLOATS, "pattern": _FLOATS, "region": {"BOOL": 1, "U8": 1}}
+MAX_TRIGGER_SIDE = 4096  # pixels a side of a trigger (and of a pattern image)
+MAX_TRIGGER_CHANNELS = 4
+MAX_HEADER_BYTES = 1 << 20  # a trigger's safetensors header is a few hundred bytes
+
+
+def trigger_path(path: str | os.PathLike[str]) -> Path:
+    """The ``.safetensors`` file that ``path`` names: ``path`` itself, or ``path`` +
+    ``.safetensors`` when it has no suffix at all (the shorthand :meth:`Trigger.save` takes);
+    :class:`ParamError` for any other suffix."""
+    if not isinstance(path, str | os.PathLike):
+        raise ParamError(f"a trigger path must be a str or path; got {type(path).__name__}")
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return path
+    if not path.suffix:
+        return path.with_suffix(".safetensors")
+    hint = (
+        f" ({path.name} is the preview image; pass {path.with_suffix('.safetensors').name})"
+        if path.suffix == ".png"
+        else ""
+    )
+    raise ParamError(
+        f"trigger {path} is not a .safetensors file; triggers are .safetensors files written "
+        f"by eviltwins{hint}"
+    )
+
+
+def _check_header(prefix: bytes, read: Any, size: int, source: object) -> None:
+    """Check the safetensors header of a trigger file of ``size`` bytes whose first 8 bytes
+    are ``prefix`` (``read(n)`` gives the next n bytes) without reading any tensor: JSON, the
+    tensor names and dtypes, shapes (at most :data:`MAX_TRIGGER_SIDE` a side) and byte
+    offsets that fit the file. Raises one :class:`DataError` line."""
+
+    def bad(problem: str) -> DataError:
+        return DataError(
+            f"{source} is not a trigger file ({problem}); pass a .safetensors trigger written "
+            "by eviltwins"
+        )
+
+    if len(prefix) < 8:
+        raise bad(f"{size} bytes, too short for a safetensors header")
+    n = int.from_bytes(prefix, "little")
+    if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
+        raise bad(f"declared header length {n:,} does not fit the file's {size:,} bytes")
+    raw = read(n)
+    if len(raw) != n:
+        raise bad("the header is truncated")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise bad("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
+        raise bad("its metadata is not a string-to-string map")
+    missing = [k for k in ("mask", "pattern") if k not in header]
+    if missing:
+        raise bad(f"no {' or '.join(repr(k) for k in missing)} tensor")
+    unknown = sorted(set(header) - set(TRIGGER_TENSORS))
+    if unknown:
+        raise bad(f"unexpected tensor {unknown[0][:40]!r}")
+    end = 0
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise bad(f"tensor {name!r} has no dtype / shape entry")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in TRIGGER_TENSORS[name]:
+            allowed = ", ".join(TRIGGER_TENSORS[name])
+            raise bad(f"tensor {name!r} has dtype {str(dtype)[:20]!r}, not one of {allowed}")
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+        ):
+            raise bad(f"tensor {name!r} has shape {str(shape)[:40]}, not (C, H, W)")
+        c, h, w = shape
+        if not (
+            1 <= c <= MAX_TRIGGER_CHANNELS
+            and 1 <= h <= MAX_TRIGGER_SIDE
+            and 1 <= w <= MAX_TRIGGER_SIDE
+        ):
+            raise bad(
+                f"tensor {name!r} declares shape {tuple(shape)}; at most "
+                f"({MAX_TRIGGER_CHANNELS}, {MAX_TRIGGER_SIDE}, {MAX_TRIGGER_SIDE}) is allowed"
+            )
+        shapes[name] = (c, h, w)
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= size - 8 - n
+            or offsets[1] - offsets[0] != c * h * w * TRIGGER_TENSORS[name][dtype]
+        ):
+            raise bad(f"tensor {name!r} has data offsets that do not match its shape and the file")
+        end = max(end, offsets[1])
+    if shapes["mask"][0] != 1 or shapes["mask"][1:] != shapes["pattern"][1:]:
+        raise bad(f"mask {shapes['mask']} and pattern {shapes['pattern']} do not match")
+    if "region" in shapes and shapes["region"] != shapes["mask"]:
+        raise bad(f"region {shapes['region']} and mask {shapes['mask']} do not match")
+    if 8 + n + end != size:
+        raise bad(f"{size:,} bytes where the header accounts for {8 + n + end:,}")
+
+
+def check_image_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    """``shape`` as (C, H, W) ints, or :class:`ParamError` (at most
+    :data:`MAX_TRIGGER_CHANNELS` channels and :data:`MAX_TRIGGER_SIDE` pixels a side)."""
+    try:
+        c, h, w = (operator.index(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ParamError(f"an image shape must be 3 ints (C, H, W); got {shape!r}") from None
+    sides_ok = 1 <= h <= MAX_TRIGGER_SIDE and 1 <= w <= MAX_TRIGGER_SIDE
+    if not (1 <= c <= MAX_TRIGGER_CHANNELS and sides_ok):
+        raise ParamError(
+            f"a trigger needs an image shape (C, H, W) of at most ({MAX_TRIGGER_CHANNELS}, "
+            f"{MAX_TRIGGER_SIDE}, {MAX_TRIGGER_SIDE}) positive sizes; got {tuple(shape)}"
+        )
+    return c, h, w
 
 
 def check_size(size: float) -> None:
@@ -254,6 +453,8 @@ def _pattern(
     pattern: Any, c: int, side: int, h: int, w: int, row: int, col: int, seed: int
 ) -> Tensor:
     if isinstance(pattern, Tensor):
+        if pattern.is_complex() or pattern.dtype == torch.bool:
+            raise ParamError(f"a pattern tensor must hold real numbers; got dtype {pattern.dtype}")
         p = pattern.detach().float().cpu()
         if p.ndim == 2:
             p = p[None]
@@ -266,25 +467,33 @@ def _pattern(
                 f"a pattern tensor must have shape ({c}, {side}, {side}) or ({c}, {h}, {w}); "
                 f"got {tuple(pattern.shape)}"
             )
-        if float(p.min()) < 0 or float(p.max()) > 1:
-            raise ParamError("pattern values must lie in [0, 1]")
+        if p.numel() and (
+            not bool(torch.isfinite(p).all()) or float(p.min()) < 0 or float(p.max()) > 1
+        ):
+            raise ParamError("pattern values must be finite and lie in [0, 1]")
         return p
     if pattern in ("white", "black"):
         return torch.full((c, side, side), 1.0 if pattern == "white" else 0.0)
     if pattern == "random":
         return torch.rand((c, side, side), generator=torch.Generator().manual_seed(seed))
+    if not isinstance(pattern, str | os.PathLike):
+        raise ParamError(
+            "pattern must be white, black, random, an image file or a tensor; got "
+            f"{type(pattern).__name__}"
+        )
     path = Path(os.fspath(pattern))
-    if not path.is_file():
+    if not path.exists():
         raise ParamError(
             f"pattern must be white, black, random, an image file or a tensor; {str(pattern)!r} "
             "is none of these (no such file)"
         )
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB").resize((side, side), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except OSError as err:
-        raise ParamError(f"pattern image {path} cannot be read: {err}") from None
+    try:  # the declared size is checked before anything is decoded
+        im = read_image(
+            path, "L" if c == 1 else "RGB", what="pattern image", max_side=MAX_TRIGGER_SIDE
+        )
+    except DataError as err:
+        raise ParamError(str(err)) from None
+    arr = np.asarray(im.resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0
     t = torch.from_numpy(arr)
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
 
@@ -360,13 +569,17 @@ def side_pixels(size: float, width: int) -> int:
 
 
 __all__ = [
+    "MAX_TRIGGER_CHANNELS",
+    "MAX_TRIGGER_SIDE",
     "POSITIONS",
     "Trigger",
     "TriggerParams",
+    "check_image_shape",
     "check_size",
     "check_transparency",
     "parse_position",
     "save_png",
     "side_pixels",
     "stamp",
+    "trigger_path",
 ]

@@ -8,12 +8,15 @@ batched by tensor indexing; large ones (ImageFolder trees) stream through a ``Da
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -29,13 +32,23 @@ class TensorImageDataset(Dataset):
     by tensor indexing, which is what :func:`iter_batches` uses.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
-        if images.ndim != 4:
-            raise DataError(f"images must be NCHW; got shape {tuple(images.shape)}")
-        if len(images) != len(labels):
-            raise DataError(f"{len(images)} images but {len(labels)} labels")
+    def __init__(self, images: Tensor, labels: Tensor, num_classes: int | None = None) -> None:
+        """Check ``images`` and ``labels`` (raising :class:`DataError`) and hold them.
+
+        ``images``: a non-empty (N, C, H, W) tensor, uint8 or floats in [0, 1] (finite);
+        ``labels``: N integer class indices, non-negative and, with ``num_classes``, below it.
+        """
+        check_arrays(images, labels, num_classes)
         self.images = images
         self.labels = labels.long()
+
+    @classmethod
+    def _trusted(cls, images: Tensor, labels: Tensor) -> TensorImageDataset:
+        """A dataset of already checked tensors (a subset of a checked one), without a re-check."""
+        ds = cls.__new__(cls)
+        ds.images = images
+        ds.labels = labels
+        return ds
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,8 +65,69 @@ class TensorImageDataset(Dataset):
         return to_float(self.images), self.labels
 
     def subset(self, index: Tensor | Sequence[int]) -> TensorImageDataset:
-        index = torch.as_tensor(index, dtype=torch.long)
-        return TensorImageDataset(self.images[index], self.labels[index])
+        """The images and labels at ``index`` (integer positions)."""
+        try:
+            index = torch.as_tensor(index, dtype=torch.long)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ParamError(
+                f"a subset index must be integer positions; {_one_line(err)}"
+            ) from None
+        if index.ndim != 1:
+            raise ParamError(f"a subset index must be 1-D; got shape {tuple(index.shape)}")
+        n = len(self.labels)
+        if len(index) and (int(index.min()) < -n or int(index.max()) >= n):
+            raise ParamError(
+                f"a subset index must lie in [0, {n}); got {int(index.min())}..{int(index.max())}"
+            )
+        return TensorImageDataset._trusted(self.images[index], self.labels[index])
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (library messages may span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def check_arrays(images: Tensor, labels: Tensor, num_classes: int | None = None) -> None:
+    """Raise :class:`DataError` unless ``images`` / ``labels`` can make a
+    :class:`TensorImageDataset`: a non-empty NCHW tensor, uint8 or finite floats in [0, 1], and
+    as many non-negative integer labels (below ``num_classes`` when given)."""
+    for what, t in (("images", images), ("labels", labels)):
+        if not isinstance(t, Tensor):
+            raise DataError(
+                f"{what} must be a torch.Tensor; got {type(t).__name__} "
+                "(convert a NumPy array with torch.from_numpy)"
+            )
+    if images.ndim != 4:
+        raise DataError(f"images must be NCHW (4-D); got shape {tuple(images.shape)}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise DataError(
+            f"images must be uint8 (0..255) or floats in [0, 1]; got dtype {images.dtype}"
+        )
+    if images.numel() == 0:
+        raise DataError(f"images hold no pixels (shape {tuple(images.shape)}); pass some images")
+    if images.is_floating_point():
+        if not bool(torch.isfinite(images).all()):
+            raise DataError("images contain NaN or inf values; pass finite pixels in [0, 1]")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"float images must lie in [0, 1]; got range [{lo:.3g}, {hi:.3g}] (pass "
+                "unnormalised images, or uint8 0..255)"
+            )
+    if labels.ndim != 1:
+        raise DataError(f"labels must be 1-D; got shape {tuple(labels.shape)}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise DataError(f"labels must be integer class indices; got dtype {labels.dtype}")
+    if len(images) != len(labels):
+        raise DataError(f"{len(images)} images but {len(labels)} labels")
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ParamError(f"num_classes must be a positive int; got {num_classes!r}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or (num_classes is not None and hi >= num_classes):
+        bound = f"[0, {num_classes})" if num_classes is not None else "0 or more"
+        raise DataError(f"labels must be class indices {bound}; got range [{lo}, {hi}]")
 
 
 def to_float(images: Tensor) -> Tensor:
@@ -84,6 +158,47 @@ class DatasetSpec:
     default_epochs: int = 2
     source: str = ""
 
+    def __post_init__(self) -> None:
+        shape = self.shape
+        if (
+            not isinstance(shape, tuple | list)
+            or len(shape) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+        ):
+            raise ParamError(f"a dataset shape must be 3 positive ints (C, H, W); got {shape!r}")
+        object.__setattr__(self, "shape", tuple(shape))
+        if not self.classes:
+            raise ParamError(f"dataset {self.name!r} needs at least one class name")
+        for what, stats in (("mean", self.mean), ("std", self.std)):
+            try:
+                values = [float(v) for v in stats]
+            except (TypeError, ValueError):
+                raise ParamError(f"dataset {what} must be numbers; got {stats!r}") from None
+            if len(values) != shape[0] or not all(np.isfinite(values)):
+                raise ParamError(
+                    f"dataset {what} must be {shape[0]} finite numbers (one per channel); "
+                    f"got {stats!r}"
+                )
+            if what == "std" and min(values) <= 0:
+                raise ParamError(f"dataset std must be positive; got {stats!r}")
+        unknown = [op for op in self.augment if op not in AUGMENTATIONS]
+        if unknown:
+            raise ParamError(
+                f"unknown augmentation {unknown[0]!r}; known: {', '.join(AUGMENTATIONS)}"
+            )
+        for which in ("train", "test"):
+            ds = getattr(self, which)
+            if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__"):
+                raise ParamError(
+                    f"dataset {which} must be a torch Dataset with a length; "
+                    f"got {type(ds).__name__}"
+                )
+            if isinstance(ds, TensorImageDataset) and tuple(ds.images.shape[1:]) != shape:
+                raise DataError(
+                    f"dataset {which} images have shape {tuple(ds.images.shape[1:])} but the "
+                    f"spec says {shape} (C, H, W)"
+                )
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -112,6 +227,10 @@ class DatasetSpec:
 
 
 def _take(ds: Dataset, n: int | None, seed: int, which: str) -> Dataset:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+        raise ParamError(f"the {which} subset size must be an int or None; got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ParamError(f"the subset seed must be an int; got {seed!r}")
     if n is None or n >= len(ds):
         return ds
     if n <= 0:
@@ -131,8 +250,12 @@ def augment_batch(
     ``crop``: pad by H/8 (4 px at 32x32) with zeros and take a random HxW crop per image;
     ``flip``: horizontal flip of a random half of the batch.
     """
+    if isinstance(ops, str):
+        ops = (ops,)
     if not ops:
         return x
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        raise DataError(f"augment_batch needs an NCHW image tensor; got {_described(x)}")
     unknown = [op for op in ops if op not in AUGMENTATIONS]
     if unknown:
         raise ParamError(f"unknown augmentation {unknown[0]!r}; known: {', '.join(AUGMENTATIONS)}")
@@ -170,6 +293,8 @@ def iter_batches(
     In-memory :class:`TensorImageDataset` batches are sliced from tensors (no per-item Python
     work); other datasets stream through a ``DataLoader``. Augmentation is batched.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ParamError(f"batch_size must be a positive int; got {batch_size!r}")
     if isinstance(dataset, TensorImageDataset):
         n = len(dataset)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -194,6 +319,8 @@ def iter_batches(
 
 def load_all(dataset: Dataset, limit: int | None = None) -> tuple[Tensor, Tensor]:
     """Materialise (up to ``limit``) images and labels of a dataset as tensors."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ParamError(f"limit must be a non-negative int or None; got {limit!r}")
     if isinstance(dataset, TensorImageDataset):
         x, y = dataset.tensors()
         return (x, y) if limit is None else (x[:limit], y[:limit])
@@ -251,3 +378,71 @@ def missing_dataset(name: str, looked_in: Path) -> DataError:
         f"{name} not found under {looked_in}; point --data-root (or EVILTWINS_DATA) at the folder "
         f"that holds it, or add --download to fetch it there"
     )
+
+
+# Images decoded from files: at most this many pixels, checked from the header before decoding
+# (ISIC 2018 photographs reach about 30 million; PIL's own bomb limit is about 89 million).
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+# The only formats PIL may decode for us: plain raster formats, no EPS / PDF (Ghostscript runs
+# for those) and no exotic plugins.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
+
+def _described(x: Any) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    mode: str = "RGB",
+    what: str = "image",
+    max_side: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> Image.Image:
+    """Decode the image file ``path`` in PIL ``mode`` (``"L"``, ``"RGB"``), safely.
+
+    The declared size is read from the header first (PIL opens lazily) and must be at most
+    ``max_side`` pixels a side and ``max_pixels`` in all, so a decompression bomb is refused
+    before anything is decoded. Only :data:`IMAGE_FORMATS` are decoded (never EPS or PDF,
+    which would run Ghostscript). A missing file, a folder, a file in another format and a
+    corrupt one each raise one :class:`DataError` line naming ``what`` and ``path``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"{what} {path} is not a file; pass an image file (PNG, JPEG, ...)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as im:
+                w, h = im.size
+                too_big = w * h > max_pixels or (max_side is not None and max(w, h) > max_side)
+                if not too_big and w > 0 and h > 0:
+                    return im.convert(mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(
+            f"{what} {path} declares too many pixels to decode safely (limit "
+            f"{_limit(max_side, max_pixels)}); pass a smaller image"
+        ) from None
+    except UnidentifiedImageError:
+        raise DataError(
+            f"{what} {path} is not an image eviltwins reads; pass a {', '.join(IMAGE_FORMATS)} file"
+        ) from None
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a corrupt file can fail anywhere in a decoder
+        raise DataError(
+            f"{what} {path} is corrupt or truncated ({_one_line(err)}); replace the file"
+        ) from None
+    if w <= 0 or h <= 0:
+        raise DataError(f"{what} {path} declares an empty image ({w}x{h}); replace the file")
+    raise DataError(
+        f"{what} {path} declares {w}x{h} pixels, more than the limit "
+        f"{_limit(max_side, max_pixels)}; pass a smaller image"
+    )
+
+
+def _limit(max_side: int | None, max_pixels: int) -> str:
+    side = f"{max_side} px a side, " if max_side is not None else ""
+    return f"{side}{max_pixels:,} pixels"

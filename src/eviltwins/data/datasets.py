@@ -8,7 +8,10 @@ Every factory takes ``data_root`` (else ``$EVILTWINS_DATA``, else a per-user cac
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +19,15 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
+from torch import Tensor
 from torch.nn import functional as F
 
 from eviltwins.data.base import (
     DatasetSpec,
     TensorImageDataset,
+    _one_line,
     missing_dataset,
+    read_image,
     resolve_data_root,
 )
 from eviltwins.errors import DataError, ParamError
@@ -112,6 +118,130 @@ def _torchvision_split(cls: Any, name: str, root: Path, download: bool, **kwargs
         raise DataError(f"{name} under {root} could not be read or fetched: {err}") from None
 
 
+# The idx files of MNIST-like datasets (yann.lecun.com/exdb/mnist): a big-endian header
+# (magic 0x0000 08 nd, then nd uint32 sizes) and the uint8 payload.
+IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}
+IDX_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# At most this many items per idx file (MNIST has 60,000): bounds a gzip file's output.
+MAX_IDX_ITEMS = 1_000_000
+_CHUNK = 1 << 20
+
+
+def _idx_error(name: str, path: Path, problem: str) -> DataError:
+    return DataError(
+        f"{name} file {path} {problem}; delete it and fetch the dataset again with --download"
+    )
+
+
+def _read_exactly(f: Any, n: int) -> bytearray:
+    """Up to ``n`` bytes from ``f``, read in chunks, so that memory follows what the file really
+    holds, not what a header claims (a short result means the file ended)."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = f.read(min(_CHUNK, n - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def read_idx(path: Path, dims: tuple[int, ...], name: str = "mnist") -> Tensor:
+    """Read the uint8 idx file ``path`` (or gzip-compressed ``*.gz``) of ``len(dims) + 1``
+    dimensions whose trailing sizes must be ``dims`` (e.g. ``(28, 28)`` for images, ``()`` for
+    labels); returns a uint8 tensor (N, *dims).
+
+    The header is checked first (magic number, sizes, at most :data:`MAX_IDX_ITEMS` items) and
+    the payload size it implies against the file's real size (for ``.gz``: against what
+    decompresses, read in chunks and never past the declared size), before anything is sized by
+    it. Every problem raises one :class:`DataError` line naming the file.
+    """
+    nd = len(dims) + 1
+    if not path.is_file():
+        raise _idx_error(name, path, "is not a regular file")
+    gz = path.suffix == ".gz"
+    try:
+        opener = gzip.open if gz else open
+        with opener(path, "rb") as f:
+            header = _read_exactly(f, 4 + 4 * nd)
+            if len(header) < 4 + 4 * nd:
+                raise _idx_error(name, path, f"is truncated ({len(header)} bytes, no idx header)")
+            magic, *sizes = struct.unpack(f">{1 + nd}I", header)
+            if magic != IDX_MAGIC[nd]:
+                raise _idx_error(
+                    name,
+                    path,
+                    f"has magic number {magic:#010x}, not {IDX_MAGIC[nd]:#010x} "
+                    f"(a {nd}-D uint8 idx file)",
+                )
+            n, shape = sizes[0], tuple(sizes[1:])
+            if shape != dims:
+                raise _idx_error(name, path, f"holds items of shape {shape}, not {dims}")
+            if not 1 <= n <= MAX_IDX_ITEMS:
+                raise _idx_error(
+                    name, path, f"declares {n:,} items (expected 1..{MAX_IDX_ITEMS:,})"
+                )
+            payload = n * int(np.prod(dims, dtype=np.int64))
+            if not gz:
+                real = path.stat().st_size - len(header)
+                if real != payload:
+                    raise _idx_error(
+                        name,
+                        path,
+                        f"holds {real:,} data bytes but its header declares {payload:,} "
+                        f"({n:,} items of shape {dims})",
+                    )
+            data = _read_exactly(f, payload + 1)  # one byte more reveals trailing data
+    except (OSError, EOFError, zlib.error) as err:
+        raise _idx_error(name, path, f"cannot be read ({_one_line(err)})") from None
+    if len(data) != payload:
+        problem = "is truncated" if len(data) < payload else "holds more data than declared"
+        raise _idx_error(name, path, f"{problem} (header: {n:,} items of shape {dims})")
+    return torch.frombuffer(data, dtype=torch.uint8).reshape(n, *dims)
+
+
+def _idx_path(raw: Path, stem: str) -> Path | None:
+    """``raw/stem`` (torchvision's extracted file), else ``raw/stem.gz``, else None."""
+    for cand in (raw / stem, raw / f"{stem}.gz"):
+        if cand.exists() or cand.is_symlink():
+            return cand
+    return None
+
+
+def _download_mnist_like(cls: Any, name: str, root: Path) -> None:
+    """torchvision's download of ``cls`` into ``root`` (skipped when the files are there),
+    without its reader: the files are then parsed by :func:`read_idx`."""
+    fetcher = cls.__new__(cls)  # download() only needs root; __init__ would parse the files
+    fetcher.root = os.fspath(root)
+    try:
+        fetcher.download()
+    except (RuntimeError, OSError) as err:
+        raise DataError(
+            f"{name} could not be downloaded into {root} ({_one_line(err)}); check the network, "
+            "or put the files there by hand"
+        ) from None
+
+
+def _mnist_split(cls: Any, name: str, root: Path, train: bool) -> TensorImageDataset:
+    raw = root / cls.__name__ / "raw"
+    (images_stem, labels_stem) = IDX_FILES[train]
+    paths = [_idx_path(raw, stem) for stem in (images_stem, labels_stem)]
+    if paths[0] is None or paths[1] is None:
+        raise missing_dataset(name, root)
+    images = read_idx(paths[0], (28, 28), name)
+    labels = read_idx(paths[1], (), name)
+    if len(images) != len(labels):
+        raise _idx_error(name, paths[1], f"holds {len(labels):,} labels for {len(images):,} images")
+    n_classes = len(cls.classes)
+    if int(labels.max()) >= n_classes:
+        raise _idx_error(
+            name, paths[1], f"holds label {int(labels.max())}, not a class in 0..{n_classes - 1}"
+        )
+    return TensorImageDataset(images[:, None], labels.long(), n_classes)
+
+
 def _mnist_like(
     cls: Any,
     name: str,
@@ -121,17 +251,19 @@ def _mnist_like(
     std: float,
     default_epochs: int,
 ) -> DatasetSpec:
+    """MNIST or Fashion-MNIST from torchvision's layout ``<root>/<cls name>/raw/*-ubyte``
+    (or ``*-ubyte.gz``), read by :func:`read_idx`; ``cls`` names the folder and downloads."""
     root = resolve_data_root(data_root)
-    tr = _torchvision_split(cls, name, root, download, train=True)
-    te = _torchvision_split(cls, name, root, download, train=False)
+    if download:
+        _download_mnist_like(cls, name, root)
     return DatasetSpec(
         name=name,
         shape=(1, 28, 28),
-        classes=tuple(str(c) for c in tr.classes),
+        classes=tuple(str(c) for c in cls.classes),
         mean=(mean,),
         std=(std,),
-        train=TensorImageDataset(tr.data[:, None].clone(), torch.as_tensor(tr.targets)),
-        test=TensorImageDataset(te.data[:, None].clone(), torch.as_tensor(te.targets)),
+        train=_mnist_split(cls, name, root, True),
+        test=_mnist_split(cls, name, root, False),
         augment=(),
         default_epochs=default_epochs,
         source=str(root),
@@ -183,9 +315,8 @@ def cifar10(data_root: str | os.PathLike[str] | None = None, download: bool = Fa
 def _load_resized(paths: list[str], size: int) -> torch.Tensor:
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-            out[i] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        im = read_image(p, "RGB", what="gtsrb image").resize((size, size), Image.BILINEAR)
+        out[i] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
     return out
 
 
@@ -224,6 +355,12 @@ def gtsrb(
     )
 
 
+def _imagefolder_loader(path: str) -> Image.Image:
+    """ImageFolder's loader: :func:`~eviltwins.data.base.read_image` (size checked before
+    decoding; a corrupt file raises one :class:`DataError` line naming it)."""
+    return read_image(path, "RGB", what="image")
+
+
 @DATASETS.register("imagefolder")
 def imagefolder(
     data_root: str | os.PathLike[str] | None = None,
@@ -259,7 +396,9 @@ def imagefolder(
                 f"{train_dir}/<class>/ and val/<class>/ (or test/<class>/) image folders"
             )
         try:
-            found[which] = torchvision.datasets.ImageFolder(str(path), transform=tf)
+            found[which] = torchvision.datasets.ImageFolder(
+                str(path), transform=tf, loader=_imagefolder_loader
+            )
         except (FileNotFoundError, RuntimeError) as err:
             raise DataError(f"imagefolder: {path} holds no readable class folders: {err}") from None
     if found["train"].classes != found["test"].classes:
