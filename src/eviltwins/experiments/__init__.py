@@ -2,20 +2,37 @@
 local or Ray executor; see :func:`run_sweep`."""
 
 from eviltwins.experiments.executors import EXECUTORS, LocalExecutor, RayExecutor, make_executor
-from eviltwins.experiments.runner import SweepSummary, is_finished, load_cells, run_sweep
+from eviltwins.experiments.runner import (
+    CellFileError,
+    CellsFailedError,
+    SweepLockedError,
+    SweepSummary,
+    check_run_folder,
+    is_finished,
+    load_cells,
+    read_cell,
+    run_sweep,
+    scan_cells,
+)
 from eviltwins.experiments.spec import Cell, SweepSpec, cells, load_spec
 
 __all__ = [
     "EXECUTORS",
     "Cell",
+    "CellFileError",
+    "CellsFailedError",
     "LocalExecutor",
     "RayExecutor",
+    "SweepLockedError",
     "SweepSpec",
     "SweepSummary",
     "cells",
+    "check_run_folder",
     "is_finished",
     "load_cells",
     "load_spec",
     "make_executor",
+    "read_cell",
     "run_sweep",
+    "scan_cells",
 ]

@@ -7,7 +7,8 @@ and bytes (models travel as safetensors blobs), so the same task runs in this pr
 spawned worker process, or on a Ray node, and gives the same numbers for the same seeds (with
 the same ``threads`` per task: intra-op thread counts can change float summation order).
 
-- ``local`` (default): sequential in this process, or ``jobs`` spawned worker processes.
+- ``local`` (default): sequential in this process, or ``jobs`` spawned worker processes, which
+  exit when the driver dies (even by SIGKILL): none is left computing for nobody.
 - ``ray``: a local Ray cluster (``ray.init(num_cpus=...)``) or an existing one
   (``address="ray://host:10001"`` / ``"auto"``). Data must exist on every node (``data_root``).
 """
@@ -16,6 +17,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
@@ -32,6 +36,36 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
+
+
+PARENT_POLL_S = 0.5  # how often a worker checks that its driver is still alive
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker-process initializer: end this worker when the driver process ``parent`` dies.
+
+    On Linux the kernel sends SIGKILL at the driver's death (``PR_SET_PDEATHSIG``); everywhere
+    a daemon thread also polls the parent pid (an orphan is re-parented) and exits at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the driver died before this worker got here
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="eviltwins-parent-watch", daemon=True).start()
 
 
 @EXECUTORS.register("local")
@@ -54,7 +88,10 @@ class LocalExecutor:
                 yield i, fn(*a)
             return
         pool = ProcessPoolExecutor(
-            max_workers=min(self.jobs, len(args)), mp_context=mp.get_context("spawn")
+            max_workers=min(self.jobs, len(args)),
+            mp_context=mp.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
         )
         futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
         try:

@@ -7,23 +7,34 @@ Run folder layout (``out``)::
     cells/<cell key>.json          one result per cell, written atomically when the cell ends
     cells/<cell key>/trigger.*     its trigger (safetensors + PNG) and stamped examples
     report/                        written by ``eviltwins report`` (see eviltwins.report)
+    .lock                          held (flock) by the running sweep; holds its pid
 
-A cell is finished when its JSON exists with ``"status": "ok"``; a re-run skips finished cells
-and retries failed ones. A failing cell records its error (type, message, traceback) and the
-others go on. Ctrl-C or a kill loses only the cells still running: each result is written by the
-driver the moment its task returns (write to a temporary file, then rename).
+A cell is finished when its JSON exists, has the shape of a cell result (:func:`read_cell`) and
+``"status": "ok"``; a re-run skips finished cells and retries failed ones, and recomputes a cell
+whose file is unreadable (cut short, not JSON, the wrong shape). A failing cell records its
+error (type, message, traceback) and the others go on. Ctrl-C or a kill loses only the cells
+still running: each result is written by the driver the moment its task returns (write to a
+temporary file, then rename).
+
+``out`` must be new, empty or a sweep run folder (never a model folder or a home folder), and
+one sweep at a time runs in it: the driver holds ``out/.lock`` (``flock``, released when the
+process ends, crash or not). Worker processes exit when the driver dies.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from eviltwins.errors import EviltwinsError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from eviltwins.errors import DataError, EviltwinsError, ParamError
 from eviltwins.experiments.executors import make_executor, set_threads
 from eviltwins.experiments.spec import (
     CLEAN_ATTACK,
@@ -33,13 +44,25 @@ from eviltwins.experiments.spec import (
     clean_config,
     clean_key,
     load_spec,
+    user_models,
 )
-from eviltwins.io import read_json, write_json
+from eviltwins.io import write_json
+from eviltwins.paths import prepare_out
 from eviltwins.utils import progress, versions
 
 CELL_SCHEMA = "eviltwins.cell/1"
 SUMMARY_SCHEMA = "eviltwins.sweep-summary/1"
 N_EXAMPLES = 4
+LOCK_FILE = ".lock"
+
+
+class SweepLockedError(EviltwinsError):
+    """Another sweep is running in the same run folder."""
+
+
+class CellsFailedError(EviltwinsError):
+    """A sweep finished with failed cells (raised by :meth:`SweepSummary.raise_for_failures`;
+    the CLI turns it into exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,7 @@ class SweepSummary:
     seconds: float
     executor: str
     clean_trained: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +90,7 @@ class SweepSummary:
             "seconds": self.seconds,
             "executor": self.executor,
             "clean_trained": self.clean_trained,
+            "unreadable": self.unreadable,
         }
 
     def summary(self) -> str:
@@ -74,9 +99,28 @@ class SweepSummary:
             f"{len(self.skipped)} finished, {len(self.failed)} failed ({self.seconds:.0f} s, "
             f"{self.executor})"
         )
+        if self.unreadable:
+            s += f"\n  recomputed {len(self.unreadable)} unreadable cell file(s)"
         for key, err in list(self.failed.items())[:5]:
             s += f"\n  failed {key}: {err}"
         return s
+
+    def failure_line(self) -> str | None:
+        """One line naming the failed cells (``None`` when every cell finished)."""
+        if not self.failed:
+            return None
+        key, err = next(iter(self.failed.items()))
+        first = " ".join(f"{key}: {err}".split())[:300]
+        return (
+            f"{len(self.failed)} of {self.total} cells failed (first: {first}); finished cells "
+            "are kept, re-run to retry"
+        )
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`CellsFailedError` (one line) when any cell failed."""
+        line = self.failure_line()
+        if line is not None:
+            raise CellsFailedError(line)
 
 
 # --- tasks (top-level functions: they run in worker processes and on Ray nodes) -------------
@@ -142,7 +186,8 @@ def _run_cell(
     from eviltwins.utils import resolve_device
 
     clean = cfg["clean"]
-    model, card = model_from_bytes(clean_blob, resolve_device(device))
+    # the sweep's spec names its model: a user architecture there is trusted (imported)
+    model, card = model_from_bytes(clean_blob, resolve_device(device), trust_arch=(cfg["model"],))
     spec = get_dataset(
         cfg["dataset"], data_root, False, clean["train_limit"], clean["test_limit"], cfg["seed"]
     )
@@ -199,15 +244,220 @@ def _describe(err: BaseException) -> str:
     return msg if isinstance(err, EviltwinsError) else f"{type(err).__name__}: {msg}"
 
 
-# --- the driver ----------------------------------------------------------------------------
-def is_finished(path: Path) -> bool:
-    """A cell result exists and succeeded (an unreadable file counts as unfinished)."""
+# --- cell files ----------------------------------------------------------------------------
+#: Largest cell result read (they are a few kB).
+MAX_CELL_BYTES = 64_000_000
+
+
+class CellFileError(DataError):
+    """A cell result file that cannot be used; ``reason`` says why in a few words."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        reason = " ".join(reason.split())
+        msg = f"cell result {path} is unusable ({reason}); re-run the sweep to recompute it"
+        super().__init__(" ".join(msg.split()))  # one line, whatever the file is called
+        self.path = path
+        self.reason = reason
+
+
+class _Shape(BaseModel):
+    """Strict (no coercion) and open (extra fields kept): only what readers use is checked."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _DetectorEntryShape(_Shape):
+    name: str
+    label: str | None = None
+
+
+class _CellConfigShape(_Shape):
+    dataset: str
+    model: str
+    attack: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    size: float | None = Field(None, ge=0, le=1)
+    transparency: float | None = Field(None, ge=0, le=1)
+    seed: int
+    detectors: list[_DetectorEntryShape] = Field(default_factory=list)
+
+    @field_validator("params")
+    @classmethod
+    def _init(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(v.get("init", ""), str):
+            raise ValueError("params.init must be an attack name")
+        return v
+
+
+class _AttackShape(_Shape):
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class _AllStampedShape(_Shape):
+    metrics: dict[str, Any] | None = None
+    n_triggered: int | None = None
+
+
+class _DetailsShape(_Shape):
+    steps: list[float] | None = None
+
+
+class _DetectorShape(_Shape):
+    skipped: str | None = None
+    kind: str | None = None
+    metrics: dict[str, Any] | None = None
+    n_clean: int | None = None
+    n_triggered: int | None = None
+    all_stamped: _AllStampedShape | None = None
+    details: _DetailsShape = Field(default_factory=_DetailsShape)
+    max_anomaly: float | None = None
+    target_anomaly: float | None = None
+    target_flagged: bool | None = None
+    flagged: list[int | str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _filter_metrics(self) -> _DetectorShape:
+        if self.skipped is None and self.kind == "filter" and self.metrics is None:
+            raise ValueError("an input filter's result needs 'metrics'")
+        return self
+
+
+class _CellShape(_Shape):
+    status: Literal["ok", "error"]
+    cell: _CellConfigShape
+    error: str | None = None
+    target: int | None = None
+    attack: _AttackShape | None = None
+    detectors: dict[str, _DetectorShape] | None = None
+
+    @model_validator(mode="after")
+    def _finished(self) -> _CellShape:
+        if self.status == "ok" and (self.attack is None or self.detectors is None):
+            raise ValueError("a finished cell needs 'attack' and 'detectors'")
+        return self
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def read_cell(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A cell result file, checked: a JSON object of the shape the runner writes (what the
+    report reads, with the right types). Anything else (cut short, not JSON, not UTF-8, a
+    folder, the wrong shape) raises a one-line :class:`CellFileError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise CellFileError(path, "a folder, not a file")
     if not path.is_file():
-        return False
+        raise CellFileError(path, "missing or not a regular file")
     try:
-        return read_json(path, "cell result").get("status") == "ok"
-    except EviltwinsError:
+        if path.stat().st_size > MAX_CELL_BYTES:
+            raise CellFileError(path, f"over {MAX_CELL_BYTES // 10**6} MB")
+        raw = path.read_bytes()
+    except OSError as err:
+        raise CellFileError(path, f"cannot be read: {err.strerror or err}") from None
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise CellFileError(path, "not UTF-8 text") from None
+    except (ValueError, RecursionError):
+        raise CellFileError(path, "not valid JSON") from None
+    if not isinstance(data, dict):
+        raise CellFileError(path, f"not a JSON object but {type(data).__name__}")
+    try:
+        _CellShape.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"]) or "top level"
+        msg = " ".join(str(e["msg"]).split())[:120]
+        raise CellFileError(path, f"wrong shape: {loc}: {msg}") from None
+    return data
+
+
+def is_finished(path: str | os.PathLike[str]) -> bool:
+    """A cell result exists, is well-formed and succeeded (an unusable file counts as
+    unfinished: the sweep recomputes it)."""
+    try:
+        return read_cell(path)["status"] == "ok"
+    except DataError:
         return False
+
+
+# --- the run folder ----------------------------------------------------------------------------
+def check_run_folder(out: str | os.PathLike[str]) -> Path:
+    """Check (creating nothing) that ``out`` can be a sweep's run folder; one
+    :class:`~eviltwins.errors.ParamError` line otherwise: a file, a path under a file, or a
+    non-empty folder that is not a sweep run folder (no ``sweep.json`` or ``cells/``), so a
+    sweep never writes into a model folder or a home folder."""
+    out = prepare_out(out, "sweep")  # a file, under a file, unwritable, another kind of folder
+    for name, kind in (("cells", "folder"), ("clean", "folder"), ("sweep.json", "file")):
+        path = out / name
+        if (path.exists() or path.is_symlink()) and not (
+            path.is_dir() if kind == "folder" else path.is_file()
+        ):
+            raise ParamError(f"--out {out}: {name} is not a {kind}; remove it or use another --out")
+    return out
+
+
+def _prepare_run_folder(out: Path) -> None:
+    """Create ``out`` (and ``cells/``) and prove it writable, before any work."""
+    check_run_folder(out)
+    try:
+        (out / "cells").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ParamError(
+            f"--out {out} cannot be written ({err.strerror or err}); choose a folder you can "
+            "write to"
+        ) from None
+
+
+def _lock_run_folder(out: Path) -> int | None:
+    """Hold ``out/.lock`` (``flock``, non-blocking) for this process; a second sweep into
+    ``out`` gets :class:`SweepLockedError`. The lock dies with the process (crash or kill),
+    so a stale file never blocks. Returns the descriptor to close (``None``: no locking here)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    path = out / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise ParamError(
+            f"--out {out}: cannot open the lock file {path} ({err.strerror or err})"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if not isinstance(err, BlockingIOError):  # a filesystem without locks: go on
+            os.close(fd)
+            return None
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            text = ""
+        os.close(fd)
+        pid = text if text.isdigit() else "unknown"
+        raise SweepLockedError(
+            f"another sweep is running in {out} (pid {pid}); wait for it or use another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _check_run_args(jobs: Any, threads: Any) -> None:
+    def bad(v: Any) -> bool:
+        return isinstance(v, bool) or not isinstance(v, int) or v < 1
+
+    if bad(jobs):
+        raise ParamError(f"--jobs must be >= 1 (worker processes); got {jobs!r}")
+    if threads is not None and bad(threads):
+        raise ParamError(f"--threads must be >= 1 (torch threads per cell); got {threads!r}")
+
+
+# --- the driver ----------------------------------------------------------------------------
 
 
 def run_sweep(
@@ -228,22 +478,63 @@ def run_sweep(
     (``ray_address`` of an existing cluster, else a local one). ``threads`` pins torch threads
     per task (default: all cores for a sequential run, cores/jobs for processes, 1 on Ray).
     ``device`` is resolved in each task (``auto``: CUDA when the worker has it).
+    Everything the user gives is checked before any work: ``jobs`` and ``threads`` (>= 1),
+    the spec, and ``out`` (:func:`check_run_folder`; created and proved writable). A second
+    sweep into a folder in use raises :class:`SweepLockedError`.
     """
     from eviltwins.data.base import resolve_data_root
-    from eviltwins.io import load_model, model_from_bytes, model_to_bytes, save_model
 
     start = time.perf_counter()
+    _check_run_args(jobs, threads)
     spec = load_spec(spec)
     out = Path(out) if out is not None else Path("runs") / spec.name
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", spec.to_dict())
     ex = make_executor(executor, jobs=jobs, address=ray_address, device=device)
-    threads = threads if threads is not None else ex.default_threads()
     root = str(resolve_data_root(data_root))
+    _prepare_run_folder(out)
+    lock = _lock_run_folder(out)
+    try:
+        return _run_locked(spec, out, ex, executor, threads, device, root, quiet, start)
+    finally:
+        ex.close()
+        if lock is not None:
+            os.close(lock)
 
+
+def _run_locked(
+    spec: SweepSpec,
+    out: Path,
+    ex: Any,
+    executor: str,
+    threads: int | None,
+    device: str,
+    root: str,
+    quiet: bool | None,
+    start: float,
+) -> SweepSummary:
+    """The sweep proper, while this process holds the run folder's lock."""
+    from eviltwins.io import load_model, model_from_bytes, model_to_bytes, save_model
+
+    trust = tuple(user_models(spec))  # the spec's own user architectures: the user named them
     grid = cells(spec)
     keys = [c.key(spec) for c in grid]
-    skipped = [k for k in keys if is_finished(out / "cells" / f"{k}.json")]
+    skipped: list[str] = []
+    unreadable: dict[str, str] = {}
+    for k in keys:
+        path, side = out / "cells" / f"{k}.json", out / "cells" / k
+        if path.is_dir() or ((side.exists() or side.is_symlink()) and not side.is_dir()):
+            what, kind = (path, "folder") if path.is_dir() else (side, "file")
+            raise DataError(
+                f"{what} is a {kind} where the sweep writes a cell result; remove it and re-run"
+            )
+        if not (path.exists() or path.is_symlink()):
+            continue
+        try:
+            if read_cell(path)["status"] == "ok":
+                skipped.append(k)
+        except CellFileError as err:
+            unreadable[k] = err.reason
+    write_json(out / "sweep.json", spec.to_dict())
+    threads = threads if threads is not None else ex.default_threads()
     todo = [(c, k) for c, k in zip(grid, keys, strict=True) if k not in set(skipped)]
 
     # Stage 1: every clean model the remaining cells need, trained once and cached.
@@ -255,57 +546,55 @@ def run_sweep(
         )
     blobs: dict[str, bytes] = {}
     errors: dict[str, str] = {}
-    to_train = [k for k in needed if not (out / "clean" / k / "model.json").is_file()]
-    try:
-        if to_train:
-            bar = progress(total=len(to_train), desc="clean models", quiet=quiet)
-            args = [(needed[k], root, device, threads) for k in to_train]
-            for i, res in ex.imap(train_clean_task, args, cpus=threads):
-                key = to_train[i]
-                if "error" in res:
-                    errors[key] = res["error"]
-                else:
-                    blobs[key] = res["blob"]
-                    save_model(*model_from_bytes(res["blob"]), out / "clean" / key)
-                bar.update(1)
-            bar.close()
-        for k in needed:  # cached clean models of earlier runs
-            if k not in errors and k not in blobs:
-                blobs[k] = model_to_bytes(*load_model(out / "clean" / k))
-
-        # Stage 2: the cells.
-        ran: list[str] = []
-        failed: dict[str, str] = {}
-        runnable: list[tuple[Cell, str]] = []
-        for c, k in todo:
-            ck = clean_key(spec, c.dataset, c.model, c.seed)
-            if ck in errors:
-                _write_cell(out, k, _clean_failure(c, spec, errors[ck]), {})
-                failed[k] = f"clean model: {errors[ck]}"
+    for k in needed:  # cached clean models of earlier runs (an unreadable one is retrained)
+        if (out / "clean" / k / "model.json").is_file():
+            with contextlib.suppress(EviltwinsError):
+                blobs[k] = model_to_bytes(*load_model(out / "clean" / k, trust_arch=trust))
+    to_train = [k for k in needed if k not in blobs]
+    if to_train:
+        bar = progress(total=len(to_train), desc="clean models", quiet=quiet)
+        args = [(needed[k], root, device, threads) for k in to_train]
+        for i, res in ex.imap(train_clean_task, args, cpus=threads):
+            key = to_train[i]
+            if "error" in res:
+                errors[key] = res["error"]
             else:
-                runnable.append((c, k))
-        bar = progress(total=len(runnable), desc=f"sweep {spec.name}", quiet=quiet)
-        args = [
-            (
-                {**c.config(spec), "save_model": spec.save_models},
-                blobs[clean_key(spec, c.dataset, c.model, c.seed)],
-                root,
-                device,
-                threads,
-            )
-            for c, _ in runnable
-        ]
-        for i, res in ex.imap(run_cell_task, args, cpus=threads):
-            key = runnable[i][1]
-            _write_cell(out, key, res["result"], res["files"])
-            if res["result"]["status"] == "ok":
-                ran.append(key)
-            else:
-                failed[key] = res["result"]["error"]
+                blobs[key] = res["blob"]
+                save_model(*model_from_bytes(res["blob"], trust_arch=trust), out / "clean" / key)
             bar.update(1)
         bar.close()
-    finally:
-        ex.close()
+
+    # Stage 2: the cells.
+    ran: list[str] = []
+    failed: dict[str, str] = {}
+    runnable: list[tuple[Cell, str]] = []
+    for c, k in todo:
+        ck = clean_key(spec, c.dataset, c.model, c.seed)
+        if ck in errors:
+            _write_cell(out, k, _clean_failure(c, spec, errors[ck]), {})
+            failed[k] = f"clean model: {errors[ck]}"
+        else:
+            runnable.append((c, k))
+    bar = progress(total=len(runnable), desc=f"sweep {spec.name}", quiet=quiet)
+    args = [
+        (
+            {**c.config(spec), "save_model": spec.save_models},
+            blobs[clean_key(spec, c.dataset, c.model, c.seed)],
+            root,
+            device,
+            threads,
+        )
+        for c, _ in runnable
+    ]
+    for i, res in ex.imap(run_cell_task, args, cpus=threads):
+        key = runnable[i][1]
+        _write_cell(out, key, res["result"], res["files"])
+        if res["result"]["status"] == "ok":
+            ran.append(key)
+        else:
+            failed[key] = res["result"]["error"]
+        bar.update(1)
+    bar.close()
     return SweepSummary(
         str(out),
         len(grid),
@@ -315,6 +604,7 @@ def run_sweep(
         round(time.perf_counter() - start, 1),
         executor,
         [k for k in to_train if k not in errors],
+        unreadable,
     )
 
 
@@ -344,21 +634,33 @@ def _write_cell(out: Path, key: str, result: dict[str, Any], files: dict[str, by
     write_json(out / "cells" / f"{key}.json", result)
 
 
-def load_cells(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every cell result of a run folder (finished or failed), sorted by key."""
+def scan_cells(run_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Every usable cell result of a run folder (finished or failed, sorted by key, each with
+    its ``key``) and the unusable files, as ``{"cells/<name>": reason}`` (cut short, not JSON,
+    the wrong shape, a folder): the sweep recomputes those."""
     folder = Path(run_dir) / "cells"
     if not folder.is_dir():
-        from eviltwins.errors import DataError
-
         raise DataError(
             f"{run_dir} holds no cells/ folder; pass a folder written by 'eviltwins sweep'"
         )
-    rows = []
-    for p in sorted(folder.glob("*.json")):
+    rows: list[dict[str, Any]] = []
+    unreadable: dict[str, str] = {}
+    try:
+        paths = sorted(folder.glob("*.json"))
+    except OSError as err:
+        raise DataError(f"{folder} cannot be read ({err.strerror or err})") from None
+    for p in paths:
         try:
-            d = read_json(p, "cell result")
-        except EviltwinsError:
+            d = read_cell(p)
+        except CellFileError as err:
+            unreadable[f"cells/{p.name}"] = err.reason
             continue
         d["key"] = p.stem
         rows.append(d)
-    return rows
+    return rows, unreadable
+
+
+def load_cells(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every usable cell result of a run folder (finished or failed), sorted by key; unusable
+    files are left out (:func:`scan_cells` names them)."""
+    return scan_cells(run_dir)[0]

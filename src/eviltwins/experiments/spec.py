@@ -21,7 +21,9 @@ Example (``configs/quick/fig12.yaml``)::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import keyword
 import os
 import re
 from dataclasses import dataclass
@@ -118,6 +120,14 @@ class SweepSpec(BaseModel):
         for p in v:
             if not 0 <= p < 1:
                 raise ValueError(f"must hold transparencies in [0, 1); {p} is not")
+        return v
+
+    @field_validator("datasets", "models", "sizes", "transparencies", "seeds")
+    @classmethod
+    def _unique(cls, v: list[Any]) -> list[Any]:
+        dup = sorted({x for x in v if v.count(x) > 1}, key=str)
+        if dup:
+            raise ValueError(f"must not repeat values (each is a grid axis); {dup[0]!r} repeats")
         return v
 
     @field_validator("figures")
@@ -260,14 +270,35 @@ def check_names(spec: SweepSpec) -> None:
 
     for ds in spec.datasets:
         DATASETS.get(ds)
-    for m in spec.models:
-        if not is_user_model(m):
-            MODELS.get(m)
     unknown = sorted(set(spec.clean) - set(CLEAN_OPTIONS))
     if unknown:
         raise ParamError(
             f"unknown clean-training option {unknown[0]!r}; known: {', '.join(CLEAN_OPTIONS)}"
         )
+    arch_kwargs = spec.clean.get("arch_kwargs", {})
+    if arch_kwargs is None:
+        arch_kwargs = {}
+    if not isinstance(arch_kwargs, dict):
+        raise ParamError(
+            "clean.arch_kwargs must be a mapping of model option names to values; "
+            f"got {type(arch_kwargs).__name__}"
+        )
+    models = []
+    for m in spec.models:
+        if is_user_model(m):
+            check_user_model_name(m)
+            models.append(m)
+            continue
+        if ":" in m:
+            check_user_model_name(m)  # raises: a malformed package.module:ClassName
+        factory = MODELS.get(m)
+        name = next(n for n in MODELS.names() if MODELS.get(n) is factory)
+        _check_arch_kwargs(name, factory, arch_kwargs)
+        models.append(name)
+    dup = sorted({m for m in models if models.count(m) > 1})
+    if dup:
+        raise ParamError(f"models must be unique; {dup[0]!r} repeats")
+    spec.models = models  # registered names in their registry spelling (stable cell keys)
     validate(TrainConfig, **{k: v for k, v in spec.clean.items() if k != "arch_kwargs"})
     for atk in spec.attacks:
         if atk.name == CLEAN_ATTACK:
@@ -287,3 +318,70 @@ def check_names(spec: SweepSpec) -> None:
             _configured(DETECTORS, det.name, det.params, True)
         except ParamError as err:
             raise ParamError(f"detector {det.display!r}: {err}") from None
+
+
+_RESERVED_ARCH = ("in_channels", "num_classes", "input_size")
+
+
+def check_user_model_name(name: str) -> None:
+    """Check the syntax of a user model ``package.module:ClassName`` without importing
+    anything: every dotted part and the class must be Python identifiers (not keywords)."""
+    module, sep, cls = name.partition(":")
+    parts = module.split(".")
+    good = (
+        sep == ":"
+        and ":" not in cls
+        and all(p.isidentifier() and not keyword.iskeyword(p) for p in parts)
+        and cls.isidentifier()
+        and not keyword.iskeyword(cls)
+    )
+    if not good:
+        raise ParamError(
+            f"model {name!r} is neither a registered model nor a user model "
+            "'package.module:ClassName' (Python identifiers separated by dots, one colon); "
+            "'eviltwins list models' lists the registered ones"
+        )
+
+
+def user_models(spec: SweepSpec) -> list[str]:
+    """The spec's user architectures (``package.module:ClassName``): their modules are
+    imported only when the sweep runs (validation never imports user code)."""
+    from eviltwins.models.base import is_user_model
+
+    return [m for m in spec.models if is_user_model(m)]
+
+
+def _check_arch_kwargs(model: str, factory: Any, arch_kwargs: dict[str, Any]) -> None:
+    """The options of ``clean.arch_kwargs`` against a registered model factory's signature
+    (names, and the types of int/float/bool options), before anything is built."""
+    import typing
+
+    sig = inspect.signature(factory)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    options = [n for n in sig.parameters if n not in _RESERVED_ARCH]
+    try:
+        hints = typing.get_type_hints(factory)
+    except Exception:  # unresolvable annotations: names only
+        hints = {}
+    for key, value in arch_kwargs.items():
+        if key in _RESERVED_ARCH:
+            raise ParamError(
+                f"clean.arch_kwargs: {key!r} of model {model!r} is set from the dataset; remove it"
+            )
+        if key not in options:
+            raise ParamError(
+                f"model {model!r} takes no option {key!r} (clean.arch_kwargs); its options: "
+                f"{', '.join(options) or 'none'}"
+            )
+        want = hints.get(key)
+        ok = {
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, int | float) and not isinstance(value, bool),
+            bool: isinstance(value, bool),
+        }.get(want, True)
+        if not ok:
+            raise ParamError(
+                f"clean.arch_kwargs: option {key!r} of model {model!r} must be "
+                f"{want.__name__}; got {value!r}"[:300]
+            )

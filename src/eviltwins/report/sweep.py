@@ -12,6 +12,9 @@
 - ``report.md`` and ``report.html``: each of the paper's claims (ALGORITHMS.md, last section)
   next to the measured value and whether it holds here, the figures, and a per-cell table.
 
+A cell file that cannot be used (cut short, not JSON, the wrong shape) is left out and named:
+in :attr:`Report.unreadable`, the summary and ``report.md``; the sweep recomputes it.
+
 TrojanNN* is paired with its baseline by name: an ``imc`` cell with ``init: X`` is compared with
 the ``X`` cell of the same dataset, model, size, transparency and seed.
 """
@@ -79,6 +82,7 @@ class Report:
     claims: list[Claim]
     figures: list[Path] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)  # "cells/<name>" -> why
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +90,7 @@ class Report:
             "out": str(self.out),
             "cells": len(self.rows),
             "failed": len(self.failed),
+            "unreadable": self.unreadable,
             "claims": [c.to_dict() for c in self.claims],
             "figures": [str(p) for p in self.figures],
         }
@@ -95,10 +100,36 @@ class Report:
             f"report {self.out}: {len(self.rows)} cells ({len(self.failed)} failed), "
             f"{len(self.figures)} figures, report.md / report.html"
         ]
+        if self.unreadable:
+            lines.append(f"  {unreadable_line(self.unreadable)}")
         for c in self.claims:
             if c.holds is not None:
                 lines.append(f"  [{c.verdict}] {c.claim}: {c.measured}")
         return "\n".join(lines)
+
+    def unreadable_lines(self) -> list[str]:
+        """One warning line per unusable cell file (at most 10, then a count)."""
+        items = list(self.unreadable.items())
+        out = [
+            " ".join(
+                f"cell file {name} unreadable ({why}); re-run the sweep to recompute it".split()
+            )
+            for name, why in items[:10]
+        ]
+        if len(items) > 10:
+            out.append(f"... and {len(items) - 10} more unreadable cell files")
+        return out
+
+
+def unreadable_line(unreadable: dict[str, str]) -> str:
+    """``N cell file(s) unreadable: cells/x.json (why), ...; re-run the sweep ...``."""
+    n = len(unreadable)
+    shown = ", ".join(f"{k} ({v})" for k, v in list(unreadable.items())[:3])
+    more = f", and {n - 3} more" if n > 3 else ""
+    noun = "file" if n == 1 else "files"
+    it = "it" if n == 1 else "them"
+    line = f"{n} cell {noun} unreadable: {shown}{more}; re-run the sweep to recompute {it}"
+    return " ".join(line.split())
 
 
 # --- rows ------------------------------------------------------------------------------------
@@ -179,7 +210,7 @@ def _fmt_csv(v: Any) -> Any:
 def _num(v: Any) -> float:
     try:
         f = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return math.nan
     return f
 
@@ -188,7 +219,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     a = np.array([v for v in values if not math.isnan(v)], dtype=float)
     if a.size == 0:
         return math.nan, math.nan
-    return float(a.mean()), float(a.std()) if a.size > 1 else 0.0
+    with np.errstate(invalid="ignore"):  # an infinite value (an anomaly index can be) has no std
+        return float(a.mean()), float(a.std()) if a.size > 1 else 0.0
 
 
 def _series(
@@ -368,12 +400,16 @@ def fig11_triggers(
                 == (ds, model, atk, tr, s)
             ]
             f = run_dir / "cells" / match[0]["key"] / "examples.safetensors" if match else None
-            if f is None or not f.is_file():
+            try:  # a missing or damaged examples file leaves the panel empty
+                ex = load_file(str(f)) if f is not None and f.is_file() else None
+                if ex is not None:
+                    _show(ax, ex["stamped"][0])
+                    pred = int(ex["pred"][0])
+            except Exception:
+                ex = None
+            if ex is None:
                 ax.axis("off")
                 continue
-            ex = load_file(str(f))
-            _show(ax, ex["stamped"][0])
-            pred = int(ex["pred"][0])
             names = classes.get(ds) or ()
             shown = names[pred] if pred < len(names) else str(pred)
             ax.set_title(
@@ -617,15 +653,17 @@ def write_report(
     run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
 ) -> Report:
     """Write the CSV, figures and Markdown/HTML report of a sweep folder; see module docstring."""
-    from eviltwins.experiments.runner import load_cells
+    from eviltwins.experiments.runner import scan_cells
 
     run_dir = Path(run_dir)
-    cells = load_cells(run_dir)
+    cells, unreadable = scan_cells(run_dir)
     ok = [c for c in cells if c.get("status") == "ok"]
     failed = [c for c in cells if c.get("status") != "ok"]
     if not ok:
+        bad = f", {len(unreadable)} unreadable" if unreadable else ""
         raise DataError(
-            f"{run_dir} has no finished cells yet ({len(failed)} failed); run 'eviltwins sweep' first"
+            f"{run_dir} has no finished cells yet ({len(failed)} failed{bad}); run "
+            "'eviltwins sweep' first"
         )
     out = Path(out) if out is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -720,25 +758,40 @@ def write_report(
         )
     figures = [p for p in figs if p is not None]
     cl = claims(rows, det)
-    rep = Report(out, rows, cl, figures, failed)
+    rep = Report(out, rows, cl, figures, failed, unreadable)
     _write_documents(rep, run_dir, det)
     write_json(out / "report.json", rep.to_dict())
     return rep
 
 
+def _sweep_json(run_dir: Path) -> dict[str, Any]:
+    """The run's ``sweep.json`` (``{}`` when missing or unusable: the report does without)."""
+    try:
+        d = read_json(run_dir / "sweep.json", "sweep spec")
+    except DataError:
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
 def _wanted_figures(run_dir: Path) -> set[str] | None:
-    spec_file = run_dir / "sweep.json"
-    if not spec_file.is_file():
+    figs = _sweep_json(run_dir).get("figures")
+    if not isinstance(figs, list):
         return None
-    figs = read_json(spec_file, "sweep spec").get("figures")
-    return set(figs) if figs else None
+    return {f for f in figs if isinstance(f, str)} or None
 
 
 def _classes(run_dir: Path) -> dict[str, Sequence[str]]:
     out: dict[str, Sequence[str]] = {}
     for card in (run_dir / "clean").glob("*/model.json"):
-        d = read_json(card, "model card")
-        out.setdefault(d.get("dataset", ""), d.get("classes", ()))
+        try:
+            d = read_json(card, "model card")
+        except DataError:
+            continue
+        if not isinstance(d, dict) or not isinstance(d.get("dataset"), str):
+            continue
+        classes = d.get("classes")
+        if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+            out.setdefault(d["dataset"], classes)
     return out
 
 
@@ -790,22 +843,23 @@ def _summary_table(
 
 
 def _write_documents(rep: Report, run_dir: Path, det: dict[str, str]) -> None:
-    spec = (
-        read_json(run_dir / "sweep.json", "sweep spec")
-        if (run_dir / "sweep.json").is_file()
-        else {}
-    )
-    title = f"eviltwins report: {spec.get('name', run_dir.name)}"
+    spec = _sweep_json(run_dir)
+    name = spec.get("name") if isinstance(spec.get("name"), str) else run_dir.name
+    description = spec.get("description") if isinstance(spec.get("description"), str) else ""
+    title = f"eviltwins report: {name}"
     claim_head = ["claim", "paper", "measured here", "verdict"]
     claim_rows = [[c.claim, c.paper, c.measured, c.verdict] for c in rep.claims]
     head, body = _summary_table(rep.rows, det)
     fail_rows = [[c["key"], c.get("error", "")] for c in rep.failed]
 
+    bad_rows = [[k, v] for k, v in rep.unreadable.items()]
+    n_bad = len(bad_rows)
+    bad = f", {n_bad} cell file{'' if n_bad == 1 else 's'} unreadable" if n_bad else ""
     md = [f"# {title}", ""]
-    if spec.get("description"):
-        md += [spec["description"], ""]
+    if description:
+        md += [description, ""]
     md += [
-        f"{len(rep.rows)} finished cells, {len(rep.failed)} failed. All cells: `cells.csv`.",
+        f"{len(rep.rows)} finished cells, {len(rep.failed)} failed{bad}. All cells: `cells.csv`.",
         "",
         "## The paper's claims, measured",
         "",
@@ -819,6 +873,15 @@ def _write_documents(rep: Report, run_dir: Path, det: dict[str, str]) -> None:
     md += ["## Results (mean ± std over seeds)", "", *_md_table(head, body), ""]
     if fail_rows:
         md += ["## Failed cells", "", *_md_table(["cell", "error"], fail_rows), ""]
+    if bad_rows:
+        md += [
+            "## Unreadable cell files",
+            "",
+            unreadable_line(rep.unreadable),
+            "",
+            *_md_table(["file", "problem"], bad_rows),
+            "",
+        ]
     (rep.out / "report.md").write_text("\n".join(md))
 
     def table(h: Sequence[str], b: Sequence[Sequence[str]]) -> str:
@@ -835,8 +898,9 @@ def _write_documents(rep: Report, run_dir: Path, det: dict[str, str]) -> None:
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
         "padding:3px 6px;font-size:13px}img{max-width:100%}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>{html.escape(spec.get('description', ''))}</p>",
-        f"<p>{len(rep.rows)} finished cells, {len(rep.failed)} failed. All cells: "
+        f"<p>{html.escape(description)}</p>",
+        f"<p>{len(rep.rows)} finished cells, {len(rep.failed)} failed{html.escape(bad)}. "
+        "All cells: "
         "<a href='cells.csv'>cells.csv</a>.</p>",
         "<h2>The paper's claims, measured</h2>",
         table(claim_head, claim_rows),
@@ -847,6 +911,12 @@ def _write_documents(rep: Report, run_dir: Path, det: dict[str, str]) -> None:
     ]
     if fail_rows:
         parts += ["<h2>Failed cells</h2>", table(["cell", "error"], fail_rows)]
+    if bad_rows:
+        parts += [
+            "<h2>Unreadable cell files</h2>",
+            f"<p>{html.escape(unreadable_line(rep.unreadable))}</p>",
+            table(["file", "problem"], bad_rows),
+        ]
     parts.append("</body></html>")
     (rep.out / "report.html").write_text("\n".join(parts))
 
