@@ -150,12 +150,15 @@ def test_sweep_blob_card_obeys_the_trust_rule():
 def _peak_rss_mb_of(argv: list[str]) -> tuple[int, float, str]:
     """Run the CLI on ``argv`` in a fresh interpreter; its exit code, its own peak RSS (MB)
     and stderr."""
+    # VmHWM (kB), not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child of a
+    # large pytest process would report the parent's size.
     code = (
-        "import resource, sys\nfrom eviltwins.cli import main\n"
+        "import re, sys\nfrom eviltwins.cli import main\n"
         f"rc = main({argv!r})\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)"
+        "status = open('/proc/self/status').read()\n"
+        "print(re.search(r'VmHWM:\\s+(\\d+)', status).group(1))\nsys.exit(rc)"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     lines = r.stdout.split()
     return r.returncode, (int(lines[-1]) / 1024 if lines else float("inf")), r.stderr
 
@@ -579,3 +582,55 @@ def test_header_declaring_a_huge_tensor_is_refused_unread(tmp_path):
     (tmp_path / "w.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 16)
     with pytest.raises(DataError, match="not a valid safetensors"):
         load_state_file(tmp_path / "w.safetensors")
+
+
+def test_trigger_flag_reads_exactly_the_path_given(small_model, tmp_path, capsys):
+    from eviltwins.triggers import Trigger
+
+    Trigger.square((1, 32, 32), 0.2).save(tmp_path / "x")  # x.safetensors beside x.pt
+    (tmp_path / "x.pt").write_bytes(b"not a trigger")
+    code, err = _cli(
+        capsys, "detect", "strip", "--model", str(small_model), "--trigger", str(tmp_path / "x.pt")
+    )
+    _one_line_error(code, err)
+    assert ".safetensors" in err
+
+
+spec_keys = st.sampled_from(
+    ["name", "datasets", "models", "attacks", "detectors", "sizes", "transparencies", "seeds"]
+    + ["clean", "n_clean", "target", "figures", "train_limit", "save_models", "junk"]
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    doc=st.dictionaries(spec_keys, json_values, max_size=6)
+    | json_values
+    | st.text(max_size=200).map(lambda t: ("raw", t))
+)
+def test_fuzzed_yaml_configs_and_sweep_specs_give_our_error(doc, tmp_path_factory):
+    """Any YAML text or structure given as a config or a sweep spec: a valid spec or one of
+    our one-line errors, never another exception (nothing in it is constructed or imported)."""
+    import yaml
+
+    from eviltwins.experiments import load_spec
+
+    d = tmp_path_factory.mktemp("yaml")
+    text = doc[1] if isinstance(doc, tuple) else yaml.safe_dump(doc)
+    (d / "spec.yaml").write_text(text)
+    try:
+        load_spec(d / "spec.yaml")
+    except EviltwinsError as err:
+        assert "\n" not in str(err)
+
+
+def test_yaml_python_tags_construct_nothing(tmp_path):
+    sentinel = tmp_path / "PWNED"
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(
+        f"epochs: !!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path "
+        f"[{str(sentinel)!r}]]\n"
+    )
+    with pytest.raises(DataError, match="not valid YAML"):
+        read_yaml(cfg)
+    assert not sentinel.exists()

@@ -149,6 +149,21 @@ def _trusted(trust_arch: tuple[str, ...], trust_code: bool) -> bool | tuple[str,
     return True if trust_code else tuple(trust_arch)
 
 
+def _loading(opts: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments that ``api.attack`` and ``api.detect`` share: where results go,
+    which user architectures the received card may import, the device, data and test subset."""
+    return {
+        "out": opts["out"],
+        "overwrite": opts["overwrite"],
+        "trust_arch": _trusted(opts["trust_arch"], opts["trust_code"]),
+        "device": opts["device"],
+        "data_root": opts["data_root"],
+        "download": opts["download"],
+        "test_limit": opts["test_limit"],
+        "quiet": opts["quiet"] or None,
+    }
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
 @click.version_option(__version__, prog_name="eviltwins")
 def cli() -> None:
@@ -441,15 +456,8 @@ def attack(
         opts["model"],
         opts["dataset"],
         params=params,
-        out=opts["out"],
-        overwrite=opts["overwrite"],
-        trust_arch=_trusted(opts["trust_arch"], opts["trust_code"]),
-        device=opts["device"],
-        data_root=opts["data_root"],
-        download=opts["download"],
         train_limit=opts["train_limit"],
-        test_limit=opts["test_limit"],
-        quiet=opts["quiet"] or None,
+        **_loading(opts),
     )
     m = res.metrics
     _emit(
@@ -584,14 +592,7 @@ def detect(
         target=opts["target"],
         n_clean=opts["n_clean"],
         protocol=opts["protocol"],
-        out=opts["out"],
-        overwrite=opts["overwrite"],
-        trust_arch=_trusted(opts["trust_arch"], opts["trust_code"]),
-        device=opts["device"],
-        data_root=opts["data_root"],
-        download=opts["download"],
-        test_limit=opts["test_limit"],
-        quiet=opts["quiet"] or None,
+        **_loading(opts),
     )
     _emit(report.to_dict(), as_json, report.summary())
 
