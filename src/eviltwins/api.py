@@ -17,11 +17,12 @@ from typing import Any
 from torch import nn
 
 from eviltwins.attacks.base import BackdoorResult
+from eviltwins.base import Interval
 from eviltwins.config import validate
 from eviltwins.data import DatasetSpec, load_all, load_dataset
 from eviltwins.errors import ParamError
 from eviltwins.io import ModelCard, TrustArch, load_model, save_model
-from eviltwins.models import build_model
+from eviltwins.models import build_model, is_keyword_mapping
 from eviltwins.paths import prepare_out
 from eviltwins.training import TrainConfig, train_model
 from eviltwins.training import evaluate as _evaluate
@@ -259,11 +260,11 @@ def detect(
     det = _configured(DETECTORS, name, params, quiet)
     is_filter = isinstance(det, InputFilter)
     if is_filter:
-        _check_int("n_clean", n_clean, 1, MAX_N_CLEAN)
+        Interval(int, 1, MAX_N_CLEAN).check("detect", "n_clean", n_clean)
         if protocol not in ("effective", "all-stamped"):
             raise ParamError(f"protocol must be 'effective' or 'all-stamped'; got {protocol!r}")
         if target is not None:
-            _check_int("target", target, 0, None)
+            Interval(int, 0, None).check("detect", "target", target)
     if out is not None:
         prepare_out(out, "report", inputs=[model], overwrite=overwrite)
     net, card = load_model(Path(model), resolve_device(device), trust_arch=trust_arch)
@@ -367,25 +368,11 @@ def demo(
 MAX_N_CLEAN = 1_000_000
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None) -> None:
-    """One ParamError line unless ``value`` is an int in [low, high]."""
-    if (
-        not isinstance(value, int)
-        or isinstance(value, bool)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        rule = f">= {low}" if high is None else f"in [{low}, {high:,}]"
-        raise ParamError(f"{name} must be an integer {rule}; got {value!r}")
-
-
 def _checked_arch_kwargs(arch_kwargs: Any) -> dict[str, Any]:
     """``arch_kwargs`` as a dict of keyword arguments (None is empty), else one line."""
     if arch_kwargs is None:
         return {}
-    if not isinstance(arch_kwargs, dict) or not all(
-        isinstance(k, str) and k.isidentifier() for k in arch_kwargs
-    ):
+    if not is_keyword_mapping(arch_kwargs):
         raise ParamError(
             "arch_kwargs must be a mapping of architecture options (name: value); got "
             f"{arch_kwargs!r}"[:200]

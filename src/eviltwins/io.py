@@ -16,7 +16,7 @@ import os
 import pickle
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from eviltwins.errors import DataError, ParamError, UnsafeFileError
-from eviltwins.models import MODELS, Classifier, build_model, is_user_model
+from eviltwins.models import MODELS, Classifier, build_model, is_keyword_mapping, is_user_model
 from eviltwins.paths import publish_mode, readable_file, why_unreadable
+from eviltwins.utils import first_nonfinite
 
 CARD_SCHEMA = "eviltwins.model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -161,7 +162,7 @@ class ModelCard:
         for name in ("arch_kwargs", "metrics", "training", "versions", "extra"):
             if not isinstance(d.get(name, {}), dict):
                 raise bad(name, "a JSON object")
-        if any(not isinstance(k, str) or not k.isidentifier() for k in d.get("arch_kwargs", {})):
+        if not is_keyword_mapping(d.get("arch_kwargs", {})):
             raise bad("arch_kwargs", "an object whose keys are parameter names")
         seed = d.get("seed")
         if seed is not None and not _is_int(seed):
@@ -265,12 +266,12 @@ def save_model(model: nn.Module, card: ModelCard, out_dir: str | os.PathLike[str
 
 
 def _check_finite(state: dict[str, torch.Tensor], source: Any) -> None:
-    for name, t in state.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise DataError(
-                f"{source} holds NaN or inf values (tensor {name!r}): the model is broken "
-                "(training diverged?); retrain it"
-            )
+    name = first_nonfinite(state.items())
+    if name is not None:
+        raise DataError(
+            f"{source} holds NaN or inf values (tensor {name!r}): the model is broken "
+            "(training diverged?); retrain it"
+        )
 
 
 _SAFETENSORS_DTYPES = {
@@ -279,29 +280,30 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
-def safetensors_shapes(data: str | os.PathLike[str] | bytes) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes from a safetensors file's (or blob's) JSON header, with every
-    tensor's byte range checked against the data's real size: nothing is allocated from what
-    the header declares. Raises :class:`DataError` for anything that is not safetensors."""
+def safetensors_header(
+    data: str | os.PathLike[str] | bytes,
+) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
+    """Tensor names and shapes, and the metadata, from a safetensors file's (or blob's) JSON
+    header, with every tensor's byte range checked against the data's real size: nothing is
+    allocated from what the header declares. Raises :class:`DataError` for anything that is
+    not safetensors."""
     if isinstance(data, bytes):
-        size, head = len(data), data[:8]
-        name = "the model blob"
-    else:
-        name = str(data)
-        size = os.path.getsize(data)
-        with open(data, "rb") as fh:
-            head = fh.read(8)
+        return _parse_header("the model blob", len(data), data[:8], lambda n: data[8 : 8 + n])
+    with open(data, "rb") as fh:
+        return _parse_header(str(data), os.path.getsize(data), fh.read(8), fh.read)
+
+
+def _parse_header(
+    name: str, size: int, head: bytes, read: Callable[[int], bytes]
+) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
+    """:func:`safetensors_header` on ``size`` bytes whose first 8 are ``head`` (``read(n)``
+    gives the next ``n``)."""
     if len(head) < 8:
         raise DataError(f"{name} is not a safetensors file (shorter than its header)")
     (n,) = struct.unpack("<Q", head)
     if n > min(MAX_HEADER_BYTES, size - 8):
         raise DataError(f"{name} is not a safetensors file (header length {n} out of range)")
-    if isinstance(data, bytes):
-        raw = data[8 : 8 + n]
-    else:
-        with open(data, "rb") as fh:
-            fh.seek(8)
-            raw = fh.read(n)
+    raw = read(n)
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
@@ -324,18 +326,25 @@ def safetensors_shapes(data: str | os.PathLike[str] | bytes) -> dict[str, tuple[
         if not ok:
             raise DataError(f"{name} is not a valid safetensors file (tensor {_short(key)})")
         shapes[key] = shape
-    return shapes
+    meta = header.get("__metadata__") or {}
+    return shapes, meta if isinstance(meta, dict) else {}
 
 
-def load_state_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def load_state_file(
+    path: str | os.PathLike[str],
+    check_shapes: Callable[[dict[str, tuple[int, ...]]], None] | None = None,
+) -> dict[str, torch.Tensor]:
     """Read a state dict safely: safetensors, or ``torch.load(weights_only=True)`` for .pt/.pth.
 
     A pickle that would build arbitrary objects (and so could run code) is refused with
-    :class:`UnsafeFileError`; nothing in it is executed.
+    :class:`UnsafeFileError`; nothing in it is executed. ``check_shapes`` sees the tensor
+    shapes first: for safetensors, from the header, before any tensor is read.
     """
     path = readable_file(path, "weights file")
     if path.suffix == ".safetensors":
-        safetensors_shapes(path)  # header and byte ranges checked before anything is read
+        shapes, _ = safetensors_header(path)  # header and byte ranges checked first
+        if check_shapes is not None:
+            check_shapes(shapes)
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:
@@ -360,6 +369,8 @@ def load_state_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
         ):
             raise DataError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+        if check_shapes is not None:
+            check_shapes({k: tuple(v.shape) for k, v in obj.items()})
         return obj
     raise ParamError(
         f"unsupported weights file {path.name!r}; use .safetensors (or .pt/.pth state_dicts)"
@@ -474,13 +485,7 @@ def load_model(
         source = path
         weights = path
     check_trust(card, trust_arch, f"model card {source}")
-    weights = readable_file(weights, "weights file")
-    if weights.suffix == ".safetensors":
-        _check_fit(card, safetensors_shapes(weights), weights)
-        state = load_state_file(weights)
-    else:
-        state = load_state_file(weights)
-        _check_fit(card, {k: tuple(v.shape) for k, v in state.items()}, weights)
+    state = load_state_file(weights, lambda shapes: _check_fit(card, shapes, weights))
     return _built(card, state, weights, device), card
 
 
@@ -513,10 +518,8 @@ def model_from_bytes(
     checks of :func:`load_model` (card fields, ``trust_arch``, sizes, finite weights)."""
     from safetensors.torch import load
 
-    shapes = safetensors_shapes(blob)
-    header_len = int.from_bytes(blob[:8], "little")
-    meta = json.loads(blob[8 : 8 + header_len]).get("__metadata__") or {}
-    if not isinstance(meta, dict) or not isinstance(meta.get("card"), str):
+    shapes, meta = safetensors_header(blob)
+    if not isinstance(meta.get("card"), str):
         raise DataError("the model blob carries no model card")
     try:
         raw = json.loads(meta["card"], parse_constant=_refuse_constant)

@@ -159,20 +159,22 @@ def frozen_params(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(True)
 
 
-def nonfinite_weights(model: nn.Module) -> str | None:
-    """The name of the first floating parameter or buffer of ``model`` holding NaN/inf, else
-    None; one device synchronisation for the whole model."""
-    named = [
-        (name, t)
-        for name, t in [*model.named_parameters(), *model.named_buffers()]
-        if t.is_floating_point()
-    ]
+def first_nonfinite(tensors: Iterable[tuple[str, Tensor]]) -> str | None:
+    """The name of the first floating tensor of ``(name, tensor)`` pairs holding NaN/inf, else
+    None; one device synchronisation for them all."""
+    named = [(name, t) for name, t in tensors if t.is_floating_point()]
     if not named:
         return None
     dev = named[0][1].device
     finite = torch.stack([torch.isfinite(t.detach()).all().to(dev) for _, t in named]).cpu()
     bad = (~finite).nonzero()
     return named[int(bad[0])][0] if len(bad) else None
+
+
+def nonfinite_weights(model: nn.Module) -> str | None:
+    """The name of the first floating parameter or buffer of ``model`` holding NaN/inf, else
+    None; one device synchronisation for the whole model."""
+    return first_nonfinite([*model.named_parameters(), *model.named_buffers()])
 
 
 #: How many images the up-front finiteness checks run a model on (attacks, detectors).

@@ -78,6 +78,11 @@ def is_user_model(name: str) -> bool:
     return bool(_USER_MODEL.match(name))
 
 
+def is_keyword_mapping(value: Any) -> bool:
+    """True for a dict whose keys can be keyword-argument names (an ``arch_kwargs``)."""
+    return isinstance(value, dict) and all(isinstance(k, str) and k.isidentifier() for k in value)
+
+
 def import_user_model(spec: str) -> type[nn.Module]:
     """Import ``package.module:ClassName`` (the user's own code, imported on their request).
 
