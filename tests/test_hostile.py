@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -634,3 +635,26 @@ def test_yaml_python_tags_construct_nothing(tmp_path):
     with pytest.raises(DataError, match="not valid YAML"):
         read_yaml(cfg)
     assert not sentinel.exists()
+
+
+def test_a_card_asking_for_pretrained_weights_downloads_nothing(tmp_path, monkeypatch):
+    """`pretrained: true` in a received card's arch_kwargs would make torchvision fetch
+    ImageNet weights; loading takes every parameter from the folder's weights file instead."""
+    import torchvision
+
+    card = ModelCard("resnet18-imagenet", (3, 64, 64), 10, (0.5,) * 3, (0.25,) * 3, arch_kwargs={})
+    model = card.build()
+    save_model(model, replace(card, arch_kwargs={"pretrained": True}), tmp_path / "m")
+    real = torchvision.models.resnet18
+    asked: list = []
+
+    def spy(*args, weights=None, **kwargs):
+        asked.append(weights)
+        assert weights is None, "a received card triggered a weights download"
+        return real(*args, weights=None, **kwargs)
+
+    monkeypatch.setattr(torchvision.models, "resnet18", spy)
+    loaded, got = load_model(tmp_path / "m")
+    assert got.arch_kwargs == {"pretrained": True} and asked == [None, None]
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(loaded(x), model.eval()(x))

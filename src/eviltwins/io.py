@@ -178,15 +178,19 @@ class ModelCard:
             }
         )
 
-    def build(self) -> Classifier:
-        """An untrained model of this card's architecture."""
+    def build(self, *, download: bool = True) -> Classifier:
+        """An untrained model of this card's architecture.
+
+        ``download=False`` builds it without pretrained weights even where ``arch_kwargs`` ask
+        for them (``pretrained: true``): the architecture is the same, and when a weights file
+        supplies every parameter (:func:`load_model`) a received card must not make eviltwins
+        reach the network or write a download cache.
+        """
+        kwargs = dict(self.arch_kwargs)
+        if not download and "pretrained" in kwargs:
+            kwargs["pretrained"] = False
         return build_model(
-            self.architecture,
-            self.input_shape,
-            self.num_classes,
-            self.mean,
-            self.std,
-            **self.arch_kwargs,
+            self.architecture, self.input_shape, self.num_classes, self.mean, self.std, **kwargs
         )
 
 
@@ -422,7 +426,7 @@ def _check_fit(card: ModelCard, shapes: dict[str, tuple[int, ...]], source: Any)
     real allocation."""
     try:
         with torch.device("meta"):
-            skeleton = card.build()
+            skeleton = card.build(download=False)
     except (ParamError, DataError) as err:
         raise DataError(f"{source}: the card's architecture cannot be built: {err}") from None
     expected = {k: tuple(v.shape) for k, v in _target_of(skeleton, shapes).state_dict().items()}
@@ -495,7 +499,7 @@ def _built(
     """The card's architecture with ``state`` loaded, on ``device``, in eval mode (weights
     with NaN or inf are refused)."""
     _check_finite(state, f"weights in {source}")
-    model = card.build()
+    model = card.build(download=False)
     _load_into(model, state, source)
     model.to(device)
     model.eval()
