@@ -110,7 +110,7 @@ def test_strip_term_sees_each_input_stamped_once_beside_a_clean_partner(
     """Regression (issue 11, defect 1): the STRIP term runs only on re-training batches that
     carry stamped copies, on clean rows stamped once, mixed with *different clean* rows; it
     never stamps an input twice nor pairs two stamped inputs."""
-    import eviltwins.attacks.evasion as evasion
+    import eviltwins.evasion as evasion
     from eviltwins.triggers import Trigger
 
     res, _ = digits_clean
@@ -163,7 +163,7 @@ def test_abs_term_acts_on_the_model_step(digits_clean, digits_spec, monkeypatch)
     iteration and acts in the model re-training step on the stamped copies (a gradient on the
     model), not on the trigger step with the model frozen."""
     import eviltwins.detectors.abs_evasion as abs_ev
-    from eviltwins.attacks.evasion import EVASIONS
+    from eviltwins.evasion import EVASIONS
 
     res, _ = digits_clean
     term = EVASIONS.create("abs")

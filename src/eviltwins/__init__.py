@@ -6,10 +6,8 @@ Poisoned Models", CCS 2020. Images are float NCHW tensors in [0, 1]; normalisati
 first layer.
 """
 
-__version__ = "0.1.0"
-
-from eviltwins import detectors, metrics  # noqa: E402
-from eviltwins.api import (  # noqa: E402
+from eviltwins import detectors, metrics
+from eviltwins.api import (
     TrainResult,
     attack,
     demo,
@@ -20,10 +18,11 @@ from eviltwins.api import (  # noqa: E402
     train,
     write_sweep_report,
 )
-from eviltwins.data import DATASETS, DatasetSpec, load_dataset  # noqa: E402
-from eviltwins.errors import EviltwinsError  # noqa: E402
-from eviltwins.io import ModelCard, load_model, save_model  # noqa: E402
-from eviltwins.models import MODELS, activations, build_model, feature_tap  # noqa: E402
+from eviltwins.data import DATASETS, DatasetSpec, load_dataset
+from eviltwins.errors import EviltwinsError
+from eviltwins.io import ModelCard, load_model, save_model
+from eviltwins.models import MODELS, activations, build_model, feature_tap
+from eviltwins.version import __version__
 
 __all__ = [
     "DATASETS",

@@ -209,7 +209,7 @@ def attack(
     """
     from eviltwins.attacks import ATTACKS
 
-    atk = _configured(ATTACKS, name, params, quiet)
+    atk = ATTACKS.build(name, params, quiet)
     if out is not None:
         prepare_out(out, "attack", inputs=[model], overwrite=overwrite)
     net, card = load_model(Path(model), resolve_device(device), trust_arch=trust_arch)
@@ -257,7 +257,7 @@ def detect(
     from eviltwins.detectors import DETECTORS, InputFilter, evaluate_filter
     from eviltwins.triggers import Trigger
 
-    det = _configured(DETECTORS, name, params, quiet)
+    det = DETECTORS.build(name, params, quiet)
     is_filter = isinstance(det, InputFilter)
     if is_filter:
         Interval(int, 1, MAX_N_CLEAN).check("detect", "n_clean", n_clean)
@@ -378,17 +378,6 @@ def _checked_arch_kwargs(arch_kwargs: Any) -> dict[str, Any]:
             f"{arch_kwargs!r}"[:200]
         )
     return dict(arch_kwargs)
-
-
-def _configured(registry: Any, name: str, params: dict[str, Any] | None, quiet: bool | None) -> Any:
-    """Registry entry ``name`` built with ``params`` (hyphens allowed, typos refused) and
-    validated before any data or model is loaded."""
-    est = registry.get(name)()
-    est.set_params(**{k.replace("-", "_"): v for k, v in (params or {}).items()})
-    if "quiet" in est.get_params() and quiet is not None:
-        est.set_params(quiet=quiet)
-    est._validate_params()
-    return est
 
 
 def _matching_dataset(

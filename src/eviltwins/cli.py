@@ -16,13 +16,14 @@ from typing import Any
 
 import click
 
-from eviltwins import __version__, api
+from eviltwins import api
 from eviltwins.attacks import ATTACKS
 from eviltwins.config import read_yaml
 from eviltwins.data import DATASETS
 from eviltwins.detectors import DETECTORS
 from eviltwins.errors import EviltwinsError, ParamError
 from eviltwins.models import MODELS
+from eviltwins.version import __version__
 
 PathType = click.Path(path_type=Path)
 

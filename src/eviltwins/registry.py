@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from eviltwins.errors import UnknownNameError
@@ -57,6 +57,21 @@ class Registry(Generic[T]):
     def create(self, name: str, **kwargs: Any) -> T:
         """Build the entry ``name`` with keyword arguments."""
         return self.get(name)(**kwargs)
+
+    def build(
+        self, name: str, params: Mapping[str, Any] | None = None, quiet: bool | None = None
+    ) -> T:
+        """The estimator ``name`` configured with ``params`` and validated, before any data or
+        model is loaded: parameter names may use hyphens (as on the command line), a misspelled
+        one is refused with a suggestion, a value breaking its constraint raises one
+        :class:`~eviltwins.errors.ParamError` line. ``quiet`` (when not ``None``) sets the
+        estimator's ``quiet`` parameter if it has one."""
+        est: Any = self.get(name)()
+        est.set_params(**{str(k).replace("-", "_"): v for k, v in (params or {}).items()})
+        if quiet is not None and "quiet" in est.get_params():
+            est.set_params(quiet=quiet)
+        est._validate_params()
+        return est
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._entries

@@ -244,7 +244,7 @@ def versions() -> dict[str, str]:
     """Versions of the packages that shape numerical results."""
     import torchvision
 
-    from eviltwins import __version__
+    from eviltwins.version import __version__
 
     return {
         "eviltwins": __version__,

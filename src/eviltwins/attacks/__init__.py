@@ -2,9 +2,9 @@
 
 from eviltwins.attacks.badnet import BadNet
 from eviltwins.attacks.base import ATTACKS, BackdoorAttack, BackdoorResult
-from eviltwins.attacks.evasion import EVASIONS, EvasionTerm
 from eviltwins.attacks.imc import IMC
 from eviltwins.attacks.trojannn import TrojanNN
+from eviltwins.evasion import EVASIONS, EvasionTerm
 
 __all__ = [
     "ATTACKS",

@@ -17,11 +17,11 @@ from torch import Tensor, nn
 
 from eviltwins.attacks.badnet import RETRAIN_CONSTRAINTS, TRIGGER_CONSTRAINTS
 from eviltwins.attacks.base import ATTACKS, BackdoorAttack, poison_hook
-from eviltwins.attacks.evasion import EVASIONS, neural_cleanse_fidelity
 from eviltwins.attacks.trojannn import TrojanNN
 from eviltwins.base import Check, Interval, OneOf, as_tuple
 from eviltwins.data import DatasetSpec, TensorImageDataset, iter_batches, load_all
 from eviltwins.errors import OptimisationError, ParamError
+from eviltwins.evasion import EVASIONS, neural_cleanse_fidelity
 from eviltwins.metrics import attack_metrics
 from eviltwins.training import TrainConfig, Trainer, evaluate
 from eviltwins.triggers import Trigger, TriggerParams

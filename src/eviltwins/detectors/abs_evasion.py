@@ -1,7 +1,7 @@
 """IMC's term for evading ABS (Pang et al., Appendix C; ALGORITHMS.md, "Evading ABS").
 
 Registered here, by the detector side, so that the attack never imports a detector
-(:mod:`eviltwins.attacks.evasion`). Each outer iteration of IMC, ``refresh`` runs ABS's
+(:mod:`eviltwins.evasion`). Each outer iteration of IMC, ``refresh`` runs ABS's
 stimulation analysis and candidate selection (steps 1-2) on seed images of the current model;
 in the model re-training step the term subtracts ``abs_weight`` times ABS's re-mask loss of
 those candidates, evaluated on the batch's stamped copies, so re-training lowers the candidate
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eviltwins.attacks.evasion import EVASIONS, EvasionTerm
 from eviltwins.detectors.abs import ABS, _layer_of
+from eviltwins.evasion import EVASIONS, EvasionTerm
 from eviltwins.models import feature_tap
 
 #: Weight of the other channels in the re-mask loss (the authors' ``abs_loss``: 1e-3).

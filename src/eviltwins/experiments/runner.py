@@ -177,7 +177,7 @@ def _run_cell(
 ) -> tuple[dict, dict]:
     from safetensors.torch import save
 
-    from eviltwins.api import _configured, get_dataset
+    from eviltwins.api import get_dataset
     from eviltwins.attacks import ATTACKS
     from eviltwins.data import load_all
     from eviltwins.detectors import DETECTORS, InputFilter, evaluate_filter
@@ -200,7 +200,7 @@ def _run_cell(
         acc = evaluate(model, spec.test)["accuracy"]
         out["attack"] = {"attack": CLEAN_ATTACK, "metrics": {"clean_acc": acc, "benign_acc": acc}}
     else:
-        res = _configured(ATTACKS, cfg["attack"], cfg["params"], True).fit(model, spec)
+        res = ATTACKS.build(cfg["attack"], cfg["params"], True).fit(model, spec)
         poisoned, trigger, target = res.model, res.trigger, res.target
         out["attack"] = res.to_dict()
         x, y = load_all(spec.test, limit=256)
@@ -218,7 +218,7 @@ def _run_cell(
     detectors: dict[str, Any] = {}
     for d in cfg["detectors"]:
         label = d.get("label") or d["name"]
-        det = _configured(DETECTORS, d["name"], d["params"], True)
+        det = DETECTORS.build(d["name"], d["params"], True)
         if isinstance(det, InputFilter):
             if trigger is None:
                 detectors[label] = {"skipped": "input filters need a trigger; clean-model cell"}

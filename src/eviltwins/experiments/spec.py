@@ -260,7 +260,6 @@ def load_spec(source: str | os.PathLike[str] | dict[str, Any] | SweepSpec) -> Sw
 def check_names(spec: SweepSpec) -> None:
     """Resolve every dataset, model, attack and detector name and build every estimator with
     its parameters (nothing is loaded or trained)."""
-    from eviltwins.api import _configured
     from eviltwins.attacks import ATTACKS
     from eviltwins.data import DATASETS
     from eviltwins.detectors import DETECTORS
@@ -310,12 +309,12 @@ def check_names(spec: SweepSpec) -> None:
             for tr in spec.transparencies:
                 params = {**cell.attack_params(spec), "size": size, "transparency": tr}
                 try:
-                    _configured(ATTACKS, atk.name, params, True)
+                    ATTACKS.build(atk.name, params, True)
                 except ParamError as err:
                     raise ParamError(f"attack {atk.display!r}: {err}") from None
     for det in spec.detectors:
         try:
-            _configured(DETECTORS, det.name, det.params, True)
+            DETECTORS.build(det.name, det.params, True)
         except ParamError as err:
             raise ParamError(f"detector {det.display!r}: {err}") from None
 

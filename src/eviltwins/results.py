@@ -1,0 +1,118 @@
+"""The base of every typed result: a dataclass that lower layers return and upper layers
+render, with JSON as the interchange format (ARCHITECTURE.md, "API conventions").
+
+:meth:`Result.to_dict` is derived from the dataclass fields (plus ``schema``, the class's
+:attr:`Result.SCHEMA`); fields marked with :func:`internal` (a model, a tensor kept for the
+caller) stay out of it. :meth:`Result.from_dict` is its inverse for plain-data fields: it checks
+the schema name and major version, refuses unknown keys (unless the class is ``OPEN``) and
+rebuilds nested results from the field annotations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+from eviltwins.errors import DataError
+
+R = TypeVar("R", bound="Result")
+
+
+def internal(**kwargs: Any) -> Any:
+    """A dataclass field that is not part of the result's dict (``to_dict`` / ``from_dict``)."""
+    return dataclasses.field(metadata={"internal": True}, **kwargs)
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON-able data: results and dataclasses as dicts, tuples as lists,
+    tensors and numpy arrays as (nested) lists, numpy scalars as Python numbers."""
+    if isinstance(value, Result):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist):  # torch / numpy
+        return value.tolist()
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, str):
+        return value.item()
+    return value
+
+
+def schema_version(schema: str) -> tuple[str, int]:
+    """``"eviltwins.cell/1"`` -> ``("eviltwins.cell", 1)``; anything else raises DataError."""
+    name, _, version = schema.rpartition("/")
+    if not name or not version.isdigit():
+        raise DataError(f"{schema!r}"[:80] + " is not a schema name (name/version)")
+    return name, int(version)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """Base of typed results. Subclasses are dataclasses and set ``SCHEMA``
+    (``"eviltwins.<kind>/<major version>"``)."""
+
+    SCHEMA: ClassVar[str] = ""
+    #: Keep keys ``from_dict`` does not know (files from later minor versions) instead of
+    #: refusing them.
+    OPEN: ClassVar[bool] = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-able data, ``schema`` first."""
+        out: dict[str, Any] = {"schema": self.SCHEMA} if self.SCHEMA else {}
+        for f in dataclasses.fields(self):
+            if not f.metadata.get("internal"):
+                out[f.name] = plain(getattr(self, f.name))
+        return out
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping[str, Any], source: str = "result") -> R:
+        """Rebuild a result from :meth:`to_dict`'s output; a wrong schema, an unknown key
+        (unless ``OPEN``) or a missing required field raises one :class:`DataError` line
+        naming ``source``."""
+        if not isinstance(data, Mapping):
+            raise DataError(f"{source} is not a JSON object but {type(data).__name__}")
+        data = dict(data)
+        schema = data.pop("schema", cls.SCHEMA)
+        if cls.SCHEMA:
+            if not isinstance(schema, str):
+                raise DataError(f"{source} has a schema that is not a string")
+            want, major = schema_version(cls.SCHEMA)
+            got, got_major = schema_version(schema)
+            if got != want or got_major > major:
+                raise DataError(
+                    f"{source} has schema {schema!r}"[:120] + f", not {cls.SCHEMA!r}; it was "
+                    "written by another tool or a newer eviltwins"
+                )
+        known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        unknown = sorted(set(data) - set(known))
+        if unknown and not cls.OPEN:
+            raise DataError(
+                f"{source} has unknown field {unknown[0]!r}"[:120] + f"; known: {', '.join(known)}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for name, f in known.items():
+            if name in data:
+                kwargs[name] = _rebuild(hints.get(name), data[name], f"{source}.{name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise DataError(f"{source} lacks the field {name!r}")
+        return cls(**kwargs)
+
+
+def _rebuild(hint: Any, value: Any, source: str) -> Any:
+    """``value`` rebuilt as the nested result its annotation names (else unchanged)."""
+    options = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else (hint,)
+    )
+    for opt in options:
+        if isinstance(opt, type) and issubclass(opt, Result) and isinstance(value, Mapping):
+            return opt.from_dict(value, source)
+    return value
