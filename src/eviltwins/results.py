@@ -4,8 +4,9 @@ render, with JSON as the interchange format (ARCHITECTURE.md, "API conventions")
 :meth:`Result.to_dict` is derived from the dataclass fields (plus ``schema``, the class's
 :attr:`Result.SCHEMA`); fields marked with :func:`internal` (a model, a tensor kept for the
 caller) stay out of it. :meth:`Result.from_dict` is its inverse for plain-data fields: it checks
-the schema name and major version, refuses unknown keys (unless the class is ``OPEN``) and
-rebuilds nested results from the field annotations.
+the schema name and major version, refuses unknown keys and rebuilds nested results from the
+field annotations. A class with an :func:`extra` field is open: unknown keys are kept there and
+written back at the top level, so a file round-trips unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ R = TypeVar("R", bound="Result")
 def internal(**kwargs: Any) -> Any:
     """A dataclass field that is not part of the result's dict (``to_dict`` / ``from_dict``)."""
     return dataclasses.field(metadata={"internal": True}, **kwargs)
+
+
+def extra() -> Any:
+    """The field of an open result that keeps the keys its class does not name (read from a
+    file by ``from_dict``, written back at the top level by ``to_dict``)."""
+    return dataclasses.field(default_factory=dict, metadata={"extra": True})
 
 
 def plain(value: Any) -> Any:
@@ -58,23 +65,22 @@ class Result:
     (``"eviltwins.<kind>/<major version>"``)."""
 
     SCHEMA: ClassVar[str] = ""
-    #: Keep keys ``from_dict`` does not know (files from later minor versions) instead of
-    #: refusing them.
-    OPEN: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain JSON-able data, ``schema`` first."""
         out: dict[str, Any] = {"schema": self.SCHEMA} if self.SCHEMA else {}
         for f in dataclasses.fields(self):
-            if not f.metadata.get("internal"):
+            if f.metadata.get("extra"):
+                out.update(plain(getattr(self, f.name)))
+            elif not f.metadata.get("internal"):
                 out[f.name] = plain(getattr(self, f.name))
         return out
 
     @classmethod
     def from_dict(cls: type[R], data: Mapping[str, Any], source: str = "result") -> R:
         """Rebuild a result from :meth:`to_dict`'s output; a wrong schema, an unknown key
-        (unless ``OPEN``) or a missing required field raises one :class:`DataError` line
-        naming ``source``."""
+        (unless the class has an :func:`extra` field) or a missing required field raises one
+        :class:`DataError` line naming ``source``."""
         if not isinstance(data, Mapping):
             raise DataError(f"{source} is not a JSON object but {type(data).__name__}")
         data = dict(data)
@@ -89,9 +95,13 @@ class Result:
                     f"{source} has schema {schema!r}"[:120] + f", not {cls.SCHEMA!r}; it was "
                     "written by another tool or a newer eviltwins"
                 )
-        known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        fields = dataclasses.fields(cls)
+        known = {
+            f.name: f for f in fields if not (f.metadata.get("internal") or f.metadata.get("extra"))
+        }
+        open_as = next((f.name for f in fields if f.metadata.get("extra")), None)
         unknown = sorted(set(data) - set(known))
-        if unknown and not cls.OPEN:
+        if unknown and open_as is None:
             raise DataError(
                 f"{source} has unknown field {unknown[0]!r}"[:120] + f"; known: {', '.join(known)}"
             )
@@ -102,6 +112,8 @@ class Result:
                 kwargs[name] = _rebuild(hints.get(name), data[name], f"{source}.{name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise DataError(f"{source} lacks the field {name!r}")
+        if open_as is not None:
+            kwargs[open_as] = {k: data[k] for k in unknown}
         return cls(**kwargs)
 
 
