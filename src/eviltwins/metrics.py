@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,17 +19,23 @@ from scipy.stats import rankdata
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from eviltwins.data import iter_batches
+from eviltwins.batches import iter_batches
 from eviltwins.errors import DataError
 from eviltwins.utils import device_of, eval_mode, nonfinite_outputs_message
 
-if TYPE_CHECKING:
-    from eviltwins.triggers import Trigger
+
+class Stamper(Protocol):
+    """What the attack metrics need of a trigger (:class:`eviltwins.triggers.Trigger` is one):
+    a copy on a device, and stamping a batch of images."""
+
+    def to(self, device: torch.device) -> Stamper: ...
+
+    def stamp(self, x: Tensor) -> Tensor: ...
 
 
 @torch.no_grad()
 def attack_metrics(
-    model: nn.Module, dataset: Dataset, trigger: Trigger, target: int, batch_size: int = 512
+    model: nn.Module, dataset: Dataset, trigger: Stamper, target: int, batch_size: int = 512
 ) -> dict[str, float]:
     """ASR and efficacy of ``trigger`` on ``dataset``, over inputs whose true label != target.
 
@@ -60,7 +66,7 @@ def attack_metrics(
     return {"asr": hits / n, "efficacy": prob / n, "n_attack": float(n)}
 
 
-def attack_success_rate(model: nn.Module, dataset: Dataset, trigger: Trigger, target: int) -> float:
+def attack_success_rate(model: nn.Module, dataset: Dataset, trigger: Stamper, target: int) -> float:
     """Fraction of non-target test inputs that the stamped trigger sends to ``target``."""
     return attack_metrics(model, dataset, trigger, target)["asr"]
 

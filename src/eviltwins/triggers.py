@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from eviltwins.data.base import _one_line, read_image
+from eviltwins.data import read_image
 from eviltwins.errors import DataError, ParamError
+from eviltwins.utils import one_line
 
 POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 PATTERNS = ("white", "black", "random")
@@ -220,7 +221,7 @@ class Trigger:
                 f.seek(0)
                 blob = f.read(size + 1)
         except OSError as err:
-            raise DataError(f"trigger file {path} cannot be read: {_one_line(err)}") from None
+            raise DataError(f"trigger file {path} cannot be read: {one_line(err)}") from None
         if len(blob) != size:
             raise DataError(f"trigger file {path} changed while it was read; try again")
         return cls._from_blob(blob, path)
@@ -257,7 +258,7 @@ class Trigger:
         try:
             d = load(blob)
         except (SafetensorError, ValueError, RuntimeError, TypeError) as err:
-            raise DataError(f"{source} is not a readable trigger file: {_one_line(err)}") from None
+            raise DataError(f"{source} is not a readable trigger file: {one_line(err)}") from None
         return cls._from_tensors(d, source)
 
     def _tensors(self) -> dict[str, Tensor]:

@@ -221,6 +221,16 @@ def check_finite_outputs(
         raise error(nonfinite_outputs_message(what, hint))
 
 
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (library messages may span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def described(x: Any) -> str:
+    """How a message names a value that should have been a tensor: its shape, else its type."""
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+
+
 def progress(
     iterable: Iterable[T] | None = None,
     *,

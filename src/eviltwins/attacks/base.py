@@ -68,7 +68,7 @@ class BackdoorResult:
         ``trigger.png``, ``metrics.json`` and, given clean ``examples``, ``examples.png``."""
         from dataclasses import replace
 
-        from eviltwins.report.figures import save_examples_png
+        from eviltwins.io.images import save_examples_png  # matplotlib only when drawing
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

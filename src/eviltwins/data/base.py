@@ -1,4 +1,5 @@
-"""Dataset specs, in-memory image tensors, batched augmentation and batch iteration.
+"""Dataset specs, in-memory image tensors and safe image reading (batch iteration and
+augmentation live in :mod:`eviltwins.batches`, re-exported here).
 
 Images are float NCHW tensors in [0, 1] everywhere downstream; normalisation is the model's first
 layer (see :mod:`eviltwins.models`). Small datasets are held as uint8 tensors in memory and
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
+from eviltwins.batches import AUGMENTATIONS, BatchSource, augment_batch, iter_batches  # noqa: F401
 from eviltwins.errors import DataError, ParamError
+from eviltwins.utils import one_line
 
-AUGMENTATIONS = ("crop", "flip")
 
-
-class TensorImageDataset(Dataset):
+class TensorImageDataset(BatchSource):
     """Images (N, C, H, W) as uint8 (0..255) or float in [0, 1], with int64 labels.
 
     ``dataset[i]`` gives ``(float image in [0, 1], int label)``; :meth:`batch` gives a whole batch
@@ -69,9 +70,7 @@ class TensorImageDataset(Dataset):
         try:
             index = torch.as_tensor(index, dtype=torch.long)
         except (TypeError, ValueError, RuntimeError) as err:
-            raise ParamError(
-                f"a subset index must be integer positions; {_one_line(err)}"
-            ) from None
+            raise ParamError(f"a subset index must be integer positions; {one_line(err)}") from None
         if index.ndim != 1:
             raise ParamError(f"a subset index must be 1-D; got shape {tuple(index.shape)}")
         n = len(self.labels)
@@ -80,11 +79,6 @@ class TensorImageDataset(Dataset):
                 f"a subset index must lie in [0, {n}); got {int(index.min())}..{int(index.max())}"
             )
         return TensorImageDataset._trusted(self.images[index], self.labels[index])
-
-
-def _one_line(err: BaseException) -> str:
-    """An exception's message on one line (library messages may span several)."""
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def check_arrays(images: Tensor, labels: Tensor, num_classes: int | None = None) -> None:
@@ -242,81 +236,6 @@ def _take(ds: Dataset, n: int | None, seed: int, which: str) -> Dataset:
     return Subset(ds, index.tolist())
 
 
-def augment_batch(
-    x: Tensor, ops: Sequence[str], generator: torch.Generator | None = None
-) -> Tensor:
-    """Batched augmentation of a float NCHW batch, no Python loop over images.
-
-    ``crop``: pad by H/8 (4 px at 32x32) with zeros and take a random HxW crop per image;
-    ``flip``: horizontal flip of a random half of the batch.
-    """
-    if isinstance(ops, str):
-        ops = (ops,)
-    if not ops:
-        return x
-    if not isinstance(x, Tensor) or x.ndim != 4:
-        raise DataError(f"augment_batch needs an NCHW image tensor; got {_described(x)}")
-    unknown = [op for op in ops if op not in AUGMENTATIONS]
-    if unknown:
-        raise ParamError(f"unknown augmentation {unknown[0]!r}; known: {', '.join(AUGMENTATIONS)}")
-    n, _, h, w = x.shape
-    dev = x.device
-    if "crop" in ops:
-        pad = max(1, h // 8)
-        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
-        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-        batch = torch.arange(n, device=dev)[:, None, None, None]
-        chan = torch.arange(x.shape[1], device=dev)[None, :, None, None]
-        x = padded[batch, chan, rows, cols]
-    if "flip" in ops:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
-
-
-def iter_batches(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
-    augment: Sequence[str] = (),
-    device: torch.device | str = "cpu",
-    num_workers: int = 0,
-    drop_last: bool = False,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(images, labels)`` batches on ``device``.
-
-    In-memory :class:`TensorImageDataset` batches are sliced from tensors (no per-item Python
-    work); other datasets stream through a ``DataLoader``. Augmentation is batched.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ParamError(f"batch_size must be a positive int; got {batch_size!r}")
-    if isinstance(dataset, TensorImageDataset):
-        n = len(dataset)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            x, y = dataset.batch(order[start : start + batch_size])
-            x = augment_batch(x, augment, generator)
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        return
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        num_workers=num_workers,
-        drop_last=drop_last,
-    )
-    for x, y in loader:
-        x = augment_batch(x.float(), augment, generator)
-        yield x.to(device, non_blocking=True), torch.as_tensor(y).long().to(device)
-
-
 def load_all(dataset: Dataset, limit: int | None = None) -> tuple[Tensor, Tensor]:
     """Materialise (up to ``limit``) images and labels of a dataset as tensors."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
@@ -388,10 +307,6 @@ MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
 
-def _described(x: Any) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-
-
 def read_image(
     path: str | os.PathLike[str],
     mode: str = "RGB",
@@ -433,7 +348,7 @@ def read_image(
         raise
     except Exception as err:  # noqa: BLE001 - a corrupt file can fail anywhere in a decoder
         raise DataError(
-            f"{what} {path} is corrupt or truncated ({_one_line(err)}); replace the file"
+            f"{what} {path} is corrupt or truncated ({one_line(err)}); replace the file"
         ) from None
     if w <= 0 or h <= 0:
         raise DataError(f"{what} {path} declares an empty image ({w}x{h}); replace the file")

@@ -25,13 +25,13 @@ from torch.nn import functional as F
 from eviltwins.data.base import (
     DatasetSpec,
     TensorImageDataset,
-    _one_line,
     missing_dataset,
     read_image,
     resolve_data_root,
 )
 from eviltwins.errors import DataError, ParamError
 from eviltwins.registry import Registry
+from eviltwins.utils import one_line
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
@@ -195,7 +195,7 @@ def read_idx(path: Path, dims: tuple[int, ...], name: str = "mnist") -> Tensor:
                     )
             data = _read_exactly(f, payload + 1)  # one byte more reveals trailing data
     except (OSError, EOFError, zlib.error) as err:
-        raise _idx_error(name, path, f"cannot be read ({_one_line(err)})") from None
+        raise _idx_error(name, path, f"cannot be read ({one_line(err)})") from None
     if len(data) != payload:
         problem = "is truncated" if len(data) < payload else "holds more data than declared"
         raise _idx_error(name, path, f"{problem} (header: {n:,} items of shape {dims})")
@@ -219,7 +219,7 @@ def _download_mnist_like(cls: Any, name: str, root: Path) -> None:
         fetcher.download()
     except (RuntimeError, OSError) as err:
         raise DataError(
-            f"{name} could not be downloaded into {root} ({_one_line(err)}); check the network, "
+            f"{name} could not be downloaded into {root} ({one_line(err)}); check the network, "
             "or put the files there by hand"
         ) from None
 

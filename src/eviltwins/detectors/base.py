@@ -78,7 +78,7 @@ class InspectionReport:
         """``report.json``, ``reversed.safetensors`` (masks, patterns) and ``reversed.png``."""
         from safetensors.torch import save_file
 
-        from eviltwins.report.figures import save_image_grid
+        from eviltwins.io.images import save_image_grid  # matplotlib only when drawing
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
