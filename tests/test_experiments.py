@@ -19,7 +19,8 @@ from eviltwins.cli import main
 from eviltwins.errors import DataError, ParamError, UnknownNameError
 from eviltwins.experiments import cells, load_cells, load_spec, run_sweep
 from eviltwins.experiments.demo import DEMO_SPEC
-from eviltwins.report.sweep import claims, pairs, write_report
+from eviltwins.experiments.reporting import write_sweep_report as write_report
+from eviltwins.report import claim_by_id, claims, pairs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,6 +118,19 @@ def test_cell_keys_track_everything_that_changes_a_result():
     assert not {c.key(a) for c in cells(a)} & {c.key(b) for c in cells(b)}
     assert len({c.key(a) for c in cells(a)}) == len(cells(a)) == 4
 
+
+
+def test_demo_cell_keys_are_pinned():
+    """Cell keys name existing run folders' results: a refactor must not change them (these
+    are the keys of commit 1550877)."""
+    spec = load_spec(DEMO_SPEC)
+    assert [c.key(spec) for c in cells(spec)] == [
+        "digits__cnn__clean__seed0__5ec0e3b923",
+        "digits__cnn__TrojanNN__size0.2__tr0.7__seed0__7620c8f116",
+        "digits__cnn__TrojanNN__size0.3__tr0.7__seed0__6b0bb5a007",
+        "digits__cnn__TrojanNN-star__size0.2__tr0.7__seed0__959d7280df",
+        "digits__cnn__TrojanNN-star__size0.3__tr0.7__seed0__637e1e9d5d",
+    ]
 
 # --- the runner --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -243,13 +257,13 @@ def test_claims_follow_the_numbers():
         _row("TrojanNN*", "imc", 0.1, 0.9, **{"nc.target_anomaly": 1.0, "strip.f1": 0.1}),
         _row("TrojanNN*", "imc", 0.2, 0.95, **{"nc.target_anomaly": 1.0, "strip.f1": 0.2}),
     ]
-    verdicts = {c.claim: c.holds for c in claims(good, det)}
-    assert verdicts["TrojanNN* >= TrojanNN in ASR at every size and transparency"] is True
-    assert verdicts["efficacy rises with trigger size"] is True
+    verdicts = {c.id: c.holds for c in claims(good, det)}
+    assert verdicts["imc-asr-ge-trojannn"] is True
+    assert verdicts["efficacy-rises-with-size"] is True
     assert all(v is not False for v in verdicts.values())
     bad = [dict(r, asr=1 - r["asr"]) if r["attack_name"] == "imc" else r for r in good]
-    verdicts = {c.claim: c.holds for c in claims(bad, det)}
-    assert verdicts["TrojanNN* >= TrojanNN in ASR at every size and transparency"] is False
+    verdicts = {c.id: c.holds for c in claims(bad, det)}
+    assert verdicts["imc-asr-ge-trojannn"] is False
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -284,11 +298,9 @@ def test_an_evasion_counts_only_when_the_verdict_is_clean():
         _row("TrojanNN", "trojannn", 0.2, 0.4, **base),
         _row("TrojanNN*", "imc", 0.2, 0.8, **{"nc.target_anomaly": 0.0, "nc.flagged": "2 5 9"}),
     ]
-    text = "NeuralCleanse is evaded by TrojanNN* (lower target index, no label flagged)"
-    by_claim = {c.claim: c for c in claims(rows, det)}
-    c = by_claim[text]
+    c = claim_by_id(claims(rows, det), "nc-evaded")
     assert c.holds is False
     assert "clean (no label flagged) in 0/1" in c.measured and "2 5 9" in c.measured
     assert "efficacy" in c.measured
     rows[1]["nc.flagged"] = ""
-    assert {c.claim: c.holds for c in claims(rows, det)}[text] is True
+    assert claim_by_id(claims(rows, det), "nc-evaded").holds is True

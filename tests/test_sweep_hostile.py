@@ -22,8 +22,8 @@ import yaml
 from eviltwins.cli import main
 from eviltwins.errors import EviltwinsError, ParamError
 from eviltwins.experiments import is_finished, load_cells, run_sweep
-from eviltwins.experiments.runner import CellFileError, read_cell, scan_cells
-from eviltwins.report.sweep import write_report
+from eviltwins.experiments.reporting import write_sweep_report as write_report
+from eviltwins.experiments.store import CellFileError, read_cell, scan_cells
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -143,7 +143,7 @@ def train(
         metrics=metrics,
         seed=seed,
         training={
-            **cfg.model_dump(),
+            **cfg.to_dict(),
             "epochs": len(history),
             "train_limit": train_limit,
             "test_limit": test_limit,
@@ -340,10 +340,10 @@ def write_sweep_report(
     run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
 ) -> Any:
     """Write a sweep folder's report (CSV, figures, claims in Markdown and HTML) into
-    ``run_dir/report`` (or ``out``); returns the :class:`~eviltwins.report.sweep.Report`."""
-    from eviltwins.report.sweep import write_report
+    ``run_dir/report`` (or ``out``); returns the :class:`~eviltwins.report.Report`."""
+    from eviltwins.experiments.reporting import write_sweep_report as write
 
-    return write_report(run_dir, out)
+    return write(run_dir, out)
 
 
 def demo(

@@ -1,43 +1,137 @@
-"""Validated configuration objects (pydantic) with one-line errors.
+"""Validated configuration objects with one-line errors, on the estimators' constraint system.
 
-User input from YAML files, CLI flags and Python keyword arguments all goes through
-:func:`validate`, which turns pydantic's multi-line report into one
-:class:`~eviltwins.errors.ParamError` line naming the parameter, the rule and the value.
+A configuration object (:class:`~eviltwins.training.TrainConfig`, the sweep spec and its
+entries) is a dataclass deriving from :class:`Validated`: each field's rule is a
+:class:`~eviltwins.base.Constraint` in ``_constraints`` (the same rules attacks and detectors
+use), checked when the object is built. User input from YAML files, CLI flags and Python
+keyword arguments goes through :func:`validate`, which also refuses unknown names. Every problem
+is one :class:`~eviltwins.errors.ParamError` line naming the parameter, the rule and the value.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
-from typing import Any, TypeVar
+import types
+import typing
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
+from eviltwins.base import Constraint
 from eviltwins.errors import DataError, ParamError
 from eviltwins.paths import readable_file
 
-M = TypeVar("M", bound=BaseModel)
+V = TypeVar("V", bound="Validated")
+
+#: Constraint wording (``>=``) as config messages spell it (``greater than or equal to``).
+_WORDS = (
+    (">=", "greater than or equal to"),
+    ("<=", "less than or equal to"),
+    (">", "greater than"),
+    ("<", "less than"),
+)
 
 
-def validate(cls: type[M], **values: Any) -> M:
-    """Build ``cls(**values)``; the first validation problem becomes a one-line ParamError."""
+def _words(text: str) -> str:
+    for sign, words in _WORDS:
+        text = text.replace(f" {sign} ", f" {words} ")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Validated:
+    """Base of validated configuration dataclasses: ``_constraints`` maps a field to its
+    :class:`~eviltwins.base.Constraint` (or a tuple of them), checked in field order when the
+    object is built. Ints given for ``float`` fields become floats and items of a
+    ``list[<Validated>]`` field given as mappings are built (and validated) in turn."""
+
+    _constraints: ClassVar[dict[str, Constraint | tuple[Constraint, ...]]] = {}
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        for f in dataclasses.fields(self):
+            value = _convert(_hints(type(self)).get(f.name), getattr(self, f.name), f.name)
+            object.__setattr__(self, f.name, value)
+            rules = self._constraints.get(f.name, ())
+            for rule in rules if isinstance(rules, tuple) else (rules,):
+                if not rule.ok(value):
+                    raise ParamError(
+                        f"the {f.name!r} parameter of {owner} must be "
+                        f"{_words(rule.describe())}; got {value!r}"[:400]
+                    )
+        self._check()
+
+    def _check(self) -> None:
+        """Rules across fields (raise one ParamError line); none by default."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain data (nested configs as dicts), in field order."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Validated):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _convert(hint: Any, value: Any, name: str) -> Any:
+    """``value`` converted as its annotation asks: an int for a float, mappings in a list of
+    configs built; anything else unchanged (the constraints judge it)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return value if value is None or len(options) != 1 else _convert(options[0], value, name)
+    if hint is float and _is_int(value):
+        return float(value)
+    if origin is list and isinstance(value, list | tuple):
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_item(item, v, f"{name}.{i}") for i, v in enumerate(value)]
+    return value
+
+
+def _item(hint: Any, value: Any, name: str) -> Any:
+    if isinstance(hint, type) and issubclass(hint, Validated) and isinstance(value, dict):
+        return validate(hint, _where=name, **value)
+    return _convert(hint, value, name)
+
+
+def validate(cls: type[V], _where: str = "", **values: Any) -> V:
+    """Build ``cls(**values)``, refusing unknown and missing names; the first problem is a
+    one-line ParamError."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    at = f"{_where}." if _where else ""
+    for name in values:
+        if name not in fields:
+            raise ParamError(
+                f"unknown parameter {at + name!r} for {cls.__name__}; known: {', '.join(fields)}"
+            )
+    for name, f in fields.items():
+        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if missing and name not in values:
+            raise ParamError(f"the {at + name!r} parameter of {cls.__name__} is required")
     try:
         return cls(**values)
-    except ValidationError as err:
-        e = err.errors()[0]
-        name = ".".join(str(p) for p in e["loc"]) or "value"
-        if e["type"] == "extra_forbidden":
-            known = ", ".join(cls.model_fields)
-            raise ParamError(
-                f"unknown parameter {name!r} for {cls.__name__}; known: {known}"
-            ) from None
-        msg = e["msg"][0].lower() + e["msg"][1:]
-        for prefix in ("input should be ", "value should be "):
-            if msg.startswith(prefix):
-                msg = "must be " + msg[len(prefix) :]
-        msg = msg.removeprefix("value error, ")
+    except ParamError as err:
+        if not _where:
+            raise
         raise ParamError(
-            f"the {name!r} parameter of {cls.__name__} {msg}; got {e.get('input')!r}"
+            str(err).replace("parameter of", f"parameter (in {_where}) of", 1)
         ) from None
 
 

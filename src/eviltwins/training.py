@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from eviltwins.base import SEED_RANGE, Constraint, Interval, OneOf
+from eviltwins.config import Validated
 from eviltwins.data import DatasetSpec, iter_batches, load_all
 from eviltwins.errors import DataError, OptimisationError
 from eviltwins.utils import (
@@ -32,8 +34,10 @@ BatchHook = Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
 ExtraLoss = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
 
 
-class TrainConfig(BaseModel):
-    """Training hyper-parameters (validated; unknown names are refused).
+@dataclass(frozen=True)
+class TrainConfig(Validated):
+    """Training hyper-parameters (validated when built; :func:`eviltwins.config.validate`
+    also refuses unknown names).
 
     Defaults: SGD with Nesterov momentum 0.9, lr 0.05 with per-step cosine decay, weight decay
     5e-4, batch 128. ``epochs=None`` uses the dataset's ``default_epochs``. ``augment=None`` uses
@@ -41,18 +45,29 @@ class TrainConfig(BaseModel):
     optimiser steps (a re-training budget finer than whole epochs).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: int | None = Field(default=None, ge=0)
-    batch_size: int = Field(default=128, ge=1)
-    lr: float = Field(default=0.05, gt=0)
+    epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 0.05
     optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=5e-4, ge=0)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
     schedule: Literal["cosine", "constant"] = "cosine"
     augment: bool | None = None
-    max_steps: int | None = Field(default=None, ge=0)
-    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    max_steps: int | None = None
+    seed: int = 0
+
+    _constraints: ClassVar[dict[str, Constraint]] = {
+        "epochs": Interval(int, 0, None, allow_none=True),
+        "batch_size": Interval(int, 1, None),
+        "lr": Interval(float, 0, None, closed="neither"),
+        "optimizer": OneOf("sgd", "adam"),
+        "momentum": Interval(float, 0, 1, closed="left"),
+        "weight_decay": Interval(float, 0, None),
+        "schedule": OneOf("cosine", "constant"),
+        "augment": OneOf(True, False, None),
+        "max_steps": Interval(int, 0, None, allow_none=True),
+        "seed": SEED_RANGE,
+    }
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -3,23 +3,35 @@ local or Ray executor; see :func:`run_sweep`."""
 
 from eviltwins.experiments.executors import EXECUTORS, LocalExecutor, RayExecutor, make_executor
 from eviltwins.experiments.runner import (
-    CellFileError,
     CellsFailedError,
     SweepLockedError,
     SweepSummary,
     check_run_folder,
+    run_sweep,
+)
+from eviltwins.experiments.spec import Cell, Entry, SweepSpec, cells, load_spec
+from eviltwins.experiments.store import (
+    AttackRecord,
+    CellConfig,
+    CellFileError,
+    CellResult,
+    DetectorRecord,
     is_finished,
     load_cells,
     read_cell,
-    run_sweep,
     scan_cells,
+    write_cell,
 )
-from eviltwins.experiments.spec import Cell, SweepSpec, cells, load_spec
 
 __all__ = [
     "EXECUTORS",
+    "AttackRecord",
     "Cell",
+    "CellConfig",
     "CellFileError",
+    "CellResult",
+    "DetectorRecord",
+    "Entry",
     "CellsFailedError",
     "LocalExecutor",
     "RayExecutor",
@@ -35,4 +47,5 @@ __all__ = [
     "read_cell",
     "run_sweep",
     "scan_cells",
+    "write_cell",
 ]

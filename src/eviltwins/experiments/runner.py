@@ -24,15 +24,12 @@ process ends, crash or not). Worker processes exit when the driver dies.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing import Any
 
 from eviltwins.errors import DataError, EviltwinsError, ParamError
 from eviltwins.experiments.executors import make_executor, set_threads
@@ -46,11 +43,17 @@ from eviltwins.experiments.spec import (
     load_spec,
     user_models,
 )
+from eviltwins.experiments.store import (
+    CELL_SCHEMA,
+    CellFileError,
+    CellResult,
+    read_cell,
+    write_cell,
+)
 from eviltwins.io import write_json
 from eviltwins.paths import prepare_out
 from eviltwins.utils import progress, versions
 
-CELL_SCHEMA = "eviltwins.cell/1"
 SUMMARY_SCHEMA = "eviltwins.sweep-summary/1"
 N_EXAMPLES = 4
 LOCK_FILE = ".lock"
@@ -169,7 +172,7 @@ def run_cell_task(
         threads=threads,
         versions=versions(),
     )
-    return {"result": result, "files": files}
+    return {"result": CellResult.from_dict(result), "files": files}
 
 
 def _run_cell(
@@ -242,146 +245,6 @@ def _run_cell(
 def _describe(err: BaseException) -> str:
     msg = " ".join(str(err).split())[:400]
     return msg if isinstance(err, EviltwinsError) else f"{type(err).__name__}: {msg}"
-
-
-# --- cell files ----------------------------------------------------------------------------
-#: Largest cell result read (they are a few kB).
-MAX_CELL_BYTES = 64_000_000
-
-
-class CellFileError(DataError):
-    """A cell result file that cannot be used; ``reason`` says why in a few words."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        reason = " ".join(reason.split())
-        msg = f"cell result {path} is unusable ({reason}); re-run the sweep to recompute it"
-        super().__init__(" ".join(msg.split()))  # one line, whatever the file is called
-        self.path = path
-        self.reason = reason
-
-
-class _Shape(BaseModel):
-    """Strict (no coercion) and open (extra fields kept): only what readers use is checked."""
-
-    model_config = ConfigDict(strict=True, extra="allow")
-
-
-class _DetectorEntryShape(_Shape):
-    name: str
-    label: str | None = None
-
-
-class _CellConfigShape(_Shape):
-    dataset: str
-    model: str
-    attack: str
-    label: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    size: float | None = Field(None, ge=0, le=1)
-    transparency: float | None = Field(None, ge=0, le=1)
-    seed: int
-    detectors: list[_DetectorEntryShape] = Field(default_factory=list)
-
-    @field_validator("params")
-    @classmethod
-    def _init(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(v.get("init", ""), str):
-            raise ValueError("params.init must be an attack name")
-        return v
-
-
-class _AttackShape(_Shape):
-    metrics: dict[str, Any] = Field(default_factory=dict)
-
-
-class _AllStampedShape(_Shape):
-    metrics: dict[str, Any] | None = None
-    n_triggered: int | None = None
-
-
-class _DetailsShape(_Shape):
-    steps: list[float] | None = None
-
-
-class _DetectorShape(_Shape):
-    skipped: str | None = None
-    kind: str | None = None
-    metrics: dict[str, Any] | None = None
-    n_clean: int | None = None
-    n_triggered: int | None = None
-    all_stamped: _AllStampedShape | None = None
-    details: _DetailsShape = Field(default_factory=_DetailsShape)
-    max_anomaly: float | None = None
-    target_anomaly: float | None = None
-    target_flagged: bool | None = None
-    flagged: list[int | str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _filter_metrics(self) -> _DetectorShape:
-        if self.skipped is None and self.kind == "filter" and self.metrics is None:
-            raise ValueError("an input filter's result needs 'metrics'")
-        return self
-
-
-class _CellShape(_Shape):
-    status: Literal["ok", "error"]
-    cell: _CellConfigShape
-    error: str | None = None
-    target: int | None = None
-    attack: _AttackShape | None = None
-    detectors: dict[str, _DetectorShape] | None = None
-
-    @model_validator(mode="after")
-    def _finished(self) -> _CellShape:
-        if self.status == "ok" and (self.attack is None or self.detectors is None):
-            raise ValueError("a finished cell needs 'attack' and 'detectors'")
-        return self
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def read_cell(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A cell result file, checked: a JSON object of the shape the runner writes (what the
-    report reads, with the right types). Anything else (cut short, not JSON, not UTF-8, a
-    folder, the wrong shape) raises a one-line :class:`CellFileError`."""
-    path = Path(path)
-    if path.is_dir():
-        raise CellFileError(path, "a folder, not a file")
-    if not path.is_file():
-        raise CellFileError(path, "missing or not a regular file")
-    try:
-        if path.stat().st_size > MAX_CELL_BYTES:
-            raise CellFileError(path, f"over {MAX_CELL_BYTES // 10**6} MB")
-        raw = path.read_bytes()
-    except OSError as err:
-        raise CellFileError(path, f"cannot be read: {err.strerror or err}") from None
-    try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except UnicodeDecodeError:
-        raise CellFileError(path, "not UTF-8 text") from None
-    except (ValueError, RecursionError):
-        raise CellFileError(path, "not valid JSON") from None
-    if not isinstance(data, dict):
-        raise CellFileError(path, f"not a JSON object but {type(data).__name__}")
-    try:
-        _CellShape.model_validate(data)
-    except ValidationError as err:
-        e = err.errors()[0]
-        loc = ".".join(str(x) for x in e["loc"]) or "top level"
-        msg = " ".join(str(e["msg"]).split())[:120]
-        raise CellFileError(path, f"wrong shape: {loc}: {msg}") from None
-    return data
-
-
-def is_finished(path: str | os.PathLike[str]) -> bool:
-    """A cell result exists, is well-formed and succeeded (an unusable file counts as
-    unfinished: the sweep recomputes it)."""
-    try:
-        return read_cell(path)["status"] == "ok"
-    except DataError:
-        return False
 
 
 # --- the run folder ----------------------------------------------------------------------------
@@ -529,7 +392,7 @@ def _run_locked(
         if not (path.exists() or path.is_symlink()):
             continue
         try:
-            if read_cell(path)["status"] == "ok":
+            if read_cell(path).ok:
                 skipped.append(k)
         except CellFileError as err:
             unreadable[k] = err.reason
@@ -571,7 +434,7 @@ def _run_locked(
     for c, k in todo:
         ck = clean_key(spec, c.dataset, c.model, c.seed)
         if ck in errors:
-            _write_cell(out, k, _clean_failure(c, spec, errors[ck]), {})
+            write_cell(out, k, _clean_failure(c, spec, errors[ck]), {})
             failed[k] = f"clean model: {errors[ck]}"
         else:
             runnable.append((c, k))
@@ -588,11 +451,12 @@ def _run_locked(
     ]
     for i, res in ex.imap(run_cell_task, args, cpus=threads):
         key = runnable[i][1]
-        _write_cell(out, key, res["result"], res["files"])
-        if res["result"]["status"] == "ok":
+        result: CellResult = res["result"]
+        write_cell(out, key, result, res["files"])
+        if result.ok:
             ran.append(key)
         else:
-            failed[key] = res["result"]["error"]
+            failed[key] = result.error or "failed"
         bar.update(1)
     bar.close()
     return SweepSummary(
@@ -608,59 +472,12 @@ def _run_locked(
     )
 
 
-def _clean_failure(cell: Cell, spec: SweepSpec, error: str) -> dict[str, Any]:
-    return {
-        "schema": CELL_SCHEMA,
-        "status": "error",
-        "error": f"clean model: {error}",
-        "cell": cell.config(spec),
-    }
-
-
-def _write_cell(out: Path, key: str, result: dict[str, Any], files: dict[str, bytes]) -> None:
-    """Side files first, the JSON last (atomically): its presence marks the cell as done."""
-    if files:
-        from eviltwins.triggers import Trigger
-
-        folder = out / "cells" / key
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, blob in files.items():
-            if name == "trigger.safetensors":  # Trigger.save also writes the PNG preview
-                Trigger.from_bytes(blob).save(folder / "trigger")
-                continue
-            tmp = folder / f".{name}.tmp"
-            tmp.write_bytes(blob)
-            os.replace(tmp, folder / name)
-    write_json(out / "cells" / f"{key}.json", result)
-
-
-def scan_cells(run_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Every usable cell result of a run folder (finished or failed, sorted by key, each with
-    its ``key``) and the unusable files, as ``{"cells/<name>": reason}`` (cut short, not JSON,
-    the wrong shape, a folder): the sweep recomputes those."""
-    folder = Path(run_dir) / "cells"
-    if not folder.is_dir():
-        raise DataError(
-            f"{run_dir} holds no cells/ folder; pass a folder written by 'eviltwins sweep'"
-        )
-    rows: list[dict[str, Any]] = []
-    unreadable: dict[str, str] = {}
-    try:
-        paths = sorted(folder.glob("*.json"))
-    except OSError as err:
-        raise DataError(f"{folder} cannot be read ({err.strerror or err})") from None
-    for p in paths:
-        try:
-            d = read_cell(p)
-        except CellFileError as err:
-            unreadable[f"cells/{p.name}"] = err.reason
-            continue
-        d["key"] = p.stem
-        rows.append(d)
-    return rows, unreadable
-
-
-def load_cells(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every usable cell result of a run folder (finished or failed), sorted by key; unusable
-    files are left out (:func:`scan_cells` names them)."""
-    return scan_cells(run_dir)[0]
+def _clean_failure(cell: Cell, spec: SweepSpec, error: str) -> CellResult:
+    return CellResult.from_dict(
+        {
+            "schema": CELL_SCHEMA,
+            "status": "error",
+            "error": f"clean model: {error}",
+            "cell": cell.config(spec),
+        }
+    )

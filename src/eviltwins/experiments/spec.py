@@ -26,13 +26,14 @@ import json
 import keyword
 import os
 import re
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from eviltwins.config import read_yaml, validate
+from eviltwins.base import Check, Interval
+from eviltwins.config import Validated, read_yaml, validate
 from eviltwins.errors import ParamError
+from eviltwins.report.figures import FIGURES as PAPER_FIGURES
 
 SPEC_SCHEMA = "eviltwins.sweep/1"
 CLEAN_ATTACK = "none"  # the attack name of the "no attack" cells (detectors on the clean model)
@@ -45,110 +46,131 @@ CLEAN_OPTIONS = (
     "augment",
     "arch_kwargs",
 )
-FIGURES = ("fig10", "fig11", "fig12", "fig13", "fig14", "fig15", "abs")
+FIGURES = tuple(PAPER_FIGURES)  # the report's figure registry
 
 
-class AttackEntry(BaseModel):
-    """One attack of the sweep: a registry name, a display label and its parameters (size,
-    transparency, target and seed come from the grid)."""
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
-    model_config = ConfigDict(extra="forbid")
+
+def _str_list(kind: Callable[[Any], bool], what: str) -> Check:
+    """A non-empty list of ``what`` without repeats (each is a grid axis)."""
+
+    def ok(v: Any) -> bool:
+        return (
+            isinstance(v, list)
+            and len(v) >= 1
+            and all(kind(x) for x in v)
+            and len(set(v)) == len(v)
+        )
+
+    return Check(ok, f"a non-empty list of {what} without repeats (each is a grid axis)")
+
+
+def _unit_list(low_open: bool, high_open: bool, what: str) -> Check:
+    def ok(v: Any) -> bool:
+        return _str_list(lambda x: isinstance(x, float), "").ok(v) and all(
+            (x > 0 if low_open else x >= 0) and (x < 1 if high_open else x <= 1) for x in v
+        )
+
+    lb, rb = "(" if low_open else "[", ")" if high_open else "]"
+    return Check(ok, f"a non-empty list of {what} in {lb}0, 1{rb} without repeats")
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+@dataclass(frozen=True)
+class Entry(Validated):
+    """One attack or detector of the sweep: a registry name, a display label and its
+    parameters (an attack's size, transparency, target and seed come from the grid)."""
+
     name: str
     label: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    _constraints: ClassVar[dict[str, Any]] = {
+        "name": Check(_is_str, "a registry name (a string)"),
+        "label": Check(lambda v: v is None or isinstance(v, str), "a string or None"),
+        "params": Check(
+            lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+            "a mapping of parameter names to values",
+        ),
+    }
 
     @property
     def display(self) -> str:
+        """The label, else ``clean`` for the ``none`` attack, else the name."""
         return self.label or ("clean" if self.name == CLEAN_ATTACK else self.name)
 
 
-class DetectorEntry(BaseModel):
-    """One detector run on every cell's poisoned model."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    label: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-
-class SweepSpec(BaseModel):
+@dataclass(frozen=True)
+class SweepSpec(Validated):
     """A validated sweep. ``clean`` holds :func:`eviltwins.train` options of the clean models
     (``epochs``, ``lr``, ...); ``n_clean`` the held-out clean test images input filters are
     calibrated on (and as many evaluated); ``figures`` the report's figures (default: every
     figure the grid supports)."""
 
-    model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
-    datasets: list[str] = Field(min_length=1)
-    models: list[str] = Field(default_factory=lambda: ["cnn"], min_length=1)
-    attacks: list[AttackEntry] = Field(min_length=1)
-    sizes: list[float] = Field(default_factory=lambda: [0.2], min_length=1)
-    transparencies: list[float] = Field(default_factory=lambda: [0.7], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    detectors: list[DetectorEntry] = Field(default_factory=list)
-    target: int = Field(0, ge=0)
-    train_limit: int | None = Field(None, gt=0)
-    test_limit: int | None = Field(None, gt=0)
-    clean: dict[str, Any] = Field(default_factory=dict)
-    n_clean: int = Field(500, gt=1)
+    datasets: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=lambda: ["cnn"])
+    attacks: list[Entry] = field(default_factory=list)
+    sizes: list[float] = field(default_factory=lambda: [0.2])
+    transparencies: list[float] = field(default_factory=lambda: [0.7])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    detectors: list[Entry] = field(default_factory=list)
+    target: int = 0
+    train_limit: int | None = None
+    test_limit: int | None = None
+    clean: dict[str, Any] = field(default_factory=dict)
+    n_clean: int = 500
     save_models: bool = False
     figures: list[str] | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-            raise ValueError("must be letters, digits, '.', '_' or '-' (it names the run folder)")
-        return v
+    _constraints: ClassVar[dict[str, Any]] = {
+        "name": Check(
+            lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v),
+            "letters, digits, '.', '_' or '-' (it names the run folder)",
+        ),
+        "description": Check(_is_str, "a string"),
+        "datasets": _str_list(_is_str, "dataset names"),
+        "models": _str_list(_is_str, "model names"),
+        "attacks": Check(
+            lambda v: isinstance(v, list) and len(v) >= 1 and all(isinstance(e, Entry) for e in v),
+            "a non-empty list of attacks ({name, label, params})",
+        ),
+        "sizes": _unit_list(True, False, "trigger sizes"),
+        "transparencies": _unit_list(False, True, "transparencies"),
+        "seeds": _str_list(_is_int, "seeds (integers)"),
+        "detectors": Check(
+            lambda v: isinstance(v, list) and all(isinstance(e, Entry) for e in v),
+            "a list of detectors ({name, label, params})",
+        ),
+        "target": Interval(int, 0, None),
+        "train_limit": Interval(int, 0, None, closed="neither", allow_none=True),
+        "test_limit": Interval(int, 0, None, closed="neither", allow_none=True),
+        "clean": Check(lambda v: isinstance(v, dict), "a mapping of training options"),
+        "n_clean": Interval(int, 1, None, closed="neither"),
+        "save_models": Check(lambda v: isinstance(v, bool), "true or false"),
+        "figures": Check(
+            lambda v: v is None or (isinstance(v, list) and all(f in FIGURES for f in v)),
+            f"a list of figures among {', '.join(FIGURES)}",
+        ),
+    }
 
-    @field_validator("sizes")
-    @classmethod
-    def _sizes(cls, v: list[float]) -> list[float]:
-        for s in v:
-            if not 0 < s <= 1:
-                raise ValueError(f"must hold trigger sizes in (0, 1]; {s} is not")
-        return v
-
-    @field_validator("transparencies")
-    @classmethod
-    def _transparencies(cls, v: list[float]) -> list[float]:
-        for p in v:
-            if not 0 <= p < 1:
-                raise ValueError(f"must hold transparencies in [0, 1); {p} is not")
-        return v
-
-    @field_validator("datasets", "models", "sizes", "transparencies", "seeds")
-    @classmethod
-    def _unique(cls, v: list[Any]) -> list[Any]:
-        dup = sorted({x for x in v if v.count(x) > 1}, key=str)
-        if dup:
-            raise ValueError(f"must not repeat values (each is a grid axis); {dup[0]!r} repeats")
-        return v
-
-    @field_validator("figures")
-    @classmethod
-    def _figures(cls, v: list[str] | None) -> list[str] | None:
-        for f in v or []:
-            if f not in FIGURES:
-                raise ValueError(f"must name figures among {', '.join(FIGURES)}; {f!r} is not")
-        return v
-
-    @model_validator(mode="after")
-    def _unique_labels(self) -> SweepSpec:
+    def _check(self) -> None:
         for kind, entries in (("attack", self.attacks), ("detector", self.detectors)):
             labels = [e.display for e in entries]
             dup = sorted({x for x in labels if labels.count(x) > 1})
             if dup:
-                raise ValueError(f"{kind} labels must be unique; {dup[0]!r} repeats (set 'label')")
-        return self
+                raise ParamError(
+                    f"{kind} labels of the sweep must be unique; {dup[0]!r} repeats (set 'label')"
+                )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SPEC_SCHEMA, **self.model_dump()}
+        return {"schema": SPEC_SCHEMA, **super().to_dict()}
 
 
 @dataclass(frozen=True)
@@ -158,7 +180,7 @@ class Cell:
 
     dataset: str
     model: str
-    attack: AttackEntry
+    attack: Entry
     size: float | None
     transparency: float | None
     seed: int
@@ -174,7 +196,7 @@ class Cell:
             "size": self.size,
             "transparency": self.transparency,
             "seed": self.seed,
-            "detectors": [d.model_dump() for d in spec.detectors],
+            "detectors": [d.to_dict() for d in spec.detectors],
             "clean": clean_config(spec, self.dataset, self.model, self.seed),
             "n_clean": spec.n_clean,
         }
@@ -253,13 +275,13 @@ def load_spec(source: str | os.PathLike[str] | dict[str, Any] | SweepSpec) -> Sw
         raw = read_yaml(source) if not isinstance(source, dict) else dict(source)
         raw.pop("schema", None)
         spec = validate(SweepSpec, **raw)
-    check_names(spec)
-    return spec
+    return check_names(spec)
 
 
-def check_names(spec: SweepSpec) -> None:
+def check_names(spec: SweepSpec) -> SweepSpec:
     """Resolve every dataset, model, attack and detector name and build every estimator with
-    its parameters (nothing is loaded or trained)."""
+    its parameters (nothing is loaded or trained); returns ``spec`` with its registered models
+    in their registry spelling."""
     from eviltwins.attacks import ATTACKS
     from eviltwins.data import DATASETS
     from eviltwins.detectors import DETECTORS
@@ -297,7 +319,7 @@ def check_names(spec: SweepSpec) -> None:
     dup = sorted({m for m in models if models.count(m) > 1})
     if dup:
         raise ParamError(f"models must be unique; {dup[0]!r} repeats")
-    spec.models = models  # registered names in their registry spelling (stable cell keys)
+    spec = replace(spec, models=models)  # registry spelling (stable cell keys)
     validate(TrainConfig, **{k: v for k, v in spec.clean.items() if k != "arch_kwargs"})
     for atk in spec.attacks:
         if atk.name == CLEAN_ATTACK:
@@ -317,6 +339,7 @@ def check_names(spec: SweepSpec) -> None:
             DETECTORS.build(det.name, det.params, True)
         except ParamError as err:
             raise ParamError(f"detector {det.display!r}: {err}") from None
+    return spec
 
 
 _RESERVED_ARCH = ("in_channels", "num_classes", "input_size")
