@@ -8,66 +8,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from torch import nn
 
 from eviltwins.attacks.base import BackdoorResult
 from eviltwins.base import Interval
 from eviltwins.config import validate
-from eviltwins.data import DatasetSpec, load_all, load_dataset
+from eviltwins.data import DatasetSpec, load_all
 from eviltwins.errors import ParamError
+from eviltwins.experiments.clean import TrainResult, train_clean
 from eviltwins.io import ModelCard, TrustArch, load_model, save_model
-from eviltwins.models import build_model, is_keyword_mapping
+from eviltwins.models import is_keyword_mapping
 from eviltwins.paths import prepare_out
-from eviltwins.training import TrainConfig, train_model
+from eviltwins.training import TrainConfig, get_dataset
 from eviltwins.training import evaluate as _evaluate
-from eviltwins.utils import resolve_device, seed_everything, versions
-
-TRAIN_SCHEMA = "eviltwins.train/1"
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """A trained model, its card, per-epoch history and final metrics."""
-
-    model: nn.Module = field(repr=False)
-    card: ModelCard
-    history: list[dict[str, float]]
-    metrics: dict[str, float]
-    seconds: float
-    out: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": TRAIN_SCHEMA,
-            "card": self.card.to_dict(),
-            "history": self.history,
-            "metrics": self.metrics,
-            "seconds": self.seconds,
-            "out": self.out,
-        }
-
-
-def get_dataset(
-    dataset: str | DatasetSpec,
-    data_root: str | os.PathLike[str] | None = None,
-    download: bool = False,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    seed: int = 0,
-) -> DatasetSpec:
-    """A dataset by name (or a spec passed through), optionally sub-sampled deterministically."""
-    spec = (
-        dataset if isinstance(dataset, DatasetSpec) else load_dataset(dataset, data_root, download)
-    )
-    if train_limit is not None or test_limit is not None:
-        spec = spec.subset(train_limit, test_limit, seed=seed)
-    return spec
+from eviltwins.utils import resolve_device
 
 
 def train(
@@ -114,46 +71,21 @@ def train(
     arch_kwargs = _checked_arch_kwargs(arch_kwargs)
     if out is not None:
         prepare_out(out, "model", overwrite=overwrite)
-    dev = resolve_device(device)
-    spec = get_dataset(dataset, data_root, download, train_limit, test_limit, seed)
-    seed_everything(seed)  # weight initialisation is the only global-RNG use
-    net = build_model(model, spec.shape, spec.num_classes, spec.mean, spec.std, **arch_kwargs).to(
-        dev
+    res = train_clean(
+        dataset,
+        model,
+        cfg,
+        arch_kwargs=arch_kwargs,
+        device=device,
+        data_root=data_root,
+        download=download,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        quiet=quiet,
     )
-    start = time.perf_counter()
-    history = train_model(net, spec, cfg, quiet=quiet)
-    seconds = time.perf_counter() - start
-    final = _evaluate(net, spec.test)
-    metrics = {
-        "test_acc": final["accuracy"],
-        "test_loss": final["loss"],
-        "n_train": float(len(spec.train)),
-        "n_test": final["n"],
-        "train_seconds": round(seconds, 2),
-    }
-    card = ModelCard(
-        architecture=model,
-        input_shape=spec.shape,
-        num_classes=spec.num_classes,
-        mean=spec.mean,
-        std=spec.std,
-        dataset=spec.name,
-        classes=spec.classes,
-        arch_kwargs=dict(arch_kwargs),
-        metrics=metrics,
-        seed=seed,
-        training={
-            **cfg.to_dict(),
-            "epochs": len(history),
-            "train_limit": train_limit,
-            "test_limit": test_limit,
-        },
-        versions=versions(),
-    )
-    out_str = None
-    if out is not None:
-        out_str = str(save_model(net, card, out))
-    return TrainResult(net, card, history, metrics, round(seconds, 3), out_str)
+    if out is None:
+        return res
+    return dataclasses.replace(res, out=str(save_model(res.model, res.card, out)))
 
 
 def evaluate(

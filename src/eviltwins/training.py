@@ -7,6 +7,7 @@ every attack that re-trains or fine-tunes a model, so poisoning never needs a se
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -17,7 +18,7 @@ from torch.utils.data import Dataset
 
 from eviltwins.base import SEED_RANGE, Constraint, Interval, OneOf
 from eviltwins.config import Validated
-from eviltwins.data import DatasetSpec, iter_batches, load_all
+from eviltwins.data import DatasetSpec, iter_batches, load_all, load_dataset
 from eviltwins.errors import DataError, OptimisationError
 from eviltwins.utils import (
     CHECK_IMAGES,
@@ -68,6 +69,23 @@ class TrainConfig(Validated):
         "max_steps": Interval(int, 0, None, allow_none=True),
         "seed": SEED_RANGE,
     }
+
+
+def get_dataset(
+    dataset: str | DatasetSpec,
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    seed: int = 0,
+) -> DatasetSpec:
+    """A dataset by name (or a spec passed through), optionally sub-sampled deterministically."""
+    spec = (
+        dataset if isinstance(dataset, DatasetSpec) else load_dataset(dataset, data_root, download)
+    )
+    if train_limit is not None or test_limit is not None:
+        spec = spec.subset(train_limit, test_limit, seed=seed)
+    return spec
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

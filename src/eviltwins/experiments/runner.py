@@ -131,14 +131,24 @@ def train_clean_task(
     cfg: dict[str, Any], data_root: str | None, device: str, threads: int | None
 ) -> dict:
     """Train one clean model; returns its safetensors blob (or the error)."""
-    from eviltwins import api
+    from eviltwins.config import validate
+    from eviltwins.experiments.clean import train_clean
     from eviltwins.io import model_to_bytes
+    from eviltwins.training import TrainConfig
 
     set_threads(threads)
-    opts = {k: v for k, v in cfg.items() if k not in ("dataset", "model")}
+    sets = ("dataset", "model", "train_limit", "test_limit", "arch_kwargs")
     try:
-        res = api.train(
-            cfg["dataset"], cfg["model"], data_root=data_root, device=device, quiet=True, **opts
+        res = train_clean(
+            cfg["dataset"],
+            cfg["model"],
+            validate(TrainConfig, **{k: v for k, v in cfg.items() if k not in sets}),
+            arch_kwargs=cfg.get("arch_kwargs"),
+            device=device,
+            data_root=data_root,
+            train_limit=cfg.get("train_limit"),
+            test_limit=cfg.get("test_limit"),
+            quiet=True,
         )
     except Exception as err:  # recorded on every cell of this model; the sweep goes on
         return {"error": _describe(err), "traceback": traceback.format_exc()}
@@ -180,12 +190,11 @@ def _run_cell(
 ) -> tuple[dict, dict]:
     from safetensors.torch import save
 
-    from eviltwins.api import get_dataset
     from eviltwins.attacks import ATTACKS
     from eviltwins.data import load_all
     from eviltwins.detectors import DETECTORS, InputFilter, evaluate_filter
     from eviltwins.io import model_from_bytes, model_to_bytes
-    from eviltwins.training import evaluate, predict
+    from eviltwins.training import evaluate, get_dataset, predict
     from eviltwins.utils import resolve_device
 
     clean = cfg["clean"]

@@ -1,0 +1,99 @@
+"""Clean models: the one place a benign model is trained from scratch, for
+:func:`eviltwins.train` and for the sweep runner's cached clean models.
+
+:func:`train_clean` loads (and sub-samples) the dataset, builds the architecture, initialises
+its weights from ``seed``, trains it with the one training loop
+(:func:`eviltwins.training.train_model`), evaluates it and writes its
+:class:`~eviltwins.io.ModelCard`. It checks nothing the caller has checked (the
+:class:`~eviltwins.training.TrainConfig` is already validated) and saves nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, ClassVar
+
+from torch import nn
+
+from eviltwins.data import DatasetSpec
+from eviltwins.io import ModelCard
+from eviltwins.models import build_model
+from eviltwins.results import Result, internal
+from eviltwins.training import TrainConfig, evaluate, get_dataset, train_model
+from eviltwins.utils import resolve_device, seed_everything, versions
+
+TRAIN_SCHEMA = "eviltwins.train/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult(Result):
+    """A trained model, its card, per-epoch history and final metrics."""
+
+    SCHEMA: ClassVar[str] = TRAIN_SCHEMA
+
+    model: nn.Module = internal(repr=False)
+    card: ModelCard
+    history: list[dict[str, float]]
+    metrics: dict[str, float]
+    seconds: float
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "card": self.card.to_dict()}
+
+
+def train_clean(
+    dataset: str | DatasetSpec,
+    model: str,
+    cfg: TrainConfig,
+    *,
+    arch_kwargs: dict[str, Any] | None = None,
+    device: str = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    quiet: bool | None = None,
+) -> TrainResult:
+    """Train a clean ``model`` on ``dataset`` with ``cfg`` (its ``seed`` also sub-samples the
+    dataset and initialises the weights); returns the unsaved :class:`TrainResult`. Training
+    that diverges raises :class:`~eviltwins.errors.OptimisationError`."""
+    arch_kwargs = dict(arch_kwargs or {})
+    dev = resolve_device(device)
+    spec = get_dataset(dataset, data_root, download, train_limit, test_limit, cfg.seed)
+    seed_everything(cfg.seed)  # weight initialisation is the only global-RNG use
+    net = build_model(model, spec.shape, spec.num_classes, spec.mean, spec.std, **arch_kwargs)
+    net = net.to(dev)
+    start = time.perf_counter()
+    history = train_model(net, spec, cfg, quiet=quiet)
+    seconds = time.perf_counter() - start
+    final = evaluate(net, spec.test)
+    metrics = {
+        "test_acc": final["accuracy"],
+        "test_loss": final["loss"],
+        "n_train": float(len(spec.train)),
+        "n_test": final["n"],
+        "train_seconds": round(seconds, 2),
+    }
+    card = ModelCard(
+        architecture=model,
+        input_shape=spec.shape,
+        num_classes=spec.num_classes,
+        mean=spec.mean,
+        std=spec.std,
+        dataset=spec.name,
+        classes=spec.classes,
+        arch_kwargs=arch_kwargs,
+        metrics=metrics,
+        seed=cfg.seed,
+        training={
+            **cfg.to_dict(),
+            "epochs": len(history),
+            "train_limit": train_limit,
+            "test_limit": test_limit,
+        },
+        versions=versions(),
+    )
+    return TrainResult(net, card, history, metrics, round(seconds, 3))
