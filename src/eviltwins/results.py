@@ -128,3 +128,24 @@ def _rebuild(hint: Any, value: Any, source: str) -> Any:
         if isinstance(opt, type) and issubclass(opt, Result) and isinstance(value, Mapping):
             return opt.from_dict(value, source)
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ShownMetric:
+    """What the sweep report shows of a detector, declared by the detector class as
+    ``report_metric`` (so the report names no detector).
+
+    ``key`` is the column of the cell's row that the figures plot (per detector label, e.g.
+    ``target_anomaly`` or ``f1``), ``label`` its axis label and ``threshold`` the detector's
+    decision line (None: none drawn). ``name`` is the detector's short name in legends,
+    ``figures`` the paper figures that plot ``key`` (names of the report's figure registry), and
+    ``columns`` the summary table's columns as (row column, header); ``{label}`` in a header
+    stands for the detector's label in the sweep. No ``columns``: the family's default (an input
+    filter's F1, all-stamped F1 and triggered inputs)."""
+
+    key: str
+    label: str
+    threshold: float | None = None
+    name: str = ""
+    figures: tuple[str, ...] = ()
+    columns: tuple[tuple[str, str], ...] = ()

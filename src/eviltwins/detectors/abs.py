@@ -14,6 +14,7 @@ from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import DataError, OptimisationError
 from eviltwins.models import feature_tap, get_layer, layer_or_feature_layer
+from eviltwins.results import ShownMetric
 from eviltwins.utils import (
     device_of,
     eval_mode,
@@ -85,6 +86,17 @@ class ABS(ModelInspector):
     """
 
     name: ClassVar[str] = "abs"
+    report_metric: ClassVar[ShownMetric] = ShownMetric(
+        "max_anomaly",
+        "ABS REASR (max)",
+        0.8,
+        name="ABS",
+        figures=("abs",),
+        columns=(
+            ("max_anomaly", "ABS REASR (blank: no candidate)"),
+            ("flagged", "ABS flagged labels"),
+        ),
+    )
     _constraints = {
         "seeds_per_class": Interval(int, 1, None),
         "levels": Check(

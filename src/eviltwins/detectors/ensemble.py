@@ -20,6 +20,7 @@ from eviltwins.detectors.base import (
 )
 from eviltwins.errors import ParamError
 from eviltwins.metrics import prediction_entropy
+from eviltwins.results import ShownMetric
 from eviltwins.triggers import Trigger
 from eviltwins.utils import device_of, eval_mode, make_generator
 
@@ -48,6 +49,9 @@ class NCStripEnsemble(InputFilter):
     """
 
     name: ClassVar[str] = "ensemble"
+    report_metric: ClassVar[ShownMetric] = ShownMetric(
+        "f1", "ensemble F1", name="ensemble", figures=("fig15",)
+    )
     needs_data: ClassVar[bool] = True  # fit runs NeuralCleanse on a DatasetSpec
     _constraints = {
         "n_overlays": Interval(int, 1, None),

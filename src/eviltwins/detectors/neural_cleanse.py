@@ -15,6 +15,7 @@ from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.metrics import anomaly_index
+from eviltwins.results import ShownMetric
 from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator, progress
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -60,6 +61,18 @@ class NeuralCleanse(ModelInspector):
     """
 
     name: ClassVar[str] = "neural-cleanse"
+    report_metric: ClassVar[ShownMetric] = ShownMetric(
+        "target_anomaly",
+        "NC anomaly index (target)",
+        2.0,
+        name="NC",
+        figures=("fig14",),
+        columns=(
+            ("target_anomaly", "NC index (target)"),
+            ("flagged", "NC flagged labels"),
+            ("steps_per_label", "NC steps per label"),
+        ),
+    )
     _constraints = {
         "preset": OneOf(*PRESETS),
         "n_inputs": Interval(int, 1, None, allow_none=True),

@@ -21,6 +21,7 @@ from eviltwins.detectors.base import (
 )
 from eviltwins.errors import ParamError
 from eviltwins.metrics import prediction_entropy
+from eviltwins.results import ShownMetric
 from eviltwins.utils import device_of, eval_mode, make_generator
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -122,6 +123,9 @@ class STRIP(InputFilter):
     """
 
     name: ClassVar[str] = "strip"
+    report_metric: ClassVar[ShownMetric] = ShownMetric(
+        "f1", "STRIP F1", name="STRIP", figures=("fig14", "fig15")
+    )
     _constraints = {
         "variant": OneOf(*VARIANTS),
         "n_overlays": Interval(int, 1, None, allow_none=True),

@@ -1,90 +1,351 @@
-"""Figures written as PNG files (Agg backend: no display needed)."""
+"""The paper's figures, a registry: each figure is registered by name (the names a sweep spec's
+``figures`` list takes), says whether the sweep's rows support it and renders itself into a PNG
+with matplotlib's object API (a :class:`~matplotlib.figure.Figure` on its own Agg canvas: no
+pyplot, no global backend or figure state; matplotlib is imported only when drawing).
+
+- ``fig10``: efficacy heat map over size x transparency (paper Fig. 10);
+- ``fig11``: stamped samples per attack and size (Fig. 11);
+- ``fig12`` / ``fig13``: ASR vs size (one panel per transparency) / vs transparency (Fig. 12-13);
+- ``fig14``: the detectors that declare it in their ``report_metric`` vs size (Fig. 14);
+- ``fig15``: the input filters that declare it (STRIP vs the NC+STRIP ensemble, Fig. 15);
+- ``abs``: ABS's REASR vs size (Appendix C).
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from eviltwins.training import predict  # noqa: E402
-from eviltwins.triggers import Trigger  # noqa: E402
-
-
-def _show(ax: plt.Axes, img: Tensor) -> None:
-    a = img.detach().cpu().clamp(0, 1)
-    if a.shape[0] == 1:
-        ax.imshow(a[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    else:
-        ax.imshow(a.permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
+from eviltwins.report.cells import Shown
+from eviltwins.report.table import Row, attacked, datasets, mean_std, num, panels, series
 
 
-def save_examples_png(
-    model: nn.Module,
-    x: Tensor,
-    trigger: Trigger,
-    target: int,
-    path: str | os.PathLike[str],
-    classes: Sequence[str] = (),
-    n: int = 8,
-) -> None:
-    """Clean images (top row) vs stamped images (bottom row), each titled with the model's
-    prediction; stamped predictions equal to ``target`` are drawn in red."""
-    x = x[:n].cpu()
-    stamped = trigger.stamp(x)
-    p_clean = predict(model, x).argmax(1)
-    p_stamp = predict(model, stamped).argmax(1)
+@dataclass(frozen=True)
+class FigureInput:
+    """What a figure draws from: the finished rows, the detectors the report shows, the run
+    folder (for the cells' example files) and each dataset's class names."""
 
-    def name(i):
-        return classes[i] if classes else str(i)
+    rows: Sequence[Row]
+    shown: Sequence[Shown] = ()
+    run_dir: Path | None = None
+    classes: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
-    fig, axes = plt.subplots(2, len(x), figsize=(1.5 * len(x), 3.8), squeeze=False)
-    for i in range(len(x)):
-        _show(axes[0, i], x[i])
-        axes[0, i].set_title(f"pred {name(int(p_clean[i]))}", fontsize=8)
-        _show(axes[1, i], stamped[i])
-        hit = int(p_stamp[i]) == target
-        axes[1, i].set_title(
-            f"pred {name(int(p_stamp[i]))}", fontsize=8, color="red" if hit else "black"
-        )
-    axes[0, 0].set_ylabel("clean", fontsize=9)
-    axes[1, 0].set_ylabel("stamped", fontsize=9)
-    fig.suptitle(f"trigger -> target {name(target)}", fontsize=10)
+    @property
+    def attacked(self) -> list[Row]:
+        return attacked(self.rows)
+
+    @property
+    def clean_rows(self) -> list[Row]:
+        return [r for r in self.rows if r["attack_name"] == "none"]
+
+    def showing(self, figure: str) -> list[Shown]:
+        """The shown detectors whose ``report_metric`` names ``figure``."""
+        return [s for s in self.shown if figure in s.metric.figures]
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    """A registered figure: ``file`` it writes, ``supports`` (whether the rows can show it) and
+    ``draw`` (writes the PNG; None where there is nothing to draw after all)."""
+
+    name: str
+    file: str
+    draw: Callable[[FigureInput, Path], Path | None]
+    supports: Callable[[FigureInput], bool] = lambda data: True
+
+    def render(self, data: FigureInput, out: Path) -> Path | None:
+        """Write the figure into folder ``out`` if the rows support it; its path, or None."""
+        return self.draw(data, out / self.file) if self.supports(data) else None
+
+
+FIGURES: dict[str, PaperFigure] = {}
+
+
+def figure(
+    name: str, file: str, supports: Callable[[FigureInput], bool] = lambda data: True
+) -> Callable[[Callable[[FigureInput, Path], Path | None]], PaperFigure]:
+    """Register the decorated drawing function as the figure ``name``."""
+
+    def deco(draw: Callable[[FigureInput, Path], Path | None]) -> PaperFigure:
+        if name in FIGURES:
+            raise RuntimeError(f"figure {name!r} is registered twice")
+        FIGURES[name] = PaperFigure(name, file, draw, supports)
+        return FIGURES[name]
+
+    return deco
+
+
+# --- drawing -----------------------------------------------------------------------------------
+def _figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _save(fig: Any, path: Path, title: str, fontsize: int = 11) -> Path:
+    fig.suptitle(title, fontsize=fontsize)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return path
 
 
-def save_image_grid(
-    images: Tensor,
-    path: str | os.PathLike[str],
-    titles: Sequence[str] = (),
-    ncols: int = 10,
-    suptitle: str = "",
-) -> None:
-    """A grid of (N, C, H, W) images in [0, 1] with optional titles."""
-    n = len(images)
-    ncols = max(1, min(ncols, n))
-    nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.45 * nrows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i < n:
-            _show(ax, images[i])
-            if i < len(titles):
-                ax.set_title(titles[i], fontsize=7)
-        else:
-            ax.axis("off")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _style(label: str) -> dict[str, Any]:
+    star = label.endswith("*")
+    return {"marker": "o" if star else "s", "linestyle": "-" if star else "--"}
 
 
-__all__ = ["save_examples_png", "save_image_grid"]
+def line_figure(
+    rows: Sequence[Row],
+    path: Path,
+    *,
+    x: str,
+    panel_key: str,
+    metrics: Sequence[tuple[str, str, float | None]],
+    title: str,
+    group: Callable[[Row], str] = lambda r: r["attack"],
+    ylim: tuple[float, float] | None = None,
+    clean_rows: Sequence[Row] = (),
+) -> Path | None:
+    """Rows: (dataset, model) x metric; columns: values of ``panel_key``; a line per group.
+    ``metrics`` are (column, axis label, threshold line or None)."""
+    blocks = datasets(rows)
+    cols = panels(rows, panel_key) if panel_key else [None]
+    if not blocks or not any(num(r.get(m)) == num(r.get(m)) for r in rows for m, _, _ in metrics):
+        return None
+    nr, nc = len(blocks) * len(metrics), len(cols)
+    fig, axes = _figure(nr, nc, (3.6 * nc, 2.9 * nr))
+    for bi, (ds, model) in enumerate(blocks):
+        for mi, (col, ylabel, thr) in enumerate(metrics):
+            for pi, pv in enumerate(cols):
+                ax = axes[bi * len(metrics) + mi, pi]
+                sel = [
+                    r
+                    for r in rows
+                    if r["dataset"] == ds
+                    and r["model"] == model
+                    and (panel_key is None or r.get(panel_key) == pv)
+                ]
+                ticks: set[float] = set()
+                for g, (xs, ms, ss) in sorted(series(sel, x, col, group).items()):
+                    ax.errorbar(xs, ms, yerr=ss, label=g, capsize=2, **_style(g))
+                    ticks.update(xs)
+                if 0 < len(ticks) <= 10:
+                    ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
+                for cr in clean_rows:
+                    if cr["dataset"] == ds and cr["model"] == model:
+                        v = num(cr.get(col))
+                        if not math.isnan(v):
+                            ax.axhline(v, color="grey", linestyle=":", label="clean model")
+                            break
+                if thr is not None:
+                    ax.axhline(thr, color="red", linewidth=0.8, linestyle="-.", label="threshold")
+                if ylim:
+                    ax.set_ylim(*ylim)
+                ax.set_xlabel(x)
+                ax.set_ylabel(ylabel)
+                ax.grid(alpha=0.3)
+                head = f"{ds} / {model}"
+                if panel_key:
+                    head += f", {panel_key} {pv:g}"
+                ax.set_title(head, fontsize=9)
+                ax.legend(fontsize=7)
+    return _save(fig, path, title)
+
+
+# --- the paper's figures -----------------------------------------------------------------------
+@figure("fig10", "fig10_efficacy.png")
+def fig10_efficacy(data: FigureInput, path: Path) -> Path | None:
+    """Efficacy over size x transparency, one heat map per (dataset, attack) (paper Fig. 10)."""
+    rows = data.attacked
+    sizes, trs = panels(rows, "size"), panels(rows, "transparency")
+    if len(sizes) < 2 or len(trs) < 2:
+        return None
+    blocks = [(b, a) for b in datasets(rows) for a in sorted({r["attack"] for r in rows})]
+    nc = min(4, len(blocks))
+    nr = -(-len(blocks) // nc)
+    fig, axes = _figure(nr, nc, (3.8 * nc, 3.2 * nr))
+    for ax in axes.flat[len(blocks) :]:
+        ax.axis("off")
+    for ax, ((ds, model), atk) in zip(axes.flat, blocks, strict=False):
+        grid = np.full((len(trs), len(sizes)), np.nan)
+        for i, tr in enumerate(trs):
+            for j, s in enumerate(sizes):
+                vals = [
+                    num(r["efficacy"])
+                    for r in rows
+                    if (r["dataset"], r["model"], r["attack"]) == (ds, model, atk)
+                    and r["size"] == s
+                    and r["transparency"] == tr
+                ]
+                grid[i, j] = mean_std(vals)[0]
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
+        for i in range(len(trs)):
+            for j in range(len(sizes)):
+                if not math.isnan(grid[i, j]):
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if grid[i, j] < 0.6 else "black",
+                    )
+        ax.set_xticks(range(len(sizes)), [f"{s:g}" for s in sizes])
+        ax.set_yticks(range(len(trs)), [f"{t:g}" for t in trs])
+        ax.set_xlabel("trigger size")
+        ax.set_ylabel("transparency")
+        ax.set_title(f"{atk} on {ds}/{model}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path, "Attack efficacy over trigger size and transparency (Fig. 10)")
+
+
+@figure("fig11", "fig11_triggers.png")
+def fig11_triggers(data: FigureInput, path: Path) -> Path | None:
+    """Stamped samples: one row per (dataset, attack, transparency), one column per size, each
+    titled with the cell's ASR and the poisoned model's prediction (paper Fig. 11)."""
+    from safetensors.torch import load_file
+
+    from eviltwins.io.images import _show
+
+    rows = [r for r in data.attacked if r["seed"] == min(x["seed"] for x in data.rows)]
+    sizes = panels(rows, "size")
+    lines = sorted({(r["dataset"], r["model"], r["attack"], r["transparency"]) for r in rows})
+    if not lines or not sizes or data.run_dir is None:
+        return None
+    fig, axes = _figure(len(lines), len(sizes), (1.9 * len(sizes) + 1.2, 2.0 * len(lines)))
+    for i, (ds, model, atk, tr) in enumerate(lines):
+        for j, s in enumerate(sizes):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            match = [
+                r
+                for r in rows
+                if (r["dataset"], r["model"], r["attack"], r["transparency"], r["size"])
+                == (ds, model, atk, tr, s)
+            ]
+            f = data.run_dir / "cells" / match[0]["key"] / "examples.safetensors" if match else None
+            try:  # a missing or damaged examples file leaves the panel empty
+                ex = load_file(str(f)) if f is not None and f.is_file() else None
+                if ex is not None:
+                    _show(ax, ex["stamped"][0])
+                    pred = int(ex["pred"][0])
+            except Exception:
+                ex = None
+            if ex is None:
+                ax.axis("off")
+                continue
+            names = data.classes.get(ds) or ()
+            shown = names[pred] if pred < len(names) else str(pred)
+            ax.set_title(
+                f"size {s:g}: ASR {num(match[0]['asr']):.2f}\npred {shown}",
+                fontsize=7,
+                color="red" if pred == match[0]["target"] else "black",
+            )
+            if j == 0:
+                ax.set_ylabel(f"{atk}\n{ds}, tr {tr:g}", fontsize=8)
+    return _save(fig, path, "Stamped samples per attack and trigger size (Fig. 11)", 10)
+
+
+def _several(key: str) -> Callable[[FigureInput], bool]:
+    return lambda data: len(panels(data.attacked, key)) > 1
+
+
+@figure("fig12", "fig12_asr_vs_size.png", supports=_several("size"))
+def fig12_asr_vs_size(data: FigureInput, path: Path) -> Path | None:
+    """ASR vs trigger size, one panel per transparency (paper Fig. 12)."""
+    return line_figure(
+        data.attacked,
+        path,
+        x="size",
+        panel_key="transparency",
+        metrics=[("asr", "attack success rate", None)],
+        title="ASR vs trigger size (Fig. 12)",
+        ylim=(-0.02, 1.02),
+    )
+
+
+@figure("fig13", "fig13_asr_vs_transparency.png", supports=_several("transparency"))
+def fig13_asr_vs_transparency(data: FigureInput, path: Path) -> Path | None:
+    """ASR vs trigger transparency, one panel per size (paper Fig. 13)."""
+    return line_figure(
+        data.attacked,
+        path,
+        x="transparency",
+        panel_key="size",
+        metrics=[("asr", "attack success rate", None)],
+        title="ASR vs trigger transparency (Fig. 13)",
+        ylim=(-0.02, 1.02),
+    )
+
+
+def _declared(name: str, least: int = 1) -> Callable[[FigureInput], bool]:
+    return lambda data: len(data.showing(name)) >= least
+
+
+@figure("fig14", "fig14_detectors_vs_size.png", supports=_declared("fig14"))
+def fig14_detectors_vs_size(data: FigureInput, path: Path) -> Path | None:
+    """Each declaring detector's shown metric (NeuralCleanse's target anomaly index, STRIP's F1)
+    vs trigger size, with its threshold and the clean model's value (paper Fig. 14)."""
+    return line_figure(
+        data.attacked,
+        path,
+        x="size",
+        panel_key="transparency",
+        metrics=[(s.column(), s.metric.label, s.metric.threshold) for s in data.showing("fig14")],
+        title="Detectors vs trigger size (Fig. 14)",
+        clean_rows=data.clean_rows,
+    )
+
+
+@figure("fig15", "fig15_strip_vs_ensemble.png", supports=_declared("fig15", 2))
+def fig15_strip_vs_ensemble(data: FigureInput, path: Path) -> Path | None:
+    """The F1 of the declaring input filters (STRIP, the NC+STRIP ensemble) vs trigger size, a
+    line per (filter, attack) (paper Fig. 15)."""
+    long = [
+        {**r, "detector": s.metric.name or s.label, "f1": r.get(s.column())}
+        for r in data.attacked
+        for s in data.showing("fig15")
+    ]
+    return line_figure(
+        long,
+        path,
+        x="size",
+        panel_key="transparency",
+        metrics=[("f1", "F1 score", None)],
+        title="STRIP vs the NC+STRIP ensemble (Fig. 15)",
+        group=lambda r: f"{r['detector']} vs {r['attack']}",
+        ylim=(-0.02, 1.02),
+    )
+
+
+@figure("abs", "abs_reasr_vs_size.png", supports=_declared("abs"))
+def abs_reasr_vs_size(data: FigureInput, path: Path) -> Path | None:
+    """ABS's REASR (its largest over labels) vs trigger size, threshold and the clean model's
+    value beside (paper Appendix C)."""
+    return line_figure(
+        data.attacked,
+        path,
+        x="size",
+        panel_key="transparency",
+        metrics=[(s.column(), s.metric.label, s.metric.threshold) for s in data.showing("abs")],
+        title="ABS REASR vs trigger size (Appendix C)",
+        clean_rows=data.clean_rows,
+        ylim=(-0.02, 1.02),
+    )
+
+
+def render_figures(data: FigureInput, out: Path, wanted: set[str] | None = None) -> list[Path]:
+    """Every registered figure that is ``wanted`` (None: all) and supported, written into
+    ``out``, in registry order."""
+    made = [f.render(data, out) for name, f in FIGURES.items() if wanted is None or name in wanted]
+    return [p for p in made if p is not None]
