@@ -260,51 +260,60 @@ def _several(key: str) -> Callable[[FigureInput], bool]:
     return lambda data: len(panels(data.attacked, key)) > 1
 
 
-@figure("fig12", "fig12_asr_vs_size.png", supports=_several("size"))
-def fig12_asr_vs_size(data: FigureInput, path: Path) -> Path | None:
-    """ASR vs trigger size, one panel per transparency (paper Fig. 12)."""
-    return line_figure(
-        data.attacked,
-        path,
-        x="size",
-        panel_key="transparency",
-        metrics=[("asr", "attack success rate", None)],
-        title="ASR vs trigger size (Fig. 12)",
-        ylim=(-0.02, 1.02),
-    )
-
-
-@figure("fig13", "fig13_asr_vs_transparency.png", supports=_several("transparency"))
-def fig13_asr_vs_transparency(data: FigureInput, path: Path) -> Path | None:
-    """ASR vs trigger transparency, one panel per size (paper Fig. 13)."""
-    return line_figure(
-        data.attacked,
-        path,
-        x="transparency",
-        panel_key="size",
-        metrics=[("asr", "attack success rate", None)],
-        title="ASR vs trigger transparency (Fig. 13)",
-        ylim=(-0.02, 1.02),
-    )
-
-
 def _declared(name: str, least: int = 1) -> Callable[[FigureInput], bool]:
     return lambda data: len(data.showing(name)) >= least
 
 
-@figure("fig14", "fig14_detectors_vs_size.png", supports=_declared("fig14"))
-def fig14_detectors_vs_size(data: FigureInput, path: Path) -> Path | None:
-    """Each declaring detector's shown metric (NeuralCleanse's target anomaly index, STRIP's F1)
-    vs trigger size, with its threshold and the clean model's value (paper Fig. 14)."""
-    return line_figure(
-        data.attacked,
-        path,
-        x="size",
-        panel_key="transparency",
-        metrics=[(s.column(), s.metric.label, s.metric.threshold) for s in data.showing("fig14")],
-        title="Detectors vs trigger size (Fig. 14)",
-        clean_rows=data.clean_rows,
-    )
+def _asr_vs(x: str, panel_key: str, title: str) -> Callable[[FigureInput, Path], Path | None]:
+    """ASR vs ``x``, one panel per value of ``panel_key`` (paper Figs. 12-13)."""
+
+    def draw(data: FigureInput, path: Path) -> Path | None:
+        metrics = [("asr", "attack success rate", None)]
+        return line_figure(
+            data.attacked,
+            path,
+            x=x,
+            panel_key=panel_key,
+            metrics=metrics,
+            title=title,
+            ylim=(-0.02, 1.02),
+        )
+
+    return draw
+
+
+def _declared_vs_size(
+    name: str, title: str, ylim: tuple[float, float] | None = None
+) -> Callable[[FigureInput, Path], Path | None]:
+    """The shown metric of each detector that declares figure ``name`` vs trigger size, with
+    its threshold and the clean model's value (paper Fig. 14, Appendix C)."""
+
+    def draw(data: FigureInput, path: Path) -> Path | None:
+        metrics = [(s.column(), s.metric.label, s.metric.threshold) for s in data.showing(name)]
+        return line_figure(
+            data.attacked,
+            path,
+            x="size",
+            panel_key="transparency",
+            metrics=metrics,
+            title=title,
+            clean_rows=data.clean_rows,
+            ylim=ylim,
+        )
+
+    return draw
+
+
+figure("fig12", "fig12_asr_vs_size.png", _several("size"))(
+    _asr_vs("size", "transparency", "ASR vs trigger size (Fig. 12)")
+)
+figure("fig13", "fig13_asr_vs_transparency.png", _several("transparency"))(
+    _asr_vs("transparency", "size", "ASR vs trigger transparency (Fig. 13)")
+)
+# NeuralCleanse's target anomaly index and STRIP's F1, as their classes declare
+figure("fig14", "fig14_detectors_vs_size.png", _declared("fig14"))(
+    _declared_vs_size("fig14", "Detectors vs trigger size (Fig. 14)")
+)
 
 
 @figure("fig15", "fig15_strip_vs_ensemble.png", supports=_declared("fig15", 2))
@@ -328,20 +337,10 @@ def fig15_strip_vs_ensemble(data: FigureInput, path: Path) -> Path | None:
     )
 
 
-@figure("abs", "abs_reasr_vs_size.png", supports=_declared("abs"))
-def abs_reasr_vs_size(data: FigureInput, path: Path) -> Path | None:
-    """ABS's REASR (its largest over labels) vs trigger size, threshold and the clean model's
-    value beside (paper Appendix C)."""
-    return line_figure(
-        data.attacked,
-        path,
-        x="size",
-        panel_key="transparency",
-        metrics=[(s.column(), s.metric.label, s.metric.threshold) for s in data.showing("abs")],
-        title="ABS REASR vs trigger size (Appendix C)",
-        clean_rows=data.clean_rows,
-        ylim=(-0.02, 1.02),
-    )
+# ABS's REASR (its largest over labels), as its class declares
+figure("abs", "abs_reasr_vs_size.png", _declared("abs"))(
+    _declared_vs_size("abs", "ABS REASR vs trigger size (Appendix C)", (-0.02, 1.02))
+)
 
 
 def render_figures(data: FigureInput, out: Path, wanted: set[str] | None = None) -> list[Path]:
