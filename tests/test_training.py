@@ -17,8 +17,8 @@ def test_digits_reaches_95_percent(digits_clean):
     assert len(res.history) == 20
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
     again = et.evaluate(out, device="cpu")
-    assert again["accuracy"] == pytest.approx(res.metrics["test_acc"])
-    assert again["n"] == 360
+    assert again.accuracy == pytest.approx(res.metrics["test_acc"])
+    assert again.n == 360
 
 
 def test_same_seed_same_numbers(digits_spec):
@@ -123,7 +123,7 @@ def test_mnist_98_percent_in_two_epochs(data_root, tmp_path):
         "mnist", "cnn", epochs=2, data_root=data_root, device="cpu", out=tmp_path, quiet=True
     )
     assert res.metrics["test_acc"] >= 0.98
-    assert et.evaluate(tmp_path, data_root=data_root, device="cpu")["accuracy"] >= 0.98
+    assert et.evaluate(tmp_path, data_root=data_root, device="cpu").accuracy >= 0.98
 
 
 @pytest.mark.slow

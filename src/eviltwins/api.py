@@ -3,7 +3,7 @@
 >>> import eviltwins as et
 >>> res = et.train(dataset="digits", model="cnn", epochs=30, out="runs/clean")
 >>> res.metrics["test_acc"]
->>> et.evaluate("runs/clean")["accuracy"]
+>>> et.evaluate("runs/clean").accuracy
 """
 
 from __future__ import annotations
@@ -19,12 +19,26 @@ from eviltwins.config import validate
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.errors import ParamError
 from eviltwins.experiments.clean import TrainResult, train_clean
+from eviltwins.experiments.options import RunOptions
 from eviltwins.io import ModelCard, TrustArch, load_model, save_model
 from eviltwins.models import is_keyword_mapping
 from eviltwins.paths import prepare_out
+from eviltwins.results import Result
 from eviltwins.training import TrainConfig, get_dataset
 from eviltwins.training import evaluate as _evaluate
 from eviltwins.utils import resolve_device
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult(Result):
+    """Clean accuracy and mean cross-entropy of a saved ``model`` on ``n`` test images of
+    ``dataset`` (:func:`evaluate`)."""
+
+    model: str
+    dataset: str
+    accuracy: float
+    loss: float
+    n: int
 
 
 def train(
@@ -97,7 +111,7 @@ def evaluate(
     download: bool = False,
     test_limit: int | None = None,
     trust_arch: TrustArch = (),
-) -> dict[str, Any]:
+) -> EvaluationResult:
     """Clean accuracy of a saved model on the test split of its own (or another) dataset.
 
     ``trust_arch`` names the user architectures (``package.module:ClassName``) the model card
@@ -106,13 +120,7 @@ def evaluate(
     net, card = load_model(Path(model), resolve_device(device), trust_arch=trust_arch)
     spec = _matching_dataset(card, dataset, data_root, download, None, test_limit)
     res = _evaluate(net, spec.test)
-    return {
-        "model": str(model),
-        "dataset": spec.name,
-        "accuracy": res["accuracy"],
-        "loss": res["loss"],
-        "n": int(res["n"]),
-    }
+    return EvaluationResult(str(model), spec.name, res["accuracy"], res["loss"], int(res["n"]))
 
 
 def attack(
@@ -233,36 +241,23 @@ def detect(
 def sweep(
     spec: str | os.PathLike[str] | dict[str, Any] | Any,
     out: str | os.PathLike[str] | None = None,
+    options: RunOptions | None = None,
     *,
-    executor: str = "local",
-    jobs: int = 1,
-    ray_address: str | None = None,
-    threads: int | None = None,
-    device: str = "auto",
-    data_root: str | os.PathLike[str] | None = None,
     report: bool = True,
-    quiet: bool | None = None,
+    **changes: Any,
 ) -> Any:
     """Run (or resume) a sweep: a YAML path, a mapping or a
     :class:`~eviltwins.experiments.SweepSpec`, into ``out`` (default ``runs/<name>``).
 
-    Finished cells are skipped, failed ones retried; see :func:`eviltwins.experiments.run_sweep`.
-    With ``report`` (default) the report is (re)written afterwards. Returns the
-    :class:`~eviltwins.experiments.SweepSummary`.
+    ``options`` is a :class:`~eviltwins.experiments.RunOptions` (executor, jobs, ray_address,
+    threads, device, data_root, quiet); its fields may also be given as keywords
+    (``sweep(spec, jobs=4)``). Finished cells are skipped, failed ones retried; see
+    :func:`eviltwins.experiments.run_sweep`. With ``report`` (default) the report is
+    (re)written afterwards. Returns the :class:`~eviltwins.experiments.SweepSummary`.
     """
     from eviltwins.experiments import run_sweep
 
-    summary = run_sweep(
-        spec,
-        out,
-        executor=executor,
-        jobs=jobs,
-        ray_address=ray_address,
-        threads=threads,
-        device=device,
-        data_root=data_root,
-        quiet=quiet,
-    )
+    summary = run_sweep(spec, out, RunOptions.of(options, **changes))
     if report and (summary.ran or summary.skipped):
         write_sweep_report(summary.out)
     return summary
@@ -340,6 +335,7 @@ def _matching_dataset(
 
 
 __all__ = [
+    "EvaluationResult",
     "TrainResult",
     "attack",
     "demo",

@@ -1,14 +1,11 @@
 """Experiments: the paper's sweeps as validated YAML specs, run cell by cell (resumable) on a
 local or Ray executor; see :func:`run_sweep`."""
 
+from eviltwins.experiments.clean import TrainResult, train_clean
 from eviltwins.experiments.executors import EXECUTORS, LocalExecutor, RayExecutor, make_executor
-from eviltwins.experiments.runner import (
-    CellsFailedError,
-    SweepLockedError,
-    SweepSummary,
-    check_run_folder,
-    run_sweep,
-)
+from eviltwins.experiments.folder import SweepLockedError, check_run_folder
+from eviltwins.experiments.options import RunOptions
+from eviltwins.experiments.runner import CellsFailedError, SweepSummary, run_sweep
 from eviltwins.experiments.spec import Cell, Entry, SweepSpec, cells, load_spec
 from eviltwins.experiments.store import (
     AttackRecord,
@@ -35,9 +32,11 @@ __all__ = [
     "CellsFailedError",
     "LocalExecutor",
     "RayExecutor",
+    "RunOptions",
     "SweepLockedError",
     "SweepSpec",
     "SweepSummary",
+    "TrainResult",
     "cells",
     "check_run_folder",
     "is_finished",
@@ -47,5 +46,6 @@ __all__ = [
     "read_cell",
     "run_sweep",
     "scan_cells",
+    "train_clean",
     "write_cell",
 ]

@@ -26,15 +26,18 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eviltwins.errors import DataError, EviltwinsError, ParamError
-from eviltwins.experiments.executors import make_executor, set_threads
+from eviltwins.errors import DataError, EviltwinsError
+from eviltwins.experiments.executors import make_executor
+from eviltwins.experiments.folder import (
+    lock_run_folder,
+    prepare_run_folder,
+)
+from eviltwins.experiments.options import RunOptions
 from eviltwins.experiments.spec import (
-    CLEAN_ATTACK,
     Cell,
     SweepSpec,
     cells,
@@ -50,17 +53,13 @@ from eviltwins.experiments.store import (
     read_cell,
     write_cell,
 )
+from eviltwins.experiments.tasks import run_cell_task, train_clean_task
 from eviltwins.io import write_json
-from eviltwins.paths import prepare_out
-from eviltwins.utils import progress, versions
+from eviltwins.utils import progress
 
 SUMMARY_SCHEMA = "eviltwins.sweep-summary/1"
 N_EXAMPLES = 4
 LOCK_FILE = ".lock"
-
-
-class SweepLockedError(EviltwinsError):
-    """Another sweep is running in the same run folder."""
 
 
 class CellsFailedError(EviltwinsError):
@@ -126,246 +125,35 @@ class SweepSummary:
             raise CellsFailedError(line)
 
 
-# --- tasks (top-level functions: they run in worker processes and on Ray nodes) -------------
-def train_clean_task(
-    cfg: dict[str, Any], data_root: str | None, device: str, threads: int | None
-) -> dict:
-    """Train one clean model; returns its safetensors blob (or the error)."""
-    from eviltwins.config import validate
-    from eviltwins.experiments.clean import train_clean
-    from eviltwins.io import model_to_bytes
-    from eviltwins.training import TrainConfig
-
-    set_threads(threads)
-    sets = ("dataset", "model", "train_limit", "test_limit", "arch_kwargs")
-    try:
-        res = train_clean(
-            cfg["dataset"],
-            cfg["model"],
-            validate(TrainConfig, **{k: v for k, v in cfg.items() if k not in sets}),
-            arch_kwargs=cfg.get("arch_kwargs"),
-            device=device,
-            data_root=data_root,
-            train_limit=cfg.get("train_limit"),
-            test_limit=cfg.get("test_limit"),
-            quiet=True,
-        )
-    except Exception as err:  # recorded on every cell of this model; the sweep goes on
-        return {"error": _describe(err), "traceback": traceback.format_exc()}
-    return {"blob": model_to_bytes(res.model, res.card), "metrics": res.metrics}
-
-
-def run_cell_task(
-    cfg: dict[str, Any],
-    clean_blob: bytes,
-    data_root: str | None,
-    device: str,
-    threads: int | None,
-) -> dict:
-    """Run one cell: the attack on the clean model, then every detector on the result.
-
-    Returns ``{"result": <cell JSON>, "files": {name: bytes}}``; errors become a result with
-    ``status: error`` (KeyboardInterrupt is not caught).
-    """
-    set_threads(threads)
-    start = time.perf_counter()
-    try:
-        result, files = _run_cell(cfg, clean_blob, data_root, device)
-        result["status"] = "ok"
-    except Exception as err:
-        result = {"status": "error", "error": _describe(err), "traceback": traceback.format_exc()}
-        files = {}
-    result.update(
-        schema=CELL_SCHEMA,
-        cell=cfg,
-        seconds=round(time.perf_counter() - start, 2),
-        threads=threads,
-        versions=versions(),
-    )
-    return {"result": CellResult.from_dict(result), "files": files}
-
-
-def _run_cell(
-    cfg: dict[str, Any], clean_blob: bytes, data_root: str | None, device: str
-) -> tuple[dict, dict]:
-    from safetensors.torch import save
-
-    from eviltwins.attacks import ATTACKS
-    from eviltwins.data import load_all
-    from eviltwins.detectors import DETECTORS, InputFilter, evaluate_filter
-    from eviltwins.io import model_from_bytes, model_to_bytes
-    from eviltwins.training import evaluate, get_dataset, predict
-    from eviltwins.utils import resolve_device
-
-    clean = cfg["clean"]
-    # the sweep's spec names its model: a user architecture there is trusted (imported)
-    model, card = model_from_bytes(clean_blob, resolve_device(device), trust_arch=(cfg["model"],))
-    spec = get_dataset(
-        cfg["dataset"], data_root, False, clean["train_limit"], clean["test_limit"], cfg["seed"]
-    )
-    files: dict[str, bytes] = {}
-    out: dict[str, Any] = {}
-    trigger = None
-    target = int(cfg["params"].get("target", 0))
-    if cfg["attack"] == CLEAN_ATTACK:
-        poisoned = model
-        acc = evaluate(model, spec.test)["accuracy"]
-        out["attack"] = {"attack": CLEAN_ATTACK, "metrics": {"clean_acc": acc, "benign_acc": acc}}
-    else:
-        res = ATTACKS.build(cfg["attack"], cfg["params"], True).fit(model, spec)
-        poisoned, trigger, target = res.model, res.trigger, res.target
-        out["attack"] = res.to_dict()
-        x, y = load_all(spec.test, limit=256)
-        x = x[y != target][:N_EXAMPLES]
-        stamped = trigger.stamp(x)
-        files["trigger.safetensors"] = trigger.to_bytes()
-        files["examples.safetensors"] = save(
-            {
-                "clean": x.contiguous(),
-                "stamped": stamped.contiguous(),
-                "pred": predict(poisoned, stamped).argmax(1).contiguous(),
-            }
-        )
-    out["target"] = target
-    detectors: dict[str, Any] = {}
-    for d in cfg["detectors"]:
-        label = d.get("label") or d["name"]
-        det = DETECTORS.build(d["name"], d["params"], True)
-        if isinstance(det, InputFilter):
-            if trigger is None:
-                detectors[label] = {"skipped": "input filters need a trigger; clean-model cell"}
-                continue
-            rep = evaluate_filter(det, poisoned, spec, trigger, target, cfg["n_clean"])
-            detectors[label] = {"kind": "filter", **rep.to_dict()}
-        else:
-            rep = det.inspect(poisoned, spec)
-            d_out = {"kind": "inspection", **rep.to_dict()}
-            labels = list(rep.details.get("labels", range(len(rep.anomaly))))
-            if target in labels:
-                d_out["target_anomaly"] = float(rep.anomaly[labels.index(target)])
-            d_out["target_flagged"] = target in rep.flagged
-            detectors[label] = d_out
-    out["detectors"] = detectors
-    if cfg.get("save_model"):
-        files["model.safetensors"] = model_to_bytes(poisoned, card)
-    return out, files
-
-
-def _describe(err: BaseException) -> str:
-    msg = " ".join(str(err).split())[:400]
-    return msg if isinstance(err, EviltwinsError) else f"{type(err).__name__}: {msg}"
-
-
-# --- the run folder ----------------------------------------------------------------------------
-def check_run_folder(out: str | os.PathLike[str]) -> Path:
-    """Check (creating nothing) that ``out`` can be a sweep's run folder; one
-    :class:`~eviltwins.errors.ParamError` line otherwise: a file, a path under a file, or a
-    non-empty folder that is not a sweep run folder (no ``sweep.json`` or ``cells/``), so a
-    sweep never writes into a model folder or a home folder."""
-    out = prepare_out(out, "sweep")  # a file, under a file, unwritable, another kind of folder
-    for name, kind in (("cells", "folder"), ("clean", "folder"), ("sweep.json", "file")):
-        path = out / name
-        if (path.exists() or path.is_symlink()) and not (
-            path.is_dir() if kind == "folder" else path.is_file()
-        ):
-            raise ParamError(f"--out {out}: {name} is not a {kind}; remove it or use another --out")
-    return out
-
-
-def _prepare_run_folder(out: Path) -> None:
-    """Create ``out`` (and ``cells/``) and prove it writable, before any work."""
-    check_run_folder(out)
-    try:
-        (out / "cells").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ParamError(
-            f"--out {out} cannot be written ({err.strerror or err}); choose a folder you can "
-            "write to"
-        ) from None
-
-
-def _lock_run_folder(out: Path) -> int | None:
-    """Hold ``out/.lock`` (``flock``, non-blocking) for this process; a second sweep into
-    ``out`` gets :class:`SweepLockedError`. The lock dies with the process (crash or kill),
-    so a stale file never blocks. Returns the descriptor to close (``None``: no locking here)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return None
-    path = out / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise ParamError(
-            f"--out {out}: cannot open the lock file {path} ({err.strerror or err})"
-        ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if not isinstance(err, BlockingIOError):  # a filesystem without locks: go on
-            os.close(fd)
-            return None
-        try:
-            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        except OSError:
-            text = ""
-        os.close(fd)
-        pid = text if text.isdigit() else "unknown"
-        raise SweepLockedError(
-            f"another sweep is running in {out} (pid {pid}); wait for it or use another --out"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _check_run_args(jobs: Any, threads: Any) -> None:
-    def bad(v: Any) -> bool:
-        return isinstance(v, bool) or not isinstance(v, int) or v < 1
-
-    if bad(jobs):
-        raise ParamError(f"--jobs must be >= 1 (worker processes); got {jobs!r}")
-    if threads is not None and bad(threads):
-        raise ParamError(f"--threads must be >= 1 (torch threads per cell); got {threads!r}")
-
-
 # --- the driver ----------------------------------------------------------------------------
 
 
 def run_sweep(
     spec: SweepSpec | str | os.PathLike[str] | dict[str, Any],
     out: str | os.PathLike[str] | None = None,
-    *,
-    executor: str = "local",
-    jobs: int = 1,
-    ray_address: str | None = None,
-    threads: int | None = None,
-    device: str = "auto",
-    data_root: str | os.PathLike[str] | None = None,
-    quiet: bool | None = None,
+    options: RunOptions | None = None,
+    **changes: Any,
 ) -> SweepSummary:
     """Run (or resume) a sweep into ``out`` (default ``runs/<name>``); see the module docstring.
 
-    ``executor`` is ``local`` (``jobs`` processes; 1 = in this process) or ``ray``
-    (``ray_address`` of an existing cluster, else a local one). ``threads`` pins torch threads
-    per task (default: all cores for a sequential run, cores/jobs for processes, 1 on Ray).
-    ``device`` is resolved in each task (``auto``: CUDA when the worker has it).
-    Everything the user gives is checked before any work: ``jobs`` and ``threads`` (>= 1),
-    the spec, and ``out`` (:func:`check_run_folder`; created and proved writable). A second
-    sweep into a folder in use raises :class:`SweepLockedError`.
+    ``options`` (:class:`RunOptions`: executor, jobs, threads, device, data root, quiet), or
+    its fields as keywords (``run_sweep(spec, out, threads=1)``), say how it runs.
+    Everything the user gives is checked before any work: the options, the spec, and ``out``
+    (:func:`check_run_folder`; created and proved writable). A second sweep into a folder in
+    use raises :class:`SweepLockedError`.
     """
     from eviltwins.data.base import resolve_data_root
 
     start = time.perf_counter()
-    _check_run_args(jobs, threads)
+    opts = RunOptions.of(options, **changes)
     spec = load_spec(spec)
     out = Path(out) if out is not None else Path("runs") / spec.name
-    ex = make_executor(executor, jobs=jobs, address=ray_address, device=device)
-    root = str(resolve_data_root(data_root))
-    _prepare_run_folder(out)
-    lock = _lock_run_folder(out)
+    ex = make_executor(opts.executor, jobs=opts.jobs, address=opts.ray_address, device=opts.device)
+    root = str(resolve_data_root(opts.data_root))
+    prepare_run_folder(out)
+    lock = lock_run_folder(out)
     try:
-        return _run_locked(spec, out, ex, executor, threads, device, root, quiet, start)
+        return _run_locked(spec, out, ex, opts, root, start)
     finally:
         ex.close()
         if lock is not None:
@@ -373,15 +161,7 @@ def run_sweep(
 
 
 def _run_locked(
-    spec: SweepSpec,
-    out: Path,
-    ex: Any,
-    executor: str,
-    threads: int | None,
-    device: str,
-    root: str,
-    quiet: bool | None,
-    start: float,
+    spec: SweepSpec, out: Path, ex: Any, opts: RunOptions, root: str, start: float
 ) -> SweepSummary:
     """The sweep proper, while this process holds the run folder's lock."""
     from eviltwins.io import load_model, model_from_bytes, model_to_bytes, save_model
@@ -406,7 +186,8 @@ def _run_locked(
         except CellFileError as err:
             unreadable[k] = err.reason
     write_json(out / "sweep.json", spec.to_dict())
-    threads = threads if threads is not None else ex.default_threads()
+    threads = opts.threads if opts.threads is not None else ex.default_threads()
+    device, quiet = opts.device, opts.quiet
     todo = [(c, k) for c, k in zip(grid, keys, strict=True) if k not in set(skipped)]
 
     # Stage 1: every clean model the remaining cells need, trained once and cached.
@@ -475,7 +256,7 @@ def _run_locked(
         skipped,
         failed,
         round(time.perf_counter() - start, 1),
-        executor,
+        opts.executor,
         [k for k in to_train if k not in errors],
         unreadable,
     )
