@@ -85,17 +85,11 @@ def train(
     arch_kwargs = _checked_arch_kwargs(arch_kwargs)
     if out is not None:
         prepare_out(out, "model", overwrite=overwrite)
+    dev = resolve_device(device)
+    spec = get_dataset(dataset, data_root, download, train_limit, test_limit, seed)
+    limits = (train_limit, test_limit)
     res = train_clean(
-        dataset,
-        model,
-        cfg,
-        arch_kwargs=arch_kwargs,
-        device=device,
-        data_root=data_root,
-        download=download,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        quiet=quiet,
+        spec, model, cfg, arch_kwargs=arch_kwargs, device=dev, limits=limits, quiet=quiet
     )
     if out is None:
         return res

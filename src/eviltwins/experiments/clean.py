@@ -11,17 +11,17 @@ its weights from ``seed``, trains it with the one training loop
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from eviltwins.data import DatasetSpec
 from eviltwins.io import ModelCard
 from eviltwins.models import build_model
 from eviltwins.results import Result, internal
-from eviltwins.training import TrainConfig, evaluate, get_dataset, train_model
+from eviltwins.training import TrainConfig, evaluate, train_model
 from eviltwins.utils import resolve_device, seed_everything, versions
 
 TRAIN_SCHEMA = "eviltwins.train/1"
@@ -45,24 +45,21 @@ class TrainResult(Result):
 
 
 def train_clean(
-    dataset: str | DatasetSpec,
+    data: DatasetSpec,
     model: str,
     cfg: TrainConfig,
     *,
     arch_kwargs: dict[str, Any] | None = None,
-    device: str = "auto",
-    data_root: str | os.PathLike[str] | None = None,
-    download: bool = False,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
+    device: str | torch.device = "auto",
+    limits: tuple[int | None, int | None] = (None, None),
     quiet: bool | None = None,
 ) -> TrainResult:
-    """Train a clean ``model`` on ``dataset`` with ``cfg`` (its ``seed`` also sub-samples the
-    dataset and initialises the weights); returns the unsaved :class:`TrainResult`. Training
-    that diverges raises :class:`~eviltwins.errors.OptimisationError`."""
+    """Train a clean ``model`` on ``data`` (see :func:`eviltwins.training.get_dataset`; its
+    ``limits``, the train and test sub-sample sizes, go on the card) with ``cfg``, whose
+    ``seed`` initialises the weights; returns the unsaved :class:`TrainResult`. Training that
+    diverges raises :class:`~eviltwins.errors.OptimisationError`."""
     arch_kwargs = dict(arch_kwargs or {})
-    dev = resolve_device(device)
-    spec = get_dataset(dataset, data_root, download, train_limit, test_limit, cfg.seed)
+    dev, spec = resolve_device(device), data
     seed_everything(cfg.seed)  # weight initialisation is the only global-RNG use
     net = build_model(model, spec.shape, spec.num_classes, spec.mean, spec.std, **arch_kwargs)
     net = net.to(dev)
@@ -91,8 +88,8 @@ def train_clean(
         training={
             **cfg.to_dict(),
             "epochs": len(history),
-            "train_limit": train_limit,
-            "test_limit": test_limit,
+            "train_limit": limits[0],
+            "test_limit": limits[1],
         },
         versions=versions(),
     )

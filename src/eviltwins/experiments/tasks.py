@@ -26,20 +26,21 @@ def train_clean_task(
     from eviltwins.config import validate
     from eviltwins.experiments.clean import train_clean
     from eviltwins.io import model_to_bytes
-    from eviltwins.training import TrainConfig
+    from eviltwins.training import TrainConfig, get_dataset
 
     set_threads(threads)
     sets = ("dataset", "model", "train_limit", "test_limit", "arch_kwargs")
     try:
+        tc = validate(TrainConfig, **{k: v for k, v in cfg.items() if k not in sets})
+        limits = (cfg.get("train_limit"), cfg.get("test_limit"))
+        data = get_dataset(cfg["dataset"], data_root, False, *limits, cfg["seed"])
         res = train_clean(
-            cfg["dataset"],
+            data,
             cfg["model"],
-            validate(TrainConfig, **{k: v for k, v in cfg.items() if k not in sets}),
+            tc,
             arch_kwargs=cfg.get("arch_kwargs"),
             device=device,
-            data_root=data_root,
-            train_limit=cfg.get("train_limit"),
-            test_limit=cfg.get("test_limit"),
+            limits=limits,
             quiet=True,
         )
     except Exception as err:  # recorded on every cell of this model; the sweep goes on
@@ -132,9 +133,9 @@ def _run_cell(
         else:
             rep = det.inspect(poisoned, spec)
             d_out = {"kind": "inspection", **rep.to_dict()}
-            labels = list(rep.details.get("labels", range(len(rep.anomaly))))
-            if target in labels:
-                d_out["target_anomaly"] = float(rep.anomaly[labels.index(target)])
+            target_anomaly = rep.anomaly_of(target)
+            if target_anomaly is not None:
+                d_out["target_anomaly"] = target_anomaly
             d_out["target_flagged"] = target in rep.flagged
             detectors[label] = d_out
     out["detectors"] = detectors
