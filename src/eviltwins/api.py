@@ -105,15 +105,17 @@ def evaluate(
     download: bool = False,
     test_limit: int | None = None,
     trust_arch: TrustArch = (),
+    quiet: bool | None = True,
 ) -> EvaluationResult:
     """Clean accuracy of a saved model on the test split of its own (or another) dataset.
 
     ``trust_arch`` names the user architectures (``package.module:ClassName``) the model card
-    may import (see :func:`eviltwins.io.load_model`); registered ones need none.
+    may import (see :func:`eviltwins.io.load_model`); registered ones need none. ``quiet``
+    hides the progress bar (default; ``None``: shown on a terminal, as the CLI does).
     """
     net, card = load_model(Path(model), resolve_device(device), trust_arch=trust_arch)
     spec = _matching_dataset(card, dataset, data_root, download, None, test_limit)
-    res = _evaluate(net, spec.test)
+    res = _evaluate(net, spec.test, quiet=quiet)
     return EvaluationResult(str(model), spec.name, res["accuracy"], res["loss"], int(res["n"]))
 
 
