@@ -1,0 +1,62 @@
+"""The ``eviltwins`` command line: a thin layer over the public Python API (click).
+
+Results go to stdout (``--json`` for machine-readable output); progress bars and logs go to
+stderr. A user mistake prints one line ``eviltwins: error: <message>`` and exits with code 2;
+bugs keep their tracebacks. Commands live in :mod:`eviltwins.cli.commands`; the options they
+share in :mod:`eviltwins.cli.common`; ``attack`` and ``detect`` options are generated from the
+estimators' signatures by :mod:`eviltwins.cli.estimators`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from eviltwins.cli.commands.estimators import attack, detect
+from eviltwins.cli.commands.models import evaluate, list_, train
+from eviltwins.cli.commands.sweeps import demo, report_, sweep
+from eviltwins.errors import EviltwinsError
+from eviltwins.version import __version__
+
+__all__ = ["cli", "main", "run"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
+@click.version_option(__version__, prog_name="eviltwins")
+def cli() -> None:
+    """eviltwins: backdoor attacks (BadNet, TrojanNN, TrojanNN*) and detectors (NeuralCleanse,
+    STRIP, ABS) for image classifiers, after Pang et al., CCS 2020."""
+
+
+for _command in (train, evaluate, attack, detect, list_, sweep, report_, demo):
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv``; returns the exit code (2 for user errors, with one stderr line)."""
+    try:
+        rv = cli.main(args=argv, prog_name="eviltwins", standalone_mode=False)
+    except EviltwinsError as err:
+        click.echo(f"eviltwins: error: {err}", err=True)
+        return 2
+    except click.UsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # click >= 8.2: bare group prints help
+            click.echo(err.ctx.get_help() if err.ctx else str(err))
+            return 0
+        where = f" {err.ctx.command_path.split(' ', 1)[1]}" if err.ctx and err.ctx.parent else ""
+        msg = " ".join(err.format_message().split())
+        click.echo(f"eviltwins: error: {msg} (see 'eviltwins{where} --help')", err=True)
+        return 2
+    except click.ClickException as err:
+        click.echo(f"eviltwins: error: {' '.join(err.format_message().split())}", err=True)
+        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("eviltwins: interrupted; finished outputs are kept", err=True)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+def run() -> None:
+    """Console-script entry point (``eviltwins``)."""
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""The commands of ``eviltwins``, grouped by what they work on (registered in
+:mod:`eviltwins.cli`)."""

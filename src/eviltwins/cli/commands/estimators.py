@@ -1,0 +1,167 @@
+"""``attack ATTACK`` and ``detect DETECTOR``: one subcommand per registered estimator, whose
+options are generated from its signature (:mod:`eviltwins.cli.estimators`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from eviltwins import api
+from eviltwins.attacks import ATTACKS
+from eviltwins.cli.common import (
+    PathType,
+    common_options,
+    config_option,
+    dataset_of_model_option,
+    emit,
+    loading,
+    model_folder_option,
+    options,
+    overwrite_option,
+    resolve,
+    test_limit_option,
+    train_limit_option,
+    trust_options,
+)
+from eviltwins.cli.estimators import EstimatorCommand, EstimatorGroup, estimator_command
+from eviltwins.detectors import DETECTORS, InputFilter
+
+#: The options after ``--model`` that ``attack`` and ``detect`` share.
+_shared = options(
+    config_option("any option below and any parameter of the estimator"),
+    overwrite_option,
+    trust_options,
+    common_options,
+)
+
+
+def _split(values: dict[str, Any]) -> tuple[EstimatorCommand, dict[str, Any], dict[str, Any]]:
+    """The running command, its estimator's options and its other options."""
+    cmd = click.get_current_context().command
+    assert isinstance(cmd, EstimatorCommand)
+    flags, rest = cmd.split(values)
+    return cmd, flags, rest
+
+
+# --- attack --------------------------------------------------------------------------------------
+@click.command(context_settings={"show_default": False})
+@model_folder_option("Benign model folder written by 'eviltwins train'.")
+@dataset_of_model_option
+@train_limit_option
+@test_limit_option
+@click.option("--out", type=PathType, required=True, help="Output folder.")
+@_shared
+def _attack(**values: Any) -> None:
+    """Plant this backdoor in a copy of MODEL; write the poisoned model,
+    trigger.safetensors/.png, metrics.json and examples.png to OUT. A config may hold any
+    of these options and parameters (flags override it)."""
+    cmd, flags, rest = _split(values)
+    opts, params = resolve(rest["config"], flags)
+    res = api.attack(
+        cmd.key,
+        opts["model"],
+        opts["dataset"],
+        params=params,
+        train_limit=opts["train_limit"],
+        **loading(opts),
+    )
+    m = res.metrics
+    emit(
+        res.to_dict(),
+        opts["as_json"],
+        f"{res.attack}: ASR {m['asr']:.4f}, efficacy {m['efficacy']:.4f}, clean accuracy "
+        f"{m['clean_acc']:.4f} (drop {100 * m['acc_drop']:.2f} points), mask L1 "
+        f"{m['mask_l1']:.1f}; saved to {opts['out']}",
+    )
+
+
+attack = EstimatorGroup(
+    "attack",
+    registry=ATTACKS,
+    make=lambda key, cls: estimator_command(_attack, key, cls),
+    subcommand_metavar="ATTACK [OPTIONS]",
+    help="Plant a backdoor with ATTACK in a copy of a model; write the "
+    "poisoned model, trigger.safetensors/.png, metrics.json and examples.png to --out.\n\n"
+    "imc with --init trojannn (the default) is TrojanNN*; with --init badnet it is BadNet*. "
+    "Each attack's options are its parameters, with their defaults: "
+    "'eviltwins attack ATTACK --help'.",
+)
+
+
+# --- detect --------------------------------------------------------------------------------------
+#: The options of input filters only: ``api.detect``'s stamped-input protocol.
+FILTER_OPTIONS = (
+    click.Option(
+        ["--trigger"],
+        type=PathType,
+        default=None,
+        help="Trigger to stamp on the evaluation inputs [default: the model folder's "
+        "trigger.safetensors].",
+    ),
+    click.Option(
+        ["--target"],
+        type=int,
+        default=None,
+        help="The attack's target class [default: from model.json].",
+    ),
+    click.Option(
+        ["--n-clean"],
+        type=int,
+        default=1000,
+        show_default=True,
+        help="Held-out clean images to fit on (and as many to test).",
+    ),
+    click.Option(
+        ["--protocol"],
+        type=click.Choice(["effective", "all-stamped"]),
+        default="effective",
+        show_default=True,
+        help="effective = clean inputs the model gets right vs stamped inputs it sends to the "
+        "target (the authors'); all-stamped = every clean and stamped input. Both are "
+        "reported.",
+    ),
+)
+
+
+@click.command()
+@model_folder_option("Model folder to scan.")
+@dataset_of_model_option
+@test_limit_option
+@click.option(
+    "--out", type=PathType, default=None, help="Folder for report.json (and reversed triggers)."
+)
+@_shared
+def _detect(**values: Any) -> None:
+    """Scan MODEL with this detector: model inspectors (neural-cleanse, abs) inspect the
+    model; input filters (strip, ensemble) are evaluated on clean vs stamped held-out inputs.
+    A config may hold any of these options and parameters (flags override it)."""
+    cmd, flags, rest = _split(values)
+    opts, params = resolve(rest["config"], flags)
+    report = api.detect(
+        cmd.key,
+        opts["model"],
+        opts["dataset"],
+        params=params,
+        **{p.name: opts[p.name] for p in FILTER_OPTIONS if p.name in opts},
+        **loading(opts),
+    )
+    emit(report.to_dict(), opts["as_json"], report.summary())
+
+
+def _detector_command(key: str, cls: type) -> EstimatorCommand:
+    """Input filters take the stamped-input protocol options; inspectors have no use for them."""
+    extra = FILTER_OPTIONS if issubclass(cls, InputFilter) else ()
+    return estimator_command(_detect, key, cls, extra)
+
+
+detect = EstimatorGroup(
+    "detect",
+    registry=DETECTORS,
+    make=_detector_command,
+    subcommand_metavar="DETECTOR [OPTIONS]",
+    help="Scan a model with DETECTOR: a model inspector (neural-cleanse, abs) inspects it; an "
+    "input filter (strip, ensemble) is evaluated on clean vs stamped held-out inputs. Each "
+    "detector's options are its parameters, with their defaults: "
+    "'eviltwins detect DETECTOR --help'.",
+)

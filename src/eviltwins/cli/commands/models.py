@@ -1,0 +1,153 @@
+"""``train``, ``evaluate`` and ``list``: clean models and the registries."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import click
+
+from eviltwins import api
+from eviltwins.attacks import ATTACKS
+from eviltwins.cli.common import (
+    NOT_IN_CONFIG,
+    PathType,
+    common_options,
+    config_option,
+    dataset_of_model_option,
+    emit,
+    json_option,
+    model_folder_option,
+    overwrite_option,
+    resolve,
+    test_limit_option,
+    train_limit_option,
+    trust_options,
+    trusted,
+)
+from eviltwins.data import DATASETS
+from eviltwins.detectors import DETECTORS
+from eviltwins.errors import ParamError
+from eviltwins.models import MODELS
+
+#: The options of ``train`` that are parameters of ``api.train`` (passed on when given).
+TRAIN_PARAMS = (
+    "dataset",
+    "model",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "augment",
+    "seed",
+    "train_limit",
+    "test_limit",
+)
+
+
+@click.command()
+@click.option(
+    "--dataset", default=None, help=f"One of: {', '.join(DATASETS.names())}. [default: digits]"
+)
+@click.option(
+    "--model",
+    default=None,
+    help="Architecture ('eviltwins list models') or package.module:Class. [default: cnn]",
+)
+@click.option("--epochs", type=int, default=None, help="Epochs [default: the dataset's].")
+@click.option("--batch-size", type=int, default=None, help="Batch size. [default: 128]")
+@click.option("--lr", type=float, default=None, help="Learning rate. [default: 0.05]")
+@click.option("--optimizer", default=None, help="sgd or adam. [default: sgd]")
+@click.option(
+    "--augment/--no-augment", default=None, help="Training augmentation [default: the dataset's]."
+)
+@click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
+@train_limit_option
+@test_limit_option
+@config_option("any of these options")
+@click.option(
+    "--out", type=PathType, default=Path("runs/clean"), show_default=True, help="Output folder."
+)
+@overwrite_option
+@common_options
+def train(config: Path | None, **values: Any) -> None:
+    """Train a clean model; write model.safetensors and model.json to OUT.
+
+    A config may set any of these options (command-line flags override it) and the other
+    arguments of eviltwins.train (weight_decay, arch_kwargs)."""
+    flags = {k: values.pop(k) for k in TRAIN_PARAMS}
+    opts, params = resolve(config, flags)
+    known = set(inspect.signature(api.train).parameters) - set(opts)
+    unknown = sorted(set(params) - known - set(flags))
+    if unknown:
+        raise ParamError(
+            f"unknown option {unknown[0]!r} in config {config}; known: "
+            f"{', '.join(sorted(known | set(opts) - NOT_IN_CONFIG))}"
+        )
+    res = api.train(
+        **params,
+        out=opts["out"],
+        overwrite=opts["overwrite"],
+        device=opts["device"],
+        data_root=opts["data_root"],
+        download=opts["download"],
+        quiet=opts["quiet"] or None,
+    )
+    m = res.metrics
+    emit(
+        res.to_dict(),
+        opts["as_json"],
+        f"{res.card.architecture} on {res.card.dataset}: test accuracy {m['test_acc']:.4f} "
+        f"after {len(res.history)} epochs ({res.seconds:.1f} s); saved to {res.out}",
+    )
+
+
+@click.command()
+@model_folder_option("Model folder written by 'eviltwins train'.")
+@dataset_of_model_option
+@test_limit_option
+@trust_options
+@common_options
+def evaluate(
+    model: Path,
+    dataset: str | None,
+    test_limit: int | None,
+    trust_arch: tuple[str, ...],
+    trust_code: bool,
+    device: str,
+    data_root: Path | None,
+    download: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Clean test accuracy of a saved model."""
+    res = api.evaluate(
+        model,
+        dataset,
+        device=device,
+        data_root=data_root,
+        download=download,
+        test_limit=test_limit,
+        trust_arch=trusted(trust_arch, trust_code),
+        quiet=quiet or None,
+    )
+    emit(
+        res.to_dict(),
+        as_json,
+        f"{res.model} on {res.dataset}: accuracy {res.accuracy:.4f} over {res.n} test images",
+    )
+
+
+REGISTRIES = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS, "detectors": DETECTORS}
+
+
+@click.command("list")
+@click.argument("kind")
+@json_option("the names as a JSON list")
+def list_(kind: str, as_json: bool) -> None:
+    """List the registered names of KIND (datasets, models, attacks, detectors)."""
+    if kind not in REGISTRIES:
+        raise ParamError(f"cannot list {kind!r}; choose one of: {', '.join(REGISTRIES)}")
+    names = REGISTRIES[kind].names()
+    emit({"kind": kind, "names": names}, as_json, "\n".join(names))

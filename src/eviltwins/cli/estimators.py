@@ -1,0 +1,246 @@
+"""Command-line options generated from the registered estimators (one source of truth).
+
+``eviltwins attack NAME`` and ``eviltwins detect NAME`` are one subcommand per registered
+attack or detector, whose options are that estimator's ``__init__`` parameters: the option
+``--outer-iters`` is the parameter ``outer_iters``, its click type comes from the parameter's
+constraint (``Interval`` -> INTEGER / FLOAT, ``OneOf(True, False)`` -> ``--x/--no-x``, a
+``OneOf`` of names -> TEXT with the names as metavar) or, without one, from its annotation (a
+sequence of numbers -> ``1,2,3``), its help text is the constraint's ``describe()``, and the
+default shown in ``--help`` is the signature's. An option not given passes nothing, so the
+estimator keeps its own default; every value is validated by the estimator (the one
+validation system), never by click. ``--help``, the README and the code therefore cannot
+disagree about a parameter, its type or its default.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from eviltwins.base import Constraint, Interval, OneOf, SubsetOf, init_param_names
+from eviltwins.registry import Registry
+
+#: Estimator parameters a command option sets instead of a generated one.
+COMMAND_OWNED = {"quiet": "--quiet"}
+
+
+class ListOf(click.ParamType):
+    """``"a,b,c"`` -> a tuple of ``kind`` (``int``, ``float`` or ``str``). Text that the
+    parameter's constraint ``words`` accepts as it is (``"all"``, ``"3,4"`` for a position) and
+    text that does not read as such a list pass through unchanged, for the estimator to accept
+    or refuse with its own message."""
+
+    def __init__(self, kind: type, words: Constraint | None = None) -> None:
+        self.kind, self.words = kind, words
+        self.name = f"list of {kind.__name__}"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        item = {int: "INT", float: "FLOAT"}.get(self.kind, "TEXT")
+        return ("TEXT|" if self.words else "") + f"{item},{item},..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str) or (self.words is not None and self.words.ok(value)):
+            return value
+        try:
+            return tuple(self.kind(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError:
+            return value
+
+
+class EstimatorOption(click.Option):
+    """An option for one estimator parameter: ``None`` unless given, and ``--help`` shows the
+    signature's default (``shown_default``) whatever click's own default is."""
+
+    def __init__(self, *args: Any, estimator_default: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.estimator_default = estimator_default
+
+    def shown_default(self) -> str:
+        """The signature's default as ``--help`` shows it (and as a flag would spell it)."""
+        value = self.estimator_default
+        if isinstance(value, bool) and self.secondary_opts:
+            return (self.opts if value else self.secondary_opts)[0].lstrip("-")
+        if isinstance(value, list | tuple):
+            return ",".join(str(v) for v in value) or "()"
+        return str(value)
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        extra = super().get_help_extra(ctx)
+        extra["default"] = self.shown_default()
+        return extra
+
+
+def option_name(param: str) -> str:
+    """The command-line spelling of a parameter name: ``outer_iters`` -> ``--outer-iters``."""
+    return "--" + param.replace("_", "-")
+
+
+def _members(hint: Any) -> tuple[Any, ...]:
+    return (
+        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+    )
+
+
+_UnionType = type(int | None)
+
+
+def _sequence_of(hint: Any) -> type | None:
+    """``int`` / ``float`` when ``hint`` (or a member of it) is a sequence of that number."""
+    for member in _members(hint):
+        origin = typing.get_origin(member)
+        if origin in (list, tuple, Sequence) or (
+            isinstance(origin, type) and issubclass(origin, Sequence) and origin is not str
+        ):
+            args = [a for a in typing.get_args(member) if a is not Ellipsis]
+            if args and args[0] in (int, float):
+                return args[0]
+    return None
+
+
+def _type_and_help(rule: Constraint | None, hint: Any) -> tuple[dict[str, Any], str]:
+    """click keyword arguments (type, metavar or flag) and the help text of one parameter."""
+    text = f"must be {rule.describe()}." if rule is not None else ""
+    if isinstance(rule, Interval):
+        return {"type": click.INT if rule.kind is int else click.FLOAT}, text
+    if isinstance(rule, OneOf):
+        names = [o for o in rule.options if o is not None]
+        if names and all(isinstance(o, bool) for o in names):
+            return {"is_flag": True}, "on or off."
+        if names and all(isinstance(o, str) for o in names):
+            metavar = "[" + "|".join(names) + "]"
+            return {"type": click.STRING, "metavar": metavar}, text
+    if isinstance(rule, SubsetOf):
+        return {"type": ListOf(str)}, text
+    kind = _sequence_of(hint)
+    if kind is not None:
+        words = rule if str in _members(hint) else None
+        return {"type": ListOf(kind, words)}, text or f"comma-separated {kind.__name__}s."
+    if not text:
+        names = [getattr(m, "__name__", str(m)) for m in _members(hint)]
+        text = "a " + " or ".join("None" if n == "NoneType" else n for n in names) + "."
+    return {"type": click.STRING}, text
+
+
+def estimator_options(cls: type) -> list[EstimatorOption]:
+    """One option per ``__init__`` parameter of ``cls`` (those in :data:`COMMAND_OWNED` are
+    set by the command's own option), in signature order."""
+    sig = inspect.signature(cls.__init__)
+    hints = typing.get_type_hints(cls.__init__)
+    rules: dict[str, Constraint] = getattr(cls, "_constraints", {})
+    out = []
+    for name in init_param_names(cls):
+        if name in COMMAND_OWNED:
+            continue
+        kwargs, text = _type_and_help(rules.get(name), hints.get(name, str))
+        flag = option_name(name)
+        decls = [f"{flag}/--no-{flag[2:]}" if kwargs.pop("is_flag", False) else flag, name]
+        default = sig.parameters[name].default
+        out.append(
+            EstimatorOption(decls, default=None, help=text, estimator_default=default, **kwargs)
+        )
+    return out
+
+
+class EstimatorCommand(click.Command):
+    """The command of one estimator: the verb's options, then the estimator's parameters
+    (listed apart in ``--help``); an option the estimator does not take is refused with one
+    line naming the ones it does."""
+
+    def __init__(self, *args: Any, key: str, estimator: type, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key, self.estimator = key, estimator
+        self.parameter_names = [
+            p.name for p in self.params if isinstance(p, EstimatorOption) and p.name
+        ]
+
+    def split(self, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(estimator flags, the command's other options)`` from the callback's kwargs."""
+        flags = {k: v for k, v in values.items() if k in self.parameter_names}
+        return flags, {k: v for k, v in values.items() if k not in flags}
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as err:
+            names = ", ".join(option_name(n) for n in self.parameter_names)
+            close = ", ".join(repr(p) for p in err.possibilities or ())
+            hint = f" (did you mean {close}?)" if close else ""
+            raise click.NoSuchOption(
+                err.option_name,
+                f"No such option {err.option_name!r}{hint}; the parameters of {self.key} are "
+                f"{names}",
+                ctx=ctx,
+            ) from None
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        own, generated = [], []
+        for p in self.get_params(ctx):
+            record = p.get_help_record(ctx)
+            if record is not None:
+                (generated if isinstance(p, EstimatorOption) else own).append(record)
+        with formatter.section("Options"):
+            formatter.write_dl(own)
+        with formatter.section(f"Parameters of {self.estimator.__name__} ({self.key})"):
+            formatter.write_dl(generated)
+
+
+class EstimatorGroup(click.Group):
+    """``attack`` / ``detect``: one :class:`EstimatorCommand` per name in ``registry``, built
+    on demand by ``make(key, estimator)``; an unknown name is refused by the registry (one
+    line with the closest name and the known ones)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        registry: Registry[Any],
+        make: Callable[[str, type], click.Command],
+        **kw: Any,
+    ) -> None:
+        super().__init__(*args, **kw)
+        self.registry, self.make = registry, make
+        self._made: dict[str, click.Command] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self.registry.names()
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name.startswith("-"):
+            return None  # an option before the name: click says so
+        cls = self.registry.get(cmd_name)  # unknown names raise UnknownNameError
+        key = next(k for k in self.registry.names() if self.registry.get(k) is cls)
+        if key not in self._made:
+            self._made[key] = self.make(key, cls)
+        return self._made[key]
+
+
+def _first_words(doc: str, limit: int = 45) -> str:
+    """The start of a docstring's first paragraph, for the list of subcommands."""
+    text = " ".join(doc.split("\n\n")[0].split())
+    return text if len(text) <= limit else text[: limit - 3].rsplit(" ", 1)[0] + "..."
+
+
+def estimator_command(
+    template: click.Command, key: str, cls: type, extra: Sequence[click.Parameter] = ()
+) -> EstimatorCommand:
+    """``template``'s options (and ``extra``), then ``cls``'s generated options, calling
+    ``template``'s callback; the help is ``template``'s followed by the class docstring."""
+    generated = estimator_options(cls)
+    params = [*template.params, *extra, *generated]
+    clash = {p.name for p in [*template.params, *extra]} & {p.name for p in generated}
+    if clash:
+        raise RuntimeError(f"{cls.__name__} parameters {sorted(clash)} clash with command options")
+    doc = inspect.getdoc(cls) or ""
+    return EstimatorCommand(
+        key,
+        key=key,
+        estimator=cls,
+        params=params,
+        callback=template.callback,
+        help=f"{inspect.cleandoc(template.help or '')}\n\n{doc}",
+        short_help=_first_words(doc),
+        context_settings=template.context_settings,
+    )
