@@ -51,17 +51,18 @@ class ListOf(click.ParamType):
             return value
 
 
-class EstimatorOption(click.Option):
-    """An option for one estimator parameter: ``None`` unless given, and ``--help`` shows the
-    signature's default (``shown_default``) whatever click's own default is."""
+class ParameterOption(click.Option):
+    """An option for one parameter of a callee (an estimator, ``api.train``): ``None`` unless
+    given (so the callee keeps its own default), and ``--help`` shows the signature's default
+    (``signature_default``) whatever click's own default is."""
 
-    def __init__(self, *args: Any, estimator_default: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, signature_default: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.estimator_default = estimator_default
+        self.signature_default = signature_default
 
     def shown_default(self) -> str:
         """The signature's default as ``--help`` shows it (and as a flag would spell it)."""
-        value = self.estimator_default
+        value = self.signature_default
         if isinstance(value, bool) and self.secondary_opts:
             return (self.opts if value else self.secondary_opts)[0].lstrip("-")
         if isinstance(value, list | tuple):
@@ -72,6 +73,14 @@ class EstimatorOption(click.Option):
         extra = super().get_help_extra(ctx)
         extra["default"] = self.shown_default()
         return extra
+
+
+def signature_option(fn: Callable[..., Any], name: str, help: str, **kwargs: Any) -> Any:
+    """A click option decorator for parameter ``name`` of ``fn``, showing its default."""
+    default = inspect.signature(fn).parameters[name].default
+    return click.option(
+        option_name(name), name, cls=ParameterOption, signature_default=default, help=help, **kwargs
+    )
 
 
 def option_name(param: str) -> str:
@@ -125,7 +134,7 @@ def _type_and_help(rule: Constraint | None, hint: Any) -> tuple[dict[str, Any], 
     return {"type": click.STRING}, text
 
 
-def estimator_options(cls: type) -> list[EstimatorOption]:
+def estimator_options(cls: type) -> list[ParameterOption]:
     """One option per ``__init__`` parameter of ``cls`` (those in :data:`COMMAND_OWNED` are
     set by the command's own option), in signature order."""
     sig = inspect.signature(cls.__init__)
@@ -140,7 +149,7 @@ def estimator_options(cls: type) -> list[EstimatorOption]:
         decls = [f"{flag}/--no-{flag[2:]}" if kwargs.pop("is_flag", False) else flag, name]
         default = sig.parameters[name].default
         out.append(
-            EstimatorOption(decls, default=None, help=text, estimator_default=default, **kwargs)
+            ParameterOption(decls, default=None, help=text, signature_default=default, **kwargs)
         )
     return out
 
@@ -154,7 +163,7 @@ class EstimatorCommand(click.Command):
         super().__init__(*args, **kwargs)
         self.key, self.estimator = key, estimator
         self.parameter_names = [
-            p.name for p in self.params if isinstance(p, EstimatorOption) and p.name
+            p.name for p in self.params if isinstance(p, ParameterOption) and p.name
         ]
 
     def split(self, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -181,7 +190,7 @@ class EstimatorCommand(click.Command):
         for p in self.get_params(ctx):
             record = p.get_help_record(ctx)
             if record is not None:
-                (generated if isinstance(p, EstimatorOption) else own).append(record)
+                (generated if isinstance(p, ParameterOption) else own).append(record)
         with formatter.section("Options"):
             formatter.write_dl(own)
         with formatter.section(f"Parameters of {self.estimator.__name__} ({self.key})"):

@@ -3,6 +3,7 @@ options are generated from its signature (:mod:`eviltwins.cli.estimators`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -36,12 +37,19 @@ _shared = options(
 )
 
 
-def _split(values: dict[str, Any]) -> tuple[EstimatorCommand, dict[str, Any], dict[str, Any]]:
-    """The running command, its estimator's options and its other options."""
+def _invoke(
+    values: dict[str, Any], verb: Callable[..., Any], passed: tuple[str, ...]
+) -> tuple[dict[str, Any], Any]:
+    """Call ``verb`` (``api.attack`` / ``api.detect``) for the running command's estimator:
+    its parameters from the flags and ``--config``, the command's ``passed`` options (those
+    it has) and the loading options. Returns the resolved options and the result."""
     cmd = click.get_current_context().command
     assert isinstance(cmd, EstimatorCommand)
     flags, rest = cmd.split(values)
-    return cmd, flags, rest
+    opts, params = resolve(rest["config"], flags)
+    more = {k: opts[k] for k in passed if k in opts}
+    res = verb(cmd.key, opts["model"], opts["dataset"], params=params, **more, **loading(opts))
+    return opts, res
 
 
 # --- attack --------------------------------------------------------------------------------------
@@ -56,16 +64,7 @@ def _attack(**values: Any) -> None:
     """Plant this backdoor in a copy of MODEL; write the poisoned model,
     trigger.safetensors/.png, metrics.json and examples.png to OUT. A config may hold any
     of these options and parameters (flags override it)."""
-    cmd, flags, rest = _split(values)
-    opts, params = resolve(rest["config"], flags)
-    res = api.attack(
-        cmd.key,
-        opts["model"],
-        opts["dataset"],
-        params=params,
-        train_limit=opts["train_limit"],
-        **loading(opts),
-    )
+    opts, res = _invoke(values, api.attack, ("train_limit",))
     m = res.metrics
     emit(
         res.to_dict(),
@@ -136,16 +135,7 @@ def _detect(**values: Any) -> None:
     """Scan MODEL with this detector: model inspectors (neural-cleanse, abs) inspect the
     model; input filters (strip, ensemble) are evaluated on clean vs stamped held-out inputs.
     A config may hold any of these options and parameters (flags override it)."""
-    cmd, flags, rest = _split(values)
-    opts, params = resolve(rest["config"], flags)
-    report = api.detect(
-        cmd.key,
-        opts["model"],
-        opts["dataset"],
-        params=params,
-        **{p.name: opts[p.name] for p in FILTER_OPTIONS if p.name in opts},
-        **loading(opts),
-    )
+    opts, report = _invoke(values, api.detect, tuple(str(p.name) for p in FILTER_OPTIONS))
     emit(report.to_dict(), opts["as_json"], report.summary())
 
 

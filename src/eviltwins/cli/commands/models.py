@@ -26,6 +26,7 @@ from eviltwins.cli.common import (
     trust_options,
     trusted,
 )
+from eviltwins.cli.estimators import signature_option
 from eviltwins.data import DATASETS
 from eviltwins.detectors import DETECTORS
 from eviltwins.errors import ParamError
@@ -47,22 +48,18 @@ TRAIN_PARAMS = (
 
 
 @click.command()
-@click.option(
-    "--dataset", default=None, help=f"One of: {', '.join(DATASETS.names())}. [default: digits]"
-)
-@click.option(
-    "--model",
-    default=None,
-    help="Architecture ('eviltwins list models') or package.module:Class. [default: cnn]",
+@signature_option(api.train, "dataset", f"One of: {', '.join(DATASETS.names())}.")
+@signature_option(
+    api.train, "model", "Architecture ('eviltwins list models') or package.module:Class."
 )
 @click.option("--epochs", type=int, default=None, help="Epochs [default: the dataset's].")
-@click.option("--batch-size", type=int, default=None, help="Batch size. [default: 128]")
-@click.option("--lr", type=float, default=None, help="Learning rate. [default: 0.05]")
-@click.option("--optimizer", default=None, help="sgd or adam. [default: sgd]")
+@signature_option(api.train, "batch_size", "Batch size.", type=int)
+@signature_option(api.train, "lr", "Learning rate.", type=float)
+@signature_option(api.train, "optimizer", "sgd or adam.")
 @click.option(
     "--augment/--no-augment", default=None, help="Training augmentation [default: the dataset's]."
 )
-@click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
+@signature_option(api.train, "seed", "Random seed.", type=int)
 @train_limit_option
 @test_limit_option
 @config_option("any of these options")
