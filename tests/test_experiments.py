@@ -145,11 +145,11 @@ def test_sweep_writes_one_result_per_cell_and_resumes(tiny_run):
     assert summary.total == 4 and len(summary.ran) == 4 and not summary.failed
     assert len(summary.clean_trained) == 1
     results = load_cells(out)
-    assert {r["status"] for r in results} == {"ok"}
+    assert {r.status for r in results} == {"ok"}
     for r in results:
-        assert 0 <= r["attack"]["metrics"]["asr"] <= 1
-        assert "f1" in r["detectors"]["strip"]["metrics"]
-        assert (out / "cells" / r["key"] / "trigger.png").is_file()
+        assert 0 <= r.attack.metrics["asr"] <= 1
+        assert "f1" in r.detectors["strip"].metrics
+        assert (out / "cells" / r.key / "trigger.png").is_file()
     before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
     again = run_sweep(tiny(), out, threads=1, quiet=True)
     assert again.ran == [] and len(again.skipped) == 4 and again.clean_trained == []
@@ -163,8 +163,8 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):
     assert len(summary.ran) == 1 and len(summary.failed) == 1
     (failed,) = summary.failed.values()
     assert "mnist not found" in failed
-    bad = [r for r in load_cells(tmp_path / "run") if r["status"] == "error"]
-    assert len(bad) == 1 and "mnist not found" in bad[0]["error"]
+    bad = [r for r in load_cells(tmp_path / "run") if r.status == "error"]
+    assert len(bad) == 1 and "mnist not found" in bad[0].error
     rep = write_report(tmp_path / "run")
     assert len(rep.failed) == 1
     assert "Failed cells" in (rep.out / "report.md").read_text()
@@ -211,8 +211,8 @@ def test_local_processes_and_ray_give_identical_cells(tmp_path):
     ray = run_sweep(spec, tmp_path / "ray", executor="ray", threads=1, quiet=True)
     assert len(local.ran) == len(ray.ran) == 2
     a, b = load_cells(tmp_path / "local"), load_cells(tmp_path / "ray")
-    assert [c["key"] for c in a] == [c["key"] for c in b]
-    assert [_comparable(c) for c in a] == [_comparable(c) for c in b]
+    assert [c.key for c in a] == [c.key for c in b]
+    assert [_comparable(c.to_dict()) for c in a] == [_comparable(c.to_dict()) for c in b]
 
 
 # --- the report ------------------------------------------------------------------------------
