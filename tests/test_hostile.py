@@ -314,12 +314,12 @@ def test_saved_model_files_get_the_usual_mode(small_model):
 @pytest.fixture()
 def no_training(monkeypatch):
     """Fail the test if any training starts (the --out check must come first)."""
-    import eviltwins.api
+    import eviltwins.experiments.clean
 
     def boom(*_a, **_k):
         raise AssertionError("training ran before --out was checked")
 
-    monkeypatch.setattr(eviltwins.api, "train_model", boom)
+    monkeypatch.setattr(eviltwins.experiments.clean, "train_model", boom)
 
 
 def test_bad_out_is_refused_before_training(tmp_path, capsys, no_training):
