@@ -23,6 +23,7 @@ from eviltwins.errors import DataError, OptimisationError
 from eviltwins.io import ModelCard, save_model, write_json
 from eviltwins.metrics import attack_metrics
 from eviltwins.registry import Registry
+from eviltwins.results import Result, internal
 from eviltwins.training import evaluate
 from eviltwins.triggers import Trigger
 from eviltwins.utils import CHECK_IMAGES, check_finite_outputs, device_of, make_generator
@@ -31,16 +32,19 @@ RESULT_SCHEMA = "eviltwins.backdoor/1"
 
 
 @dataclass(frozen=True)
-class BackdoorResult:
+class BackdoorResult(Result):
     """A poisoned model with its trigger, target, final metrics and per-epoch history.
 
     ``metrics``: ``asr``, ``efficacy`` (over non-target test inputs), ``clean_acc``,
     ``benign_acc`` (of the model given to ``fit``), ``acc_drop`` (benign - clean, in accuracy
-    points as a fraction), ``mask_l1``, ``mask_area``.
+    points as a fraction), ``mask_l1``, ``mask_area``. ``model`` and ``trigger`` are kept for
+    the caller and are not part of :meth:`to_dict` (:meth:`save` writes them as files).
     """
 
-    model: nn.Module = field(repr=False)
-    trigger: Trigger = field(repr=False)
+    SCHEMA: ClassVar[str] = RESULT_SCHEMA
+
+    model: nn.Module = internal(repr=False)
+    trigger: Trigger = internal(repr=False)
     target: int
     metrics: dict[str, float]
     history: list[dict[str, float]]
@@ -50,8 +54,9 @@ class BackdoorResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The result's JSON form (``metrics.json``), keys in their historical order."""
         return {
-            "schema": RESULT_SCHEMA,
+            "schema": self.SCHEMA,
             "attack": self.attack,
             "target": self.target,
             "metrics": self.metrics,

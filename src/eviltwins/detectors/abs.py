@@ -211,6 +211,7 @@ class ABS(ModelInspector):
                 "n_seeds": len(xs),
                 "n_eval": len(xe),
             },
+            labels=list(range(k)),
         )
 
     def _candidates(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,31 +21,57 @@ from eviltwins.errors import DataError, NotFittedError, ParamError
 from eviltwins.io import write_json
 from eviltwins.metrics import detection_metrics
 from eviltwins.registry import Registry
+from eviltwins.results import Result, internal
 from eviltwins.utils import CHECK_IMAGES, check_finite_outputs, nonfinite_outputs_message
 
 INSPECTION_SCHEMA = "eviltwins.inspection/1"
 FILTER_SCHEMA = "eviltwins.filter/1"
 
 
+#: Keys of an inspection report's dict that are derived from its fields (not read back).
+_DERIVED = ("is_backdoored", "max_anomaly", "suspect")
+
+
+def _empty() -> Tensor:
+    return torch.zeros(0)
+
+
 @dataclass(frozen=True)
-class InspectionReport:
+class InspectionReport(Result):
     """A model-inspection verdict: per-label scores and the labels flagged as backdoor targets.
 
     ``scores`` are per-label measures (NeuralCleanse: L1 norms of the reversed masks; ABS: the
     best REASR per label); ``anomaly`` the per-label anomaly measure the verdict uses (MAD index;
-    REASR); ``flagged`` the labels over ``threshold``. ``masks`` / ``patterns`` hold the reversed
-    triggers per label (or per candidate) for figures and the ensemble detector.
+    REASR), one per entry of ``labels`` (the labels inspected; default all, ``0..len(anomaly)-1``);
+    ``flagged`` the labels over ``threshold``. ``masks`` / ``patterns`` hold the reversed
+    triggers per label (or per candidate) for figures and the ensemble detector; they are not
+    part of :meth:`to_dict` (:meth:`save` writes them), and a report read back with
+    :meth:`from_dict` has empty ones.
     """
+
+    SCHEMA: ClassVar[str] = INSPECTION_SCHEMA
 
     detector: str
     scores: list[float]
     anomaly: list[float]
     flagged: list[int]
     threshold: float
-    masks: Tensor = field(repr=False)
-    patterns: Tensor = field(repr=False)
-    seconds: float
+    masks: Tensor = internal(default_factory=_empty, repr=False)
+    patterns: Tensor = internal(default_factory=_empty, repr=False)
+    seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    labels: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.labels and self.anomaly:  # files written before labels were a field
+            labels = self.details.get("labels", range(len(self.anomaly)))
+            object.__setattr__(self, "labels", [int(lab) for lab in labels])
+
+    def anomaly_of(self, label: int) -> float | None:
+        """The anomaly measure of ``label``, or None when it was not inspected."""
+        if label not in self.labels:
+            return None
+        return float(self.anomaly[self.labels.index(label)])
 
     @property
     def is_backdoored(self) -> bool:
@@ -60,8 +87,10 @@ class InspectionReport:
         return int(np.argmax(self.anomaly))
 
     def to_dict(self) -> dict[str, Any]:
+        """The report's JSON form, with the derived verdict (``is_backdoored``,
+        ``max_anomaly``, ``suspect``) next to the fields."""
         return {
-            "schema": INSPECTION_SCHEMA,
+            "schema": self.SCHEMA,
             "detector": self.detector,
             "is_backdoored": self.is_backdoored,
             "flagged": self.flagged,
@@ -70,9 +99,20 @@ class InspectionReport:
             "threshold": self.threshold,
             "scores": self.scores,
             "anomaly": self.anomaly,
+            "labels": self.labels,
             "seconds": self.seconds,
             "details": self.details,
         }
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], source: str = "inspection report"
+    ) -> InspectionReport:
+        """A report from :meth:`to_dict`'s output (or a file written before ``labels`` was a
+        field); the derived verdict keys are recomputed, not read."""
+        if isinstance(data, Mapping):
+            data = {k: v for k, v in data.items() if k not in _DERIVED}
+        return super().from_dict(data, source)
 
     def save(self, out_dir: str | os.PathLike[str]) -> Path:
         """``report.json``, ``reversed.safetensors`` (masks, patterns) and ``reversed.png``."""
@@ -88,8 +128,7 @@ class InspectionReport:
             str(out / "reversed.safetensors"),
         )
         shown = self.patterns * self.masks
-        labels = self.details.get("labels", list(range(len(self.masks))))
-        titles = [f"{lab}: {a:.2f}" for lab, a in zip(labels, self.anomaly, strict=False)]
+        titles = [f"{lab}: {a:.2f}" for lab, a in zip(self.labels, self.anomaly, strict=False)]
         save_image_grid(
             torch.cat([self.masks.expand_as(shown), shown]),
             out / "reversed.png",
@@ -160,7 +199,7 @@ def filter_result(scores_clean: Tensor, scores_triggered: Tensor, threshold: flo
 
 
 @dataclass(frozen=True)
-class FilterReport:
+class FilterReport(Result):
     """An input filter's evaluation on clean vs triggered inputs: F1, precision, recall, FRR,
     FAR from its decisions and ROC AUC from its continuous scores.
 
@@ -180,6 +219,8 @@ class FilterReport:
     the target). ``seconds`` is the wall time of fit + evaluation.
     """
 
+    SCHEMA: ClassVar[str] = FILTER_SCHEMA
+
     detector: str
     metrics: dict[str, float | None]
     threshold: float
@@ -195,8 +236,9 @@ class FilterReport:
     defined: bool = True
 
     def to_dict(self) -> dict[str, Any]:
+        """The report's JSON form, keys in their historical order."""
         return {
-            "schema": FILTER_SCHEMA,
+            "schema": self.SCHEMA,
             "detector": self.detector,
             "protocol": self.protocol,
             "metrics": self.metrics,

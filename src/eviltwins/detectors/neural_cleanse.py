@@ -202,6 +202,7 @@ class NeuralCleanse(ModelInspector):
                 "early_stop": self.early_stop,
                 "preset": self.preset,
             },
+            labels=[int(lab) for lab in labels],
         )
 
     def _reverse(
