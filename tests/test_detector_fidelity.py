@@ -21,7 +21,7 @@ from eviltwins.detectors import (
     evaluate_filter,
 )
 from eviltwins.detectors.abs import low_high_split, project_mask
-from eviltwins.detectors.base import split_filter_data
+from eviltwins.detectors.evaluation import split_filter_data
 from eviltwins.errors import ParamError
 from eviltwins.training import predict
 from eviltwins.triggers import Trigger

@@ -9,9 +9,9 @@ from eviltwins.detectors.base import (
     InputFilter,
     InspectionReport,
     ModelInspector,
-    evaluate_filter,
 )
 from eviltwins.detectors.ensemble import NCStripEnsemble
+from eviltwins.detectors.evaluation import evaluate_filter, run_detector
 from eviltwins.detectors.neural_cleanse import NeuralCleanse
 from eviltwins.detectors.strip import STRIP
 
@@ -26,4 +26,5 @@ __all__ = [
     "NCStripEnsemble",
     "NeuralCleanse",
     "evaluate_filter",
+    "run_detector",
 ]

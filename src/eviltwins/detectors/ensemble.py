@@ -14,10 +14,12 @@ from eviltwins.data import DatasetSpec
 from eviltwins.detectors.base import (
     DETECTORS,
     InputFilter,
+    ModelInspector,
     as_images,
     normal_threshold,
     quantile_threshold,
 )
+from eviltwins.detectors.neural_cleanse import NeuralCleanse
 from eviltwins.errors import ParamError
 from eviltwins.metrics import prediction_entropy
 from eviltwins.results import ShownMetric
@@ -42,8 +44,9 @@ class NCStripEnsemble(InputFilter):
     ``strip_fpr`` rule), ``"fixed"`` uses ``deviation_threshold`` on the deviation.
 
     ``fit(model, clean, trigger)`` takes the recovered trigger (e.g. from
-    ``NeuralCleanse().inspect``: ``report.masks[suspect]``), or runs NeuralCleanse on
-    ``data.test`` when ``trigger`` is None. Those NeuralCleanse inputs must be disjoint from the
+    ``NeuralCleanse().inspect``: ``report.masks[suspect]``), or, when ``trigger`` is None,
+    composes a model inspector (:meth:`inspector`: NeuralCleanse with the ensemble's seed),
+    kept as ``inspector_``, and runs it on ``data.test``. Those inputs must be disjoint from the
     inputs the ensemble is evaluated on: :func:`~eviltwins.detectors.evaluate_filter` passes
     the test images outside its evaluated part.
     """
@@ -52,7 +55,6 @@ class NCStripEnsemble(InputFilter):
     report_metric: ClassVar[ShownMetric] = ShownMetric(
         "f1", "ensemble F1", name="ensemble", figures=("fig15",)
     )
-    needs_data: ClassVar[bool] = True  # fit runs NeuralCleanse on a DatasetSpec
     _constraints = {
         "n_overlays": Interval(int, 1, None),
         "steps": Interval(int, 2, None),
@@ -78,6 +80,10 @@ class NCStripEnsemble(InputFilter):
         self.frr = frr
         self.seed = seed
 
+    def inspector(self) -> ModelInspector:
+        """The model inspector whose suspected trigger the ensemble mixes (step (i))."""
+        return NeuralCleanse(seed=self.seed, quiet=True)
+
     def _fit(
         self,
         model: nn.Module,
@@ -96,9 +102,8 @@ class NCStripEnsemble(InputFilter):
                     "the ensemble needs NeuralCleanse's recovered trigger: pass "
                     "trigger=... or data=<DatasetSpec> to run NeuralCleanse"
                 )
-            from eviltwins.detectors.neural_cleanse import NeuralCleanse
-
-            report = NeuralCleanse(seed=self.seed, quiet=True).inspect(model, data)
+            self.inspector_ = self.inspector()
+            report = self.inspector_.inspect(model, data)
             s = report.suspect
             trigger = Trigger(report.masks[s], report.patterns[s])
             self.nc_report_ = report

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from eviltwins.base import Interval, OneOf
+from eviltwins.data import DatasetSpec
 from eviltwins.detectors.base import (
     DETECTORS,
     InputFilter,
@@ -155,11 +156,14 @@ class STRIP(InputFilter):
         v = getattr(self, name, None)
         return VARIANTS[self.variant][name] if v is None else v
 
-    def _fit(self, model: nn.Module, clean: Tensor | Dataset) -> STRIP:
+    def _fit(
+        self, model: nn.Module, clean: Tensor | Dataset, *, data: DatasetSpec | None = None
+    ) -> STRIP:
         """Keep ``model`` and the held-out ``clean`` images (overlay pool), and set the
         threshold: the ``frr`` empirical quantile (``quantile``) or normal-fit quantile
         (``normal``) of the clean images' own overlay entropies, each image overlaid only with
-        the *other* clean images; or the fixed ``entropy_threshold``."""
+        the *other* clean images; or the fixed ``entropy_threshold``. ``data`` is not used
+        (STRIP needs only the clean images)."""
         self._validate_params()
         start = time.perf_counter()
         self.model_ = model
