@@ -55,10 +55,27 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch global RNGs (used for model initialisation only)."""
+    """Seed python, numpy and torch global RNGs. Prefer :func:`seeded_init` (nothing leaks)
+    and explicit generators (:func:`make_generator`)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Run the block on torch's global RNGs (CPU and CUDA) seeded with ``seed``, then put the
+    caller's states back: for weight initialisation, the one thing that needs the global
+    generator (``nn.init`` and ``reset_parameters`` take no ``generator=``). Nothing leaks:
+    the caller's random streams are the same after the block as before it.
+
+    >>> with seeded_init(0):
+    ...     model = build_model("cnn", (1, 28, 28), 10, (0.5,), (0.5,))
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
 
 
 def _device_rng_state(device: torch.device) -> Tensor:

@@ -3,61 +3,22 @@
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from eviltwins.attacks.base import ATTACKS, BackdoorAttack, poison_hook
-from eviltwins.base import Check, Interval, OneOf
+from eviltwins.attacks.base import ATTACKS, BackdoorAttack
+from eviltwins.attacks.retrain import (
+    POISON_SHARE,
+    RETRAIN_CONSTRAINTS,
+    TRIGGER_CONSTRAINTS,
+    reset_weights,
+    retrain,
+)
+from eviltwins.base import OneOf
 from eviltwins.data import DatasetSpec
-from eviltwins.metrics import attack_metrics
-from eviltwins.training import TrainConfig, train_model
-from eviltwins.triggers import POSITIONS, Trigger, parse_position
-from eviltwins.utils import seed_everything
-
-
-def valid_position(p: Any) -> bool:
-    parse_position(p)
-    return True
-
-
-TRIGGER_CONSTRAINTS = {
-    "target": Interval(int, 0, None),
-    "size": Interval(float, 0, 1, closed="right"),
-    "transparency": Interval(float, 0, 1, closed="left"),
-    "position": Check(valid_position, f"one of {', '.join(POSITIONS)} or 'row,col'"),
-    "pattern": Check(
-        lambda p: isinstance(p, str | os.PathLike | Tensor),
-        "white, black, random, an image path or a tensor",
-        bad=3,
-    ),
-    "seed": Interval(int, 0, None),
-}
-RETRAIN_CONSTRAINTS = {
-    "epochs": Interval(int, 0, None),
-    "max_steps": Interval(int, 0, None, allow_none=True),
-    "lr": Interval(float, 0, None, closed="neither"),
-    "batch_size": Interval(int, 1, None),
-}
-
-
-def reset_weights(model: nn.Module, seed: int) -> None:
-    """Re-initialise every layer that can (training from scratch), reproducibly."""
-    seed_everything(seed)
-    for m in model.modules():
-        if hasattr(m, "reset_parameters") and m is not model:
-            m.reset_parameters()
-
-
-def asr_callback(model: nn.Module, data: DatasetSpec, trigger: Trigger, target: int):
-    """An epoch callback recording the ASR and efficacy of ``trigger`` after each epoch."""
-
-    def cb(epoch: int, record: dict[str, float]) -> None:
-        m = attack_metrics(model, data.test, trigger, target)
-        record.update(asr=m["asr"], efficacy=m["efficacy"])
-
-    return cb
+from eviltwins.triggers import Trigger
 
 
 @ATTACKS.register("badnet")
@@ -77,9 +38,8 @@ class BadNet(BackdoorAttack):
     _constraints = {
         **TRIGGER_CONSTRAINTS,
         **RETRAIN_CONSTRAINTS,
-        "poison_rate": Interval(float, 0, 1, closed="right"),
+        "poison_rate": POISON_SHARE,
         "from_scratch": OneOf(True, False),
-        "inplace": OneOf(True, False),
     }
 
     def __init__(
@@ -120,21 +80,14 @@ class BadNet(BackdoorAttack):
         )
         if self.from_scratch:
             reset_weights(model, self.seed)
-        cfg = TrainConfig(
-            epochs=self.epochs,
-            max_steps=self.max_steps,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            weight_decay=2e-4,
-            seed=self.seed,
-        )
-        history = train_model(
+        history = retrain(
+            self,
             model,
             data,
-            cfg,
-            batch_hook=poison_hook(trigger, self.target, self.poison_rate, generator, "replace"),
-            epoch_callback=asr_callback(model, data, trigger, self.target),
-            quiet=self.quiet,
+            trigger,
+            generator,
+            share=self.poison_rate,
+            mode="replace",
             desc="badnet",
         )
         return trigger, history, {}

@@ -15,15 +15,20 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from eviltwins.attacks.badnet import RETRAIN_CONSTRAINTS, TRIGGER_CONSTRAINTS
 from eviltwins.attacks.base import ATTACKS, BackdoorAttack, poison_hook
+from eviltwins.attacks.retrain import (
+    POISON_SHARE,
+    RETRAIN_CONSTRAINTS,
+    TRIGGER_CONSTRAINTS,
+    retrain_config,
+)
 from eviltwins.attacks.trojannn import TrojanNN
 from eviltwins.base import Check, Interval, OneOf, as_tuple
 from eviltwins.data import DatasetSpec, TensorImageDataset, iter_batches, load_all
 from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.evasion import EVASIONS, neural_cleanse_fidelity
 from eviltwins.metrics import attack_metrics
-from eviltwins.training import TrainConfig, Trainer, evaluate
+from eviltwins.training import Trainer, evaluate
 from eviltwins.triggers import Trigger, TriggerParams
 from eviltwins.utils import CHECK_IMAGES, device_of, eval_mode, frozen_params
 
@@ -90,7 +95,7 @@ class IMC(BackdoorAttack):
         "trigger_steps": Interval(int, 0, None),
         "trigger_lr": Interval(float, 0, None, closed="neither"),
         "retrain_steps": Interval(int, 1, None, allow_none=True),
-        "poison_share": Interval(float, 0, 1, closed="right"),
+        "poison_share": POISON_SHARE,
         "kappa": Interval(float, 0, 1),
         "max_acc_drop": Interval(float, 0, 1),
         "early_stop": OneOf(True, False),
@@ -99,7 +104,6 @@ class IMC(BackdoorAttack):
         "init_trigger_steps": Interval(int, 0, None),
         "monitor_size": Interval(int, 10, None),
         "seeds_per_class": Interval(int, 1, None),
-        "inplace": OneOf(True, False),
     }
 
     def __init__(
@@ -278,18 +282,11 @@ class IMC(BackdoorAttack):
         budget = self.outer_iters * per_iter
         if self.max_steps is not None:
             budget = min(budget, self.max_steps)
-        cfg = TrainConfig(
-            epochs=1,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            weight_decay=2e-4,
-            schedule="constant",
-            seed=self.seed,
-        )
         trainer = Trainer(
             model,
             data,
-            cfg,
+            # IMC counts its own step budget (outer_iters x retrain_steps, max_steps)
+            retrain_config(self, "constant", epochs=1, max_steps=None),
             batch_hook=batch_hook,
             extra_loss=extra_loss if model_terms else None,
             total_steps=budget,

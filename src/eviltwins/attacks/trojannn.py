@@ -11,8 +11,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from eviltwins.attacks.badnet import RETRAIN_CONSTRAINTS, TRIGGER_CONSTRAINTS, asr_callback
-from eviltwins.attacks.base import ATTACKS, BackdoorAttack, poison_hook
+from eviltwins.attacks.base import ATTACKS, BackdoorAttack
+from eviltwins.attacks.retrain import (
+    POISON_SHARE,
+    RETRAIN_CONSTRAINTS,
+    TRIGGER_CONSTRAINTS,
+    retrain,
+)
 from eviltwins.base import Interval, OneOf
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.errors import OptimisationError, ParamError
@@ -22,7 +27,6 @@ from eviltwins.models import (
     feature_tap,
     layer_or_feature_layer,
 )
-from eviltwins.training import TrainConfig, train_model
 from eviltwins.triggers import Trigger, stamp
 from eviltwins.utils import device_of, eval_mode, frozen_params
 
@@ -110,9 +114,8 @@ class TrojanNN(BackdoorAttack):
         "trigger_steps": Interval(int, 0, None),
         "trigger_lr": Interval(float, 0, None, closed="neither"),
         "cost_threshold": Interval(float, 0, None),
-        "poison_share": Interval(float, 0, 1, closed="right"),
+        "poison_share": POISON_SHARE,
         "footprint": OneOf(True, False),
-        "inplace": OneOf(True, False),
     }
 
     def __init__(
@@ -165,7 +168,7 @@ class TrojanNN(BackdoorAttack):
     ) -> tuple[Trigger, dict[str, Any]]:
         """Neuron selection and trigger generation on a fixed model; returns the trigger and
         a record of what happened (neurons, activations before/after, cost history)."""
-        layer = self._layer(model)
+        layer = layer_or_feature_layer(model, self.layer)
         device = device_of(model)
         init = Trigger.square(
             data.shape,
@@ -225,9 +228,6 @@ class TrojanNN(BackdoorAttack):
         }
         return trigger, info
 
-    def _layer(self, model: nn.Module) -> str:
-        return layer_or_feature_layer(model, self.layer)
-
     def _select(
         self,
         model: nn.Module,
@@ -271,22 +271,15 @@ class TrojanNN(BackdoorAttack):
     # --- the whole attack --------------------------------------------------------------------
     def _fit(self, model: nn.Module, data: DatasetSpec, generator: torch.Generator):
         trigger, info = self.generate_trigger(model, data, generator)
-        cfg = TrainConfig(
-            epochs=self.epochs,
-            max_steps=self.max_steps,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            weight_decay=2e-4,
-            schedule="constant",
-            seed=self.seed,
-        )
-        history = train_model(
+        history = retrain(
+            self,
             model,
             data,
-            cfg,
-            batch_hook=poison_hook(trigger, self.target, self.poison_share, generator, "append"),
-            epoch_callback=asr_callback(model, data, trigger, self.target),
-            quiet=self.quiet,
+            trigger,
+            generator,
+            share=self.poison_share,
+            mode="append",
+            schedule="constant",
             desc="trojannn re-train",
         )
         return trigger, history, info

@@ -29,10 +29,6 @@ def _channel_means(feat: Tensor) -> Tensor:
     return feat if feat.ndim == 2 else feat.mean(dim=(2, 3))
 
 
-def _layer_of(model: nn.Module, layer: str | None) -> str:
-    return layer_or_feature_layer(model, layer)
-
-
 def low_high_split(n_levels: int) -> int:
     """How many of the (ascending) stimulation levels count as "low": ``n // 5`` as in
     TrojanZoo's ``find_min_max`` (low = levels[:n // 5], high = levels[n // 5:]), at least 1
@@ -144,7 +140,7 @@ class ABS(ModelInspector):
 
     def layer_of(self, model: nn.Module) -> str:
         """The layer ABS stimulates in ``model``: ``layer``, else the model's feature layer."""
-        return _layer_of(model, self.layer)
+        return layer_or_feature_layer(model, self.layer)
 
     def candidates(
         self, model: nn.Module, layer: str, xs: Tensor, ys: Tensor, num_classes: int

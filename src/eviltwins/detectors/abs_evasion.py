@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eviltwins.detectors.abs import ABS, _layer_of
+from eviltwins.detectors.abs import ABS
 from eviltwins.evasion import EVASIONS, EvasionTerm
-from eviltwins.models import feature_tap
+from eviltwins.models import feature_tap, layer_or_feature_layer
 
 #: Weight of the other channels in the re-mask loss (the authors' ``abs_loss``: 1e-3).
 OTHERS_WEIGHT = 1e-3
@@ -26,7 +26,7 @@ OTHERS_WEIGHT = 1e-3
 def abs_candidates(model: nn.Module, xs: Tensor, ys: Tensor, num_classes: int) -> dict[str, Any]:
     """``refresh``: ABS's candidate neurons of the current model (steps 1-2 with ABS's
     defaults, in the model's feature layer), found on the seed images ``xs`` / ``ys``."""
-    layer = _layer_of(model, None)
+    layer = layer_or_feature_layer(model, None)
     cands = ABS(quiet=True).candidates(model, layer, xs, ys, num_classes)
     channels = torch.tensor(sorted({c for c, _ in cands}), dtype=torch.long, device=xs.device)
     return {"layer": layer, "channels": channels}
