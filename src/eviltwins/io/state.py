@@ -8,7 +8,6 @@ import json
 import math
 import os
 import pickle
-import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from eviltwins.io.cards import (
 from eviltwins.io.jsonfile import read_json, refuse_constant, write_json
 from eviltwins.models import Classifier
 from eviltwins.paths import publish_mode, readable_file, why_unreadable
+from eviltwins.safetensors_header import DTYPE_SIZES, HeaderProblem, read_header
 from eviltwins.utils import first_nonfinite
 
 #: Largest safetensors JSON header read (the format's own reference limit is 100 MB).
@@ -71,12 +71,6 @@ def _check_finite(state: dict[str, torch.Tensor], source: Any) -> None:
         )
 
 
-_SAFETENSORS_DTYPES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
-    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
-
-
 def safetensors_header(
     data: str | os.PathLike[str] | bytes,
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
@@ -95,18 +89,10 @@ def _parse_header(
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
     """:func:`safetensors_header` on ``size`` bytes whose first 8 are ``head`` (``read(n)``
     gives the next ``n``)."""
-    if len(head) < 8:
-        raise DataError(f"{name} is not a safetensors file (shorter than its header)")
-    (n,) = struct.unpack("<Q", head)
-    if n > min(MAX_HEADER_BYTES, size - 8):
-        raise DataError(f"{name} is not a safetensors file (header length {n} out of range)")
-    raw = read(n)
     try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise DataError(f"{name} is not a safetensors file (unreadable header)") from None
-    if not isinstance(header, dict):
-        raise DataError(f"{name} is not a safetensors file (header is not an object)")
+        header, n = read_header(head, read, size, MAX_HEADER_BYTES)
+    except HeaderProblem as err:
+        raise DataError(f"{name} is not a safetensors file ({err})") from None
     shapes: dict[str, tuple[int, ...]] = {}
     body = size - 8 - n
     for key, info in header.items():
@@ -115,7 +101,7 @@ def _parse_header(
         try:
             shape = tuple(info["shape"])
             begin, end = info["data_offsets"]
-            width = _SAFETENSORS_DTYPES[info["dtype"]]
+            width = DTYPE_SIZES[info["dtype"]]
             ok = all(_is_int(v) and v >= 0 for v in (*shape, begin, end))
             ok = ok and 0 <= begin <= end <= body and end - begin == width * math.prod(shape)
         except (KeyError, TypeError, ValueError):
