@@ -1,13 +1,5 @@
-"""The trigger object: a mask m and a pattern r, stamped as psi(x, r; m) = x (1 - m) + r m.
-
-This is the one stamping function of the toolkit (Pang et al., CCS 2020, Section 5.1.2): every
-attack, detector and metric stamps through :func:`stamp` / :meth:`Trigger.stamp`, batched.
-
-The square watermark (:meth:`Trigger.square`) follows ALGORITHMS.md: a square of side
-``round(size * W)`` pixels (at least 1), default bottom-right, with m = 1 - p on covered pixels
-for transparency p (p = 0 is opaque). The tanh change of variables used by the optimisers is
-:class:`TriggerParams` (r = (tanh(w_r) + 1) / 2, m = (tanh(w_m) + 1) / 2, confined to a region).
-"""
+"""The trigger object (mask m, pattern r, region) and :func:`stamp`, psi(x, r; m) =
+x (1 - m) + r m: the one stamping function of the toolkit (see :mod:`eviltwins.triggers`)."""
 
 from __future__ import annotations
 
