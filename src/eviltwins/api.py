@@ -190,7 +190,7 @@ def detect(
     report (and reversed-trigger images for inspectors) are written there; ``out`` is checked
     first and may not be the model's folder. ``trust_arch``: see :func:`evaluate`.
     """
-    from eviltwins.detectors import DETECTORS, InputFilter, evaluate_filter
+    from eviltwins.detectors import DETECTORS, InputFilter, run_detector
     from eviltwins.triggers import Trigger
 
     det = DETECTORS.build(name, params, quiet)
@@ -222,11 +222,13 @@ def detect(
             )
     spec = _matching_dataset(card, dataset, data_root, download, None, test_limit)
     if not is_filter:
-        report = det.inspect(net, spec)
+        report = run_detector(det, net, spec)
         if out is not None:
             report.save(out)
         return report
-    report = evaluate_filter(det, net, spec, trig, tgt, n_clean, protocol)
+    report = run_detector(
+        det, net, spec, trigger=trig, target=tgt, n_clean=n_clean, protocol=protocol
+    )
     if out is not None:
         from eviltwins.io import write_json
 

@@ -22,7 +22,7 @@ from eviltwins.io import ModelCard
 from eviltwins.models import build_model
 from eviltwins.results import Result, internal
 from eviltwins.training import TrainConfig, evaluate, train_model
-from eviltwins.utils import resolve_device, seed_everything, versions
+from eviltwins.utils import resolve_device, seeded_init, versions
 
 TRAIN_SCHEMA = "eviltwins.train/1"
 
@@ -60,8 +60,8 @@ def train_clean(
     diverges raises :class:`~eviltwins.errors.OptimisationError`."""
     arch_kwargs = dict(arch_kwargs or {})
     dev, spec = resolve_device(device), data
-    seed_everything(cfg.seed)  # weight initialisation is the only global-RNG use
-    net = build_model(model, spec.shape, spec.num_classes, spec.mean, spec.std, **arch_kwargs)
+    with seeded_init(cfg.seed):  # weight initialisation: the one global-RNG use, not leaked
+        net = build_model(model, spec.shape, spec.num_classes, spec.mean, spec.std, **arch_kwargs)
     net = net.to(dev)
     start = time.perf_counter()
     history = train_model(net, spec, cfg, quiet=quiet)

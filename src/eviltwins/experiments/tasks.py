@@ -85,7 +85,7 @@ def _run_cell(
 
     from eviltwins.attacks import ATTACKS
     from eviltwins.data import load_all
-    from eviltwins.detectors import DETECTORS, InputFilter, evaluate_filter
+    from eviltwins.detectors import DETECTORS, InputFilter, run_detector
     from eviltwins.io import model_from_bytes, model_to_bytes
     from eviltwins.training import evaluate, get_dataset, predict
     from eviltwins.utils import resolve_device
@@ -128,10 +128,12 @@ def _run_cell(
             if trigger is None:
                 detectors[label] = {"skipped": "input filters need a trigger; clean-model cell"}
                 continue
-            rep = evaluate_filter(det, poisoned, spec, trigger, target, cfg["n_clean"])
+            rep = run_detector(
+                det, poisoned, spec, trigger=trigger, target=target, n_clean=cfg["n_clean"]
+            )
             detectors[label] = {"kind": "filter", **rep.to_dict()}
         else:
-            rep = det.inspect(poisoned, spec)
+            rep = run_detector(det, poisoned, spec)
             d_out = {"kind": "inspection", **rep.to_dict()}
             target_anomaly = rep.anomaly_of(target)
             if target_anomaly is not None:
