@@ -119,7 +119,6 @@ def test_cell_keys_track_everything_that_changes_a_result():
     assert len({c.key(a) for c in cells(a)}) == len(cells(a)) == 4
 
 
-
 def test_demo_cell_keys_are_pinned():
     """Cell keys name existing run folders' results: a refactor must not change them (these
     are the keys of commit 1550877)."""
@@ -131,6 +130,7 @@ def test_demo_cell_keys_are_pinned():
         "digits__cnn__TrojanNN-star__size0.2__tr0.7__seed0__959d7280df",
         "digits__cnn__TrojanNN-star__size0.3__tr0.7__seed0__637e1e9d5d",
     ]
+
 
 # --- the runner --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")

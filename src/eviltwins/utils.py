@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import random
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -52,14 +51,6 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch global RNGs. Prefer :func:`seeded_init` (nothing leaks)
-    and explicit generators (:func:`make_generator`)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 @contextlib.contextmanager

@@ -177,11 +177,11 @@ class EstimatorCommand(click.Command):
         except click.NoSuchOption as err:
             names = ", ".join(option_name(n) for n in self.parameter_names)
             close = ", ".join(repr(p) for p in err.possibilities or ())
-            hint = f" (did you mean {close}?)" if close else ""
+            hint = f"; did you mean {close}?" if close else ""
             raise click.NoSuchOption(
                 err.option_name,
-                f"No such option {err.option_name!r}{hint}; the parameters of {self.key} are "
-                f"{names}",
+                f"{self.key} has no parameter {err.option_name.lstrip('-').replace('-', '_')!r} "
+                f"(no option {err.option_name}{hint}); its parameters are {names}",
                 ctx=ctx,
             ) from None
 
