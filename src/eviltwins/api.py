@@ -26,7 +26,7 @@ from eviltwins.paths import prepare_out
 from eviltwins.results import Result
 from eviltwins.training import TrainConfig, get_dataset
 from eviltwins.training import evaluate as _evaluate
-from eviltwins.utils import resolve_device
+from eviltwins.utils import is_int, resolve_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +215,7 @@ def detect(
         trig = Trigger.load(trig_path)  # exactly this path; a hostile file is one line
         trig.check_shape(card.input_shape, f"model {model}")
         tgt = target if target is not None else card.extra.get("target", 0)
-        if not (isinstance(tgt, int) and not isinstance(tgt, bool) and 0 <= tgt < card.num_classes):
+        if not (is_int(tgt) and 0 <= tgt < card.num_classes):
             raise ParamError(
                 f"target class {tgt!r} is not a class of the model (0..{card.num_classes - 1}); "
                 "pass --target"

@@ -22,6 +22,7 @@ import yaml
 from eviltwins.base import Constraint
 from eviltwins.errors import DataError, ParamError
 from eviltwins.paths import readable_file
+from eviltwins.utils import is_int
 
 V = TypeVar("V", bound="Validated")
 
@@ -86,10 +87,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _convert(hint: Any, value: Any, name: str) -> Any:
     """``value`` converted as its annotation asks: an int for a float, mappings in a list of
     configs built; anything else unchanged (the constraints judge it)."""
@@ -97,7 +94,7 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         return value if value is None or len(options) != 1 else _convert(options[0], value, name)
-    if hint is float and _is_int(value):
+    if hint is float and is_int(value):
         return float(value)
     if origin is list and isinstance(value, list | tuple):
         (item,) = typing.get_args(hint) or (Any,)

@@ -17,6 +17,16 @@ from eviltwins.errors import DataError, EviltwinsError, ParamError
 T = TypeVar("T")
 
 
+def is_int(value: Any) -> bool:
+    """An ``int`` that is not a ``bool`` (JSON/YAML integers; ``True`` is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """An ``int`` or ``float`` that is not a ``bool`` (NaN and inf included)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> CUDA when present, else CPU; anything else is parsed by torch.
 

@@ -8,10 +8,11 @@ import os
 from typing import Any
 
 from eviltwins.errors import ParamError
+from eviltwins.utils import is_int
 
 
 def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 @dataclasses.dataclass(frozen=True)

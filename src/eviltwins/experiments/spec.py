@@ -34,6 +34,7 @@ from eviltwins.base import Check, Interval
 from eviltwins.config import Validated, read_yaml, validate
 from eviltwins.errors import ParamError
 from eviltwins.report.figures import FIGURES as PAPER_FIGURES
+from eviltwins.utils import is_int, is_real
 
 SPEC_SCHEMA = "eviltwins.sweep/1"
 CLEAN_ATTACK = "none"  # the attack name of the "no attack" cells (detectors on the clean model)
@@ -47,10 +48,6 @@ CLEAN_OPTIONS = (
     "arch_kwargs",
 )
 FIGURES = tuple(PAPER_FIGURES)  # the report's figure registry
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _str_list(kind: Callable[[Any], bool], what: str) -> Check:
@@ -143,7 +140,7 @@ class SweepSpec(Validated):
         ),
         "sizes": _unit_list(True, False, "trigger sizes"),
         "transparencies": _unit_list(False, True, "transparencies"),
-        "seeds": _str_list(_is_int, "seeds (integers)"),
+        "seeds": _str_list(is_int, "seeds (integers)"),
         "detectors": Check(
             lambda v: isinstance(v, list) and all(isinstance(e, Entry) for e in v),
             "a list of detectors ({name, label, params})",
@@ -398,8 +395,8 @@ def _check_arch_kwargs(model: str, factory: Any, arch_kwargs: dict[str, Any]) ->
             )
         want = hints.get(key)
         ok = {
-            int: isinstance(value, int) and not isinstance(value, bool),
-            float: isinstance(value, int | float) and not isinstance(value, bool),
+            int: is_int(value),
+            float: is_real(value),
             bool: isinstance(value, bool),
         }.get(want, True)
         if not ok:

@@ -26,6 +26,7 @@ from eviltwins.errors import DataError
 from eviltwins.experiments.spec import Entry
 from eviltwins.io import write_json
 from eviltwins.results import Result, extra, internal, schema_version
+from eviltwins.utils import is_int, is_real
 
 CELL_SCHEMA = "eviltwins.cell/1"
 #: Largest cell result read (they are a few kB).
@@ -189,18 +190,10 @@ class CellResult(_Record):
 
 
 # --- the shape check (strict types: what the readers use) ----------------------------------
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_float(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "str": (lambda v: isinstance(v, str), "a string"),
-    "int": (_is_int, "an integer"),
-    "float": (_is_float, "a number"),
+    "int": (is_int, "an integer"),
+    "float": (is_real, "a number"),
     "bool": (lambda v: isinstance(v, bool), "a boolean"),
     "dict": (lambda v: isinstance(v, dict), "a JSON object"),
     "list": (lambda v: isinstance(v, list), "a list"),
@@ -267,13 +260,13 @@ def _check_detector(d: Any, loc: str) -> None:
     details = _field(d, "details", "dict", loc)
     if details is not None:
         for i, s in enumerate(_field(details, "steps", "list", f"{loc}.details") or []):
-            if not _is_float(s):
+            if not is_real(s):
                 raise _WrongShape(f"{loc}.details.steps.{i}", "must be a number")
     for name in ("max_anomaly", "target_anomaly"):
         _field(d, name, "float", loc)
     _field(d, "target_flagged", "bool", loc)
     for i, f in enumerate(_field(d, "flagged", "list", loc) or []):
-        if not (_is_int(f) or isinstance(f, str)):
+        if not (is_int(f) or isinstance(f, str)):
             raise _WrongShape(f"{loc}.flagged.{i}", "must be an integer or a string")
     if skipped is None and kind == "filter" and metrics is None:
         raise _WrongShape(loc, "an input filter's result needs 'metrics'")

@@ -11,6 +11,7 @@ from typing import Any
 
 from eviltwins.errors import DataError, UnsafeFileError
 from eviltwins.models import MODELS, Classifier, build_model, is_keyword_mapping, is_user_model
+from eviltwins.utils import is_int, is_real
 
 CARD_SCHEMA = "eviltwins.model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -27,12 +28,8 @@ MAX_CLASSES = 100_000
 TrustArch = bool | str | Sequence[str]
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_finite_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return is_real(v) and math.isfinite(v)
 
 
 def _jtype(v: Any) -> str:
@@ -108,7 +105,7 @@ class ModelCard:
         if not (
             isinstance(shape, list | tuple)
             and len(shape) == 3
-            and all(_is_int(v) and v >= 1 for v in shape)
+            and all(is_int(v) and v >= 1 for v in shape)
         ):
             raise bad("input_shape", "[channels, height, width] of positive integers")
         c, h, w = shape
@@ -119,7 +116,7 @@ class ModelCard:
                 f"{MAX_INPUT_VALUES:,} values",
             )
         n = d["num_classes"]
-        if not (_is_int(n) and 2 <= n <= MAX_CLASSES):
+        if not (is_int(n) and 2 <= n <= MAX_CLASSES):
             raise bad("num_classes", f"an integer in [2, {MAX_CLASSES:,}]")
         for name in ("mean", "std"):
             v = d[name]
@@ -144,7 +141,7 @@ class ModelCard:
         if not is_keyword_mapping(d.get("arch_kwargs", {})):
             raise bad("arch_kwargs", "an object whose keys are parameter names")
         seed = d.get("seed")
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not is_int(seed):
             raise bad("seed", "an integer or null")
         return cls(
             **{

@@ -25,7 +25,6 @@ from eviltwins.io.cards import (
     WEIGHTS_FILE,
     ModelCard,
     TrustArch,
-    _is_int,
     _short,
     check_trust,
 )
@@ -33,7 +32,7 @@ from eviltwins.io.jsonfile import read_json, refuse_constant, write_json
 from eviltwins.models import Classifier
 from eviltwins.paths import publish_mode, readable_file, why_unreadable
 from eviltwins.safetensors_header import DTYPE_SIZES, HeaderProblem, read_header
-from eviltwins.utils import first_nonfinite
+from eviltwins.utils import first_nonfinite, is_int
 
 #: Largest safetensors JSON header read (the format's own reference limit is 100 MB).
 MAX_HEADER_BYTES = 100_000_000
@@ -102,7 +101,7 @@ def _parse_header(
             shape = tuple(info["shape"])
             begin, end = info["data_offsets"]
             width = DTYPE_SIZES[info["dtype"]]
-            ok = all(_is_int(v) and v >= 0 for v in (*shape, begin, end))
+            ok = all(is_int(v) and v >= 0 for v in (*shape, begin, end))
             ok = ok and 0 <= begin <= end <= body and end - begin == width * math.prod(shape)
         except (KeyError, TypeError, ValueError):
             ok = False
