@@ -25,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 from eviltwins.errors import DataError
 from eviltwins.experiments.spec import Entry
 from eviltwins.io import write_json
+from eviltwins.io.jsonfile import refuse_constant
 from eviltwins.results import Result, extra, internal, schema_version
 from eviltwins.utils import is_int, is_real
 
@@ -302,10 +303,6 @@ def check_shape(data: Any) -> None:
 
 
 # --- files ---------------------------------------------------------------------------------
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
 def read_cell(path: str | os.PathLike[str]) -> CellResult:
     """A cell result file, checked: a JSON object of the shape the runner writes (what the
     report reads, with the right types). Anything else (cut short, not JSON, not UTF-8, a
@@ -322,7 +319,7 @@ def read_cell(path: str | os.PathLike[str]) -> CellResult:
     except OSError as err:
         raise CellFileError(path, f"cannot be read: {err.strerror or err}") from None
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        data = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant)
     except UnicodeDecodeError:
         raise CellFileError(path, "not UTF-8 text") from None
     except (ValueError, RecursionError):

@@ -108,9 +108,13 @@ def shown_detectors(det: Mapping[str, str]) -> list[Shown]:
     for name, label in det.items():
         if name not in DETECTORS:  # a name this version does not know: nothing to show
             continue
-        cls = DETECTORS.get(name)
-        metric = getattr(cls, "report_metric", None)
+        metric = getattr(DETECTORS.get(name), "report_metric", None)
         if isinstance(metric, ShownMetric):
-            filt = isinstance(cls, type) and issubclass(cls, InputFilter)
-            out.append(Shown(name, label, metric, filt))
+            out.append(Shown(name, label, metric, is_filter(name)))
     return sorted(out, key=lambda s: s.is_filter)
+
+
+def is_filter(name: str) -> bool:
+    """The registered detector ``name`` is an input filter (an unknown name is not)."""
+    cls = DETECTORS.get(name) if name in DETECTORS else None
+    return isinstance(cls, type) and issubclass(cls, InputFilter)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from eviltwins.detectors import DETECTORS, InputFilter
+from eviltwins.report.cells import is_filter
 from eviltwins.report.table import Row, attacked, num, pairs
 from eviltwins.results import Result, internal
 
@@ -197,11 +197,6 @@ def _evaded(spec: DetectorClaim, label: str | None, ps: Sequence[tuple[Row, Row]
     )
 
 
-def _is_filter(name: str) -> bool:
-    cls = DETECTORS.get(name) if name in DETECTORS else None
-    return isinstance(cls, type) and issubclass(cls, InputFilter)
-
-
 def _ensemble_claim(rows: Sequence[Row], det: Mapping[str, str]) -> Claim:
     """The NC+STRIP ensemble beats plain STRIP slightly (paper Fig. 15)."""
     text = "the NC+STRIP ensemble beats plain STRIP slightly (0 < F1 gain < 0.2)"
@@ -268,7 +263,7 @@ def claims(rows: Sequence[Row], det: Mapping[str, str]) -> list[Claim]:
     out = _asr_claims(ps)
     for spec in EVASION_CLAIMS:
         label = det.get(spec.detector)
-        if _is_filter(spec.detector):
+        if is_filter(spec.detector):
             out.append(_lower(spec, f"{label}.{spec.metric}", ps))
         else:
             out.append(_evaded(spec, label, ps))
