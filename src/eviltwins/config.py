@@ -22,6 +22,7 @@ import yaml
 from eviltwins.base import Constraint
 from eviltwins.errors import DataError, ParamError
 from eviltwins.paths import readable_file
+from eviltwins.results import plain
 from eviltwins.utils import is_int
 
 V = TypeVar("V", bound="Validated")
@@ -69,22 +70,12 @@ class Validated:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain data (nested configs as dicts), in field order."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Validated):
-        return value.to_dict()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def _convert(hint: Any, value: Any, name: str) -> Any:
