@@ -16,13 +16,15 @@ from eviltwins.training import predict
 from eviltwins.triggers import Trigger
 
 
-def _figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+def new_figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    """A figure on its own Agg canvas (no pyplot state) and its ``nrows x ncols`` axes."""
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def _show(ax: Any, img: Tensor) -> None:
+def show_image(ax: Any, img: Tensor) -> None:
+    """Draw one CHW image in [0, 1] on ``ax`` (gray for one channel), without ticks."""
     a = img.detach().cpu().clamp(0, 1)
     if a.shape[0] == 1:
         ax.imshow(a[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -51,11 +53,11 @@ def save_examples_png(
     def name(i: int) -> str:
         return classes[i] if classes else str(i)
 
-    fig, axes = _figure(2, len(x), (1.5 * len(x), 3.8))
+    fig, axes = new_figure(2, len(x), (1.5 * len(x), 3.8))
     for i in range(len(x)):
-        _show(axes[0, i], x[i])
+        show_image(axes[0, i], x[i])
         axes[0, i].set_title(f"pred {name(int(p_clean[i]))}", fontsize=8)
-        _show(axes[1, i], stamped[i])
+        show_image(axes[1, i], stamped[i])
         hit = int(p_stamp[i]) == target
         axes[1, i].set_title(
             f"pred {name(int(p_stamp[i]))}", fontsize=8, color="red" if hit else "black"
@@ -78,10 +80,10 @@ def save_image_grid(
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = (n + ncols - 1) // ncols
-    fig, axes = _figure(nrows, ncols, (1.3 * ncols, 1.45 * nrows))
+    fig, axes = new_figure(nrows, ncols, (1.3 * ncols, 1.45 * nrows))
     for i, ax in enumerate(axes.flat):
         if i < n:
-            _show(ax, images[i])
+            show_image(ax, images[i])
             if i < len(titles):
                 ax.set_title(titles[i], fontsize=7)
         else:

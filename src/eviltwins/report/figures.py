@@ -82,12 +82,9 @@ def figure(
 
 # --- drawing -----------------------------------------------------------------------------------
 def _figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from eviltwins.io.images import new_figure  # matplotlib is loaded only when drawing
 
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
+    return new_figure(nrows, ncols, figsize)
 
 
 def _save(fig: Any, path: Path, title: str, fontsize: int = 11) -> Path:
@@ -214,7 +211,7 @@ def fig11_triggers(data: FigureInput, path: Path) -> Path | None:
     titled with the cell's ASR and the poisoned model's prediction (paper Fig. 11)."""
     from safetensors.torch import load_file
 
-    from eviltwins.io.images import _show
+    from eviltwins.io.images import show_image
 
     rows = [r for r in data.attacked if r["seed"] == min(x["seed"] for x in data.rows)]
     sizes = panels(rows, "size")
@@ -237,7 +234,7 @@ def fig11_triggers(data: FigureInput, path: Path) -> Path | None:
             try:  # a missing or damaged examples file leaves the panel empty
                 ex = load_file(str(f)) if f is not None and f.is_file() else None
                 if ex is not None:
-                    _show(ax, ex["stamped"][0])
+                    show_image(ax, ex["stamped"][0])
                     pred = int(ex["pred"][0])
             except Exception:
                 ex = None
