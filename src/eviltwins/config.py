@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import types
 import typing
 from typing import Any, ClassVar, TypeVar
 
@@ -22,7 +21,7 @@ import yaml
 from eviltwins.base import Constraint
 from eviltwins.errors import DataError, ParamError
 from eviltwins.paths import readable_file
-from eviltwins.results import plain
+from eviltwins.results import hint_members, plain
 from eviltwins.utils import is_int
 
 V = TypeVar("V", bound="Validated")
@@ -82,8 +81,9 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
     """``value`` converted as its annotation asks: an int for a float, mappings in a list of
     configs built; anything else unchanged (the constraints judge it)."""
     origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
+    members = hint_members(hint)
+    if len(members) > 1:
+        options = [a for a in members if a is not type(None)]
         return value if value is None or len(options) != 1 else _convert(options[0], value, name)
     if hint is float and is_int(value):
         return float(value)

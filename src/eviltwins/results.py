@@ -117,14 +117,17 @@ class Result:
         return cls(**kwargs)
 
 
+def hint_members(hint: Any) -> tuple[Any, ...]:
+    """The members of a union annotation (``int | None`` -> ``(int, NoneType)``), or the
+    annotation alone."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
 def _rebuild(hint: Any, value: Any, source: str) -> Any:
     """``value`` rebuilt as the nested result its annotation names (else unchanged)."""
-    options = (
-        typing.get_args(hint)
-        if typing.get_origin(hint) in (typing.Union, types.UnionType)
-        else (hint,)
-    )
-    for opt in options:
+    for opt in hint_members(hint):
         if isinstance(opt, type) and issubclass(opt, Result) and isinstance(value, Mapping):
             return opt.from_dict(value, source)
     return value

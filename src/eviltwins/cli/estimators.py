@@ -23,6 +23,7 @@ import click
 
 from eviltwins.base import Constraint, Interval, OneOf, SubsetOf, init_param_names
 from eviltwins.registry import Registry
+from eviltwins.results import hint_members
 
 #: Estimator parameters a command option sets instead of a generated one.
 COMMAND_OWNED = {"quiet": "--quiet"}
@@ -88,18 +89,9 @@ def option_name(param: str) -> str:
     return "--" + param.replace("_", "-")
 
 
-def _members(hint: Any) -> tuple[Any, ...]:
-    return (
-        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
-    )
-
-
-_UnionType = type(int | None)
-
-
 def _sequence_of(hint: Any) -> type | None:
     """``int`` / ``float`` when ``hint`` (or a member of it) is a sequence of that number."""
-    for member in _members(hint):
+    for member in hint_members(hint):
         origin = typing.get_origin(member)
         if origin in (list, tuple, Sequence) or (
             isinstance(origin, type) and issubclass(origin, Sequence) and origin is not str
@@ -126,10 +118,10 @@ def _type_and_help(rule: Constraint | None, hint: Any) -> tuple[dict[str, Any], 
         return {"type": ListOf(str)}, text
     kind = _sequence_of(hint)
     if kind is not None:
-        words = rule if str in _members(hint) else None
+        words = rule if str in hint_members(hint) else None
         return {"type": ListOf(kind, words)}, text or f"comma-separated {kind.__name__}s."
     if not text:
-        names = [getattr(m, "__name__", str(m)) for m in _members(hint)]
+        names = [getattr(m, "__name__", str(m)) for m in hint_members(hint)]
         text = "a " + " or ".join("None" if n == "NoneType" else n for n in names) + "."
     return {"type": click.STRING}, text
 
