@@ -334,8 +334,8 @@ def _with(d: dict, path: str, value) -> dict:
     *head, last = path.split(".")
     node = d
     for k in head:
-        node = node[k]
-    node[last] = value
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    node[int(last) if isinstance(node, list) else last] = value
     return d
 
 
@@ -368,6 +368,13 @@ MALFORMED = {
     "steps-strings": ("detectors.strip.details", {"steps": ["a"]}),
     "cell-detectors-dict": ("cell.detectors", {"name": "strip"}),
     "target-float": ("target", 0.5),
+    # null where the readers take a dict or a list (the report would crash on it)
+    "params-null": ("cell.params", None),
+    "cell-detectors-null": ("cell.detectors", None),
+    "entry-params-null": ("cell.detectors.0.params", None),
+    "metrics-null": ("attack.metrics", None),
+    "details-null": ("detectors.strip.details", None),
+    "flagged-null": ("detectors.strip.flagged", None),
 }
 # valid shapes with odd values: the report must take them in its stride
 ODD_BUT_VALID = {

@@ -201,15 +201,23 @@ _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _field(data: Mapping[str, Any], name: str, kind: str, loc: str, required: bool = False) -> Any:
-    """``data[name]`` checked to be of ``kind`` (or None/absent unless ``required``)."""
+def _field(
+    data: Mapping[str, Any],
+    name: str,
+    kind: str,
+    loc: str,
+    required: bool = False,
+    nullable: bool = True,
+) -> Any:
+    """``data[name]`` checked to be of ``kind``: absent only unless ``required``, ``null`` only
+    when ``nullable`` (a field the readers take as a dict or list when present is not)."""
     at = f"{loc}.{name}" if loc else name
     if name not in data:
         if required:
             raise _WrongShape(at, "field required")
         return None
     value = data[name]
-    if value is None and not required:
+    if value is None and nullable and not required:
         return None
     ok, what = _KINDS[kind]
     if not ok(value):
@@ -233,18 +241,18 @@ def _check_config(cfg: Mapping[str, Any]) -> None:
     for name in ("dataset", "model", "attack"):
         _field(cfg, name, "str", "cell", required=True)
     _field(cfg, "label", "str", "cell")
-    params = _field(cfg, "params", "dict", "cell")
+    params = _field(cfg, "params", "dict", "cell", nullable=False)
     if params is not None and not isinstance(params.get("init", ""), str):
         raise _WrongShape("cell.params", "params.init must be an attack name")
     _unit(cfg, "size", "cell")
     _unit(cfg, "transparency", "cell")
     _field(cfg, "seed", "int", "cell", required=True)
-    for i, d in enumerate(_field(cfg, "detectors", "list", "cell") or []):
+    for i, d in enumerate(_field(cfg, "detectors", "list", "cell", nullable=False) or []):
         loc = f"cell.detectors.{i}"
         d = _object(d, loc)
         _field(d, "name", "str", loc, required=True)
         _field(d, "label", "str", loc)
-        _field(d, "params", "dict", loc)
+        _field(d, "params", "dict", loc, nullable=False)
 
 
 def _check_detector(d: Any, loc: str) -> None:
@@ -258,7 +266,7 @@ def _check_detector(d: Any, loc: str) -> None:
     if stamped is not None:
         _field(stamped, "metrics", "dict", f"{loc}.all_stamped")
         _field(stamped, "n_triggered", "int", f"{loc}.all_stamped")
-    details = _field(d, "details", "dict", loc)
+    details = _field(d, "details", "dict", loc, nullable=False)
     if details is not None:
         for i, s in enumerate(_field(details, "steps", "list", f"{loc}.details") or []):
             if not is_real(s):
@@ -266,7 +274,7 @@ def _check_detector(d: Any, loc: str) -> None:
     for name in ("max_anomaly", "target_anomaly"):
         _field(d, name, "float", loc)
     _field(d, "target_flagged", "bool", loc)
-    for i, f in enumerate(_field(d, "flagged", "list", loc) or []):
+    for i, f in enumerate(_field(d, "flagged", "list", loc, nullable=False) or []):
         if not (is_int(f) or isinstance(f, str)):
             raise _WrongShape(f"{loc}.flagged.{i}", "must be an integer or a string")
     if skipped is None and kind == "filter" and metrics is None:
@@ -294,7 +302,7 @@ def check_shape(data: Any) -> None:
     _field(data, "target", "int", "")
     attack = _field(data, "attack", "dict", "")
     if attack is not None:
-        _field(attack, "metrics", "dict", "attack")
+        _field(attack, "metrics", "dict", "attack", nullable=False)
     detectors = _field(data, "detectors", "dict", "")
     for label, d in (detectors or {}).items():
         _check_detector(d, f"detectors.{label}")
