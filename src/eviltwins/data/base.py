@@ -138,7 +138,9 @@ class DatasetSpec:
     Attributes: ``name``; ``shape`` (C, H, W); ``classes`` (names); ``mean`` / ``std`` per
     channel (for the model's normalisation layer); ``train`` / ``test`` torch datasets yielding
     ``(image in [0, 1], label)``; ``augment`` (training-time batched augmentation, a subset of
-    ``("crop", "flip")``); ``default_epochs`` (what ``train`` uses when epochs are not given).
+    ``("crop", "flip")``); ``default_epochs`` (what ``train`` uses when epochs are not given);
+    ``options``: the loading options that rebuild it (``image_size``, ``channels``,
+    ``normalize`` where given; a model card records them as ``dataset_options``).
     """
 
     name: str
@@ -151,6 +153,7 @@ class DatasetSpec:
     augment: tuple[str, ...] = ()
     default_epochs: int = 2
     source: str = ""
+    options: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         shape = self.shape
@@ -217,6 +220,7 @@ class DatasetSpec:
             "n_train": len(self.train),
             "n_test": len(self.test),
             "augment": list(self.augment),
+            **({"options": dict(self.options)} if self.options else {}),
         }
 
 

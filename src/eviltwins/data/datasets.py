@@ -12,6 +12,7 @@ import gzip
 import os
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,22 @@ def load_dataset(
     download: bool = False,
     **kwargs: Any,
 ) -> DatasetSpec:
-    """Build the dataset ``name`` from the registry (see :data:`DATASETS`)."""
-    return DATASETS.get(name)(data_root=data_root, download=download, **kwargs)
+    """Build the dataset ``name`` from the registry (see :data:`DATASETS`), or read the
+    ``.npz`` file or image folder at the path ``name`` (see :mod:`eviltwins.data.files`).
+
+    The options ``image_size``, ``channels`` and ``normalize`` (``None``: not given) go to a
+    path dataset, and to a registered one only when its factory takes them (``digits``,
+    ``gtsrb`` and ``imagefolder`` take ``image_size``); the spec records them as ``options``.
+    """
+    from eviltwins.data import files
+
+    opts = files.check_dataset_options({k: kwargs.pop(k, None) for k in files.DATASET_OPTIONS})
+    if files.is_path_dataset(name):
+        return files.load_path_dataset(name, **opts)
+    factory = DATASETS.get(name)
+    files.check_registered_options(name, factory, opts)
+    spec = factory(data_root=data_root, download=download, **opts, **kwargs)
+    return replace(spec, options=opts) if opts else spec
 
 
 def _mean_std(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
