@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from eviltwins.base import SEED_RANGE, Constraint, Interval, OneOf
 from eviltwins.config import Validated
 from eviltwins.data import DatasetSpec, iter_batches, load_all, load_dataset
-from eviltwins.errors import DataError, OptimisationError
+from eviltwins.errors import DataError, OptimisationError, ParamError
 from eviltwins.utils import (
     CHECK_IMAGES,
     PrivateRNG,
@@ -78,11 +78,21 @@ def get_dataset(
     train_limit: int | None = None,
     test_limit: int | None = None,
     seed: int = 0,
+    **options: Any,
 ) -> DatasetSpec:
-    """A dataset by name (or a spec passed through), optionally sub-sampled deterministically."""
-    spec = (
-        dataset if isinstance(dataset, DatasetSpec) else load_dataset(dataset, data_root, download)
-    )
+    """A dataset by registered name or path (a ``.npz`` file, an image folder), or a spec
+    passed through, optionally sub-sampled deterministically. ``options`` (``image_size``,
+    ``channels``, ``normalize``; ``None``: not given) go to :func:`~eviltwins.data.load_dataset`."""
+    if isinstance(dataset, DatasetSpec):
+        given = sorted(k for k, v in options.items() if v is not None)
+        if given:
+            raise ParamError(
+                f"dataset option {given[0]!r} applies to a dataset named by name or path, "
+                "not to a DatasetSpec"
+            )
+        spec = dataset
+    else:
+        spec = load_dataset(dataset, data_root, download, **options)
     if train_limit is not None or test_limit is not None:
         spec = spec.subset(train_limit, test_limit, seed=seed)
     return spec

@@ -81,6 +81,7 @@ def train_clean(
         mean=spec.mean,
         std=spec.std,
         dataset=spec.name,
+        dataset_options=dict(spec.options),
         classes=spec.classes,
         arch_kwargs=arch_kwargs,
         metrics=metrics,

@@ -10,7 +10,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from eviltwins.errors import DataError, UnsafeFileError
-from eviltwins.models import MODELS, Classifier, build_model, is_keyword_mapping, is_user_model
+from eviltwins.models import (
+    MODELS,
+    Classifier,
+    build_model,
+    is_architecture,
+    is_keyword_mapping,
+    is_user_model,
+)
 from eviltwins.utils import is_int, is_real
 
 CARD_SCHEMA = "eviltwins.model/1"
@@ -60,6 +67,8 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the options that rebuild ``dataset`` (``image_size``, ``channels``, ``normalize``)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -95,11 +104,14 @@ class ModelCard:
 
         arch = d["architecture"]
         if not isinstance(arch, str) or not arch or len(arch) > 200:
-            raise bad("architecture", "a registered model name or package.module:ClassName")
-        if not (is_user_model(arch) or arch in MODELS):
+            raise bad(
+                "architecture",
+                "a registered model name, torchvision:NAME or package.module:ClassName",
+            )
+        if not is_architecture(arch):
             raise DataError(
                 f"{source} names the unknown architecture {_short(arch)}; registered: "
-                f"{', '.join(MODELS.names())}"
+                f"{', '.join(MODELS.names())} (or torchvision:NAME, package.module:ClassName)"
             )
         shape = d["input_shape"]
         if not (
@@ -135,11 +147,16 @@ class ModelCard:
             and all(isinstance(x, str) for x in classes)
         ):
             raise bad("classes", f"a list of {n} class names")
-        for name in ("arch_kwargs", "metrics", "training", "versions", "extra"):
+        for name in ("arch_kwargs", "metrics", "training", "versions", "extra", "dataset_options"):
             if not isinstance(d.get(name, {}), dict):
                 raise bad(name, "a JSON object")
         if not is_keyword_mapping(d.get("arch_kwargs", {})):
             raise bad("arch_kwargs", "an object whose keys are parameter names")
+        options = d.get("dataset_options", {})
+        if not is_keyword_mapping(options) or not all(
+            v is None or isinstance(v, str | bool) or _is_finite_number(v) for v in options.values()
+        ):
+            raise bad("dataset_options", "an object of option names and scalar values")
         seed = d.get("seed")
         if seed is not None and not is_int(seed):
             raise bad("seed", "an integer or null")
@@ -189,5 +206,6 @@ def check_trust(card: ModelCard, trust_arch: TrustArch, source: Any) -> None:
         raise UnsafeFileError(
             f"{source} names the user architecture {arch!r}: building it would import and run "
             f"the module {module!r}, so nothing was imported. If you trust this model's source, "
-            f"name it: --trust-arch {arch} (API: trust_arch={arch!r})"
+            f"name it again in this command (trust is never read from a file): --arch {arch} "
+            f"or --trust-arch {arch} (API: ModelSource(path, arch={arch!r}))"
         )

@@ -14,25 +14,27 @@ from eviltwins.cli.common import (
     PathType,
     common_options,
     config_option,
+    data_options,
     dataset_of_model_option,
     emit,
     loading,
     model_folder_option,
+    model_source,
     options,
     overwrite_option,
     resolve,
     test_limit_option,
     train_limit_option,
-    trust_options,
+    trigger_params,
 )
 from eviltwins.cli.estimators import EstimatorCommand, EstimatorGroup, estimator_command
 from eviltwins.detectors import DETECTORS, InputFilter
 
 #: The options after ``--model`` that ``attack`` and ``detect`` share.
 _shared = options(
+    data_options,
     config_option("any option below and any parameter of the estimator"),
     overwrite_option,
-    trust_options,
     common_options,
 )
 
@@ -48,7 +50,7 @@ def _invoke(
     flags, rest = cmd.split(values)
     opts, params = resolve(rest["config"], flags)
     more = {k: opts[k] for k in passed if k in opts}
-    res = verb(cmd.key, opts["model"], opts["dataset"], params=params, **more, **loading(opts))
+    res = verb(cmd.key, model_source(opts), opts["dataset"], params=params, **more, **loading(opts))
     return opts, res
 
 
@@ -91,18 +93,10 @@ attack = EstimatorGroup(
 # --- detect --------------------------------------------------------------------------------------
 #: The options of input filters only: ``api.detect``'s stamped-input protocol.
 FILTER_OPTIONS = (
-    click.Option(
-        ["--trigger"],
-        type=PathType,
-        default=None,
-        help="Trigger to stamp on the evaluation inputs [default: the model folder's "
+    *trigger_params(
+        "Trigger to stamp on the evaluation inputs [default: the model folder's "
         "trigger.safetensors].",
-    ),
-    click.Option(
-        ["--target"],
-        type=int,
-        default=None,
-        help="The attack's target class [default: from model.json].",
+        "The attack's target class [default: from model.json, else 0].",
     ),
     click.Option(
         ["--n-clean"],

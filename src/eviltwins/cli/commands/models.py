@@ -12,18 +12,22 @@ from eviltwins import api
 from eviltwins.attacks import ATTACKS
 from eviltwins.cli.common import (
     NOT_IN_CONFIG,
+    TRIGGER_ARGS,
     PathType,
     common_options,
     config_option,
+    data_options,
     dataset_of_model_option,
+    dataset_options,
     emit,
     json_option,
     model_folder_option,
+    model_source,
     overwrite_option,
     resolve,
     test_limit_option,
     train_limit_option,
-    trust_options,
+    trigger_options,
     trusted,
 )
 from eviltwins.cli.estimators import signature_option
@@ -48,7 +52,12 @@ TRAIN_PARAMS = (
 
 
 @click.command()
-@signature_option(api.train, "dataset", f"One of: {', '.join(DATASETS.names())}.")
+@signature_option(
+    api.train,
+    "dataset",
+    f"A registered name ({', '.join(DATASETS.names())}), a .npz file or an image folder.",
+)
+@data_options
 @signature_option(
     api.train, "model", "Architecture ('eviltwins list models') or package.module:Class."
 )
@@ -82,6 +91,7 @@ def train(config: Path | None, **values: Any) -> None:
             f"unknown option {unknown[0]!r} in config {config}; known: "
             f"{', '.join(sorted(known | set(opts) - NOT_IN_CONFIG))}"
         )
+    data = dataset_options(opts, params.pop("dataset_options", None))
     res = api.train(
         **params,
         out=opts["out"],
@@ -90,6 +100,7 @@ def train(config: Path | None, **values: Any) -> None:
         data_root=opts["data_root"],
         download=opts["download"],
         quiet=opts["quiet"] or None,
+        dataset_options=data,
     )
     m = res.metrics
     emit(
@@ -103,36 +114,41 @@ def train(config: Path | None, **values: Any) -> None:
 @click.command()
 @model_folder_option("Model folder written by 'eviltwins train'.")
 @dataset_of_model_option
+@data_options
 @test_limit_option
-@trust_options
+@trigger_options(
+    "A given backdoor's trigger: also report its attack success rate over the non-target test "
+    "inputs and its efficacy (mean target probability).",
+    "The backdoor's target class (with --trigger) [default: from model.json].",
+)
 @common_options
-def evaluate(
-    model: Path,
-    dataset: str | None,
-    test_limit: int | None,
-    trust_arch: tuple[str, ...],
-    trust_code: bool,
-    device: str,
-    data_root: Path | None,
-    download: bool,
-    quiet: bool,
-    as_json: bool,
-) -> None:
-    """Clean test accuracy of a saved model."""
+def evaluate(**opts: Any) -> None:
+    """Clean test accuracy of a saved model; with --trigger (a .safetensors trigger, or a
+    pattern image from any toolkit with --trigger-mask / --trigger-alpha / --trigger-position)
+    and --target, also the backdoor's attack success rate and efficacy."""
     res = api.evaluate(
-        model,
-        dataset,
-        device=device,
-        data_root=data_root,
-        download=download,
-        test_limit=test_limit,
-        trust_arch=trusted(trust_arch, trust_code),
-        quiet=quiet or None,
+        model_source(opts),
+        opts["dataset"],
+        device=opts["device"],
+        data_root=opts["data_root"],
+        download=opts["download"],
+        test_limit=opts["test_limit"],
+        trust_arch=trusted(opts["trust_arch"], opts["trust_code"]),
+        quiet=opts["quiet"] or None,
+        dataset_options=dataset_options(opts),
+        **{k: opts[k] for k in TRIGGER_ARGS},
+    )
+    backdoor = (
+        ""
+        if res.asr is None
+        else f"; trigger {res.trigger} -> class {res.target}: ASR {res.asr:.4f}, efficacy "
+        f"{res.efficacy:.4f} over {res.n_attack} non-target images"
     )
     emit(
         res.to_dict(),
-        as_json,
-        f"{res.model} on {res.dataset}: accuracy {res.accuracy:.4f} over {res.n} test images",
+        opts["as_json"],
+        f"{res.model} on {res.dataset}: accuracy {res.accuracy:.4f} over {res.n} test images"
+        + backdoor,
     )
 
 
