@@ -16,6 +16,10 @@ Example (``configs/quick/fig12.yaml``)::
       - {name: imc, label: TrojanNN*, params: {max_steps: 200, retrain_steps: 50}}
     sizes: [0.1, 0.2, 0.3]
     transparencies: [0.0, 0.7]
+
+A dataset may be a path (a ``.npz`` file or an image folder, relative to the working folder);
+the top-level ``dataset_options`` (``image_size``, ``channels``, ``normalize``) apply to every
+path dataset, and cell keys name a path by its stem and a digest (``mydata-1a2b3c4d``).
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 from eviltwins.base import Check, Interval
 from eviltwins.config import Validated, read_yaml, validate
+from eviltwins.data import check_dataset_options, dataset_slug, is_path_dataset
 from eviltwins.errors import ParamError
 from eviltwins.report.figures import FIGURES as PAPER_FIGURES
 from eviltwins.utils import is_int, is_real
@@ -125,6 +131,7 @@ class SweepSpec(Validated):
     n_clean: int = 500
     save_models: bool = False
     figures: list[str] | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     _constraints: ClassVar[dict[str, Any]] = {
         "name": Check(
@@ -132,7 +139,7 @@ class SweepSpec(Validated):
             "letters, digits, '.', '_' or '-' (it names the run folder)",
         ),
         "description": Check(_is_str, "a string"),
-        "datasets": _str_list(_is_str, "dataset names"),
+        "datasets": _str_list(_is_str, "dataset names or paths"),
         "models": _str_list(_is_str, "model names"),
         "attacks": Check(
             lambda v: isinstance(v, list) and len(v) >= 1 and all(isinstance(e, Entry) for e in v),
@@ -154,6 +161,9 @@ class SweepSpec(Validated):
         "figures": Check(
             lambda v: v is None or (isinstance(v, list) and all(f in FIGURES for f in v)),
             f"a list of figures among {', '.join(FIGURES)}",
+        ),
+        "dataset_options": Check(
+            lambda v: isinstance(v, dict), "a mapping of image_size, channels, normalize"
         ),
     }
 
@@ -212,16 +222,19 @@ class Cell:
     def key(self, spec: SweepSpec) -> str:
         digest = _digest(self.config(spec))
         slug = _slug(self.attack.display)
+        ds = dataset_slug(self.dataset, dataset_options(spec, self.dataset))
         if self.attack.name == CLEAN_ATTACK:
-            return f"{self.dataset}__{self.model}__{slug}__seed{self.seed}__{digest}"
+            return f"{ds}__{self.model}__{slug}__seed{self.seed}__{digest}"
         return (
-            f"{self.dataset}__{self.model}__{slug}__size{self.size:g}__tr{self.transparency:g}"
+            f"{ds}__{self.model}__{slug}__size{self.size:g}__tr{self.transparency:g}"
             f"__seed{self.seed}__{digest}"
         )
 
 
 def clean_config(spec: SweepSpec, dataset: str, model: str, seed: int) -> dict[str, Any]:
-    """The :func:`eviltwins.train` arguments of a clean model (its cache key)."""
+    """The :func:`eviltwins.train` arguments of a clean model (its cache key); a path dataset
+    adds its ``dataset_options`` (registered ones add nothing, so their keys never change)."""
+    options = dataset_options(spec, dataset)
     return {
         "dataset": dataset,
         "model": model,
@@ -229,12 +242,19 @@ def clean_config(spec: SweepSpec, dataset: str, model: str, seed: int) -> dict[s
         "train_limit": spec.train_limit,
         "test_limit": spec.test_limit,
         **spec.clean,
+        **({"dataset_options": options} if is_path_dataset(dataset) else {}),
     }
 
 
 def clean_key(spec: SweepSpec, dataset: str, model: str, seed: int) -> str:
     cfg = clean_config(spec, dataset, model, seed)
-    return f"{dataset}__{model}__seed{seed}__{_digest(cfg)}"
+    ds = dataset_slug(dataset, dataset_options(spec, dataset))
+    return f"{ds}__{model}__seed{seed}__{_digest(cfg)}"
+
+
+def dataset_options(spec: SweepSpec, dataset: str) -> dict[str, Any]:
+    """The loading options of ``dataset`` in ``spec``: the spec's for a path, none else."""
+    return dict(spec.dataset_options) if is_path_dataset(dataset) else {}
 
 
 def _digest(obj: Any) -> str:
@@ -286,8 +306,22 @@ def check_names(spec: SweepSpec) -> SweepSpec:
     from eviltwins.models.base import is_user_model
     from eviltwins.training import TrainConfig
 
+    check_dataset_options(spec.dataset_options)
+    datasets = []
     for ds in spec.datasets:
-        DATASETS.get(ds)
+        if not is_path_dataset(ds):
+            DATASETS.get(ds)
+            datasets.append(ds)
+            continue
+        path = Path(ds).expanduser().resolve()
+        if not path.exists():
+            raise ParamError(f"dataset {ds} does not exist; pass a .npz file or an image folder")
+        datasets.append(str(path))  # absolute: the cells name the same data from anywhere
+    if spec.dataset_options and not any(map(is_path_dataset, datasets)):
+        raise ParamError("dataset_options apply to .npz files and image folders; none is named")
+    if len(set(datasets)) < len(datasets):
+        raise ParamError("datasets must be unique; a path is named twice")
+    spec = replace(spec, datasets=datasets)
     unknown = sorted(set(spec.clean) - set(CLEAN_OPTIONS))
     if unknown:
         raise ParamError(

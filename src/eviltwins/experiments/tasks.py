@@ -29,11 +29,12 @@ def train_clean_task(
     from eviltwins.training import TrainConfig, get_dataset
 
     set_threads(threads)
-    sets = ("dataset", "model", "train_limit", "test_limit", "arch_kwargs")
+    sets = ("dataset", "model", "train_limit", "test_limit", "arch_kwargs", "dataset_options")
     try:
         tc = validate(TrainConfig, **{k: v for k, v in cfg.items() if k not in sets})
         limits = (cfg.get("train_limit"), cfg.get("test_limit"))
-        data = get_dataset(cfg["dataset"], data_root, False, *limits, cfg["seed"])
+        options = cfg.get("dataset_options") or {}
+        data = get_dataset(cfg["dataset"], data_root, False, *limits, cfg["seed"], **options)
         res = train_clean(
             data,
             cfg["model"],
@@ -93,9 +94,9 @@ def _run_cell(
     clean = cfg["clean"]
     # the sweep's spec names its model: a user architecture there is trusted (imported)
     model, card = model_from_bytes(clean_blob, resolve_device(device), trust_arch=(cfg["model"],))
-    spec = get_dataset(
-        cfg["dataset"], data_root, False, clean["train_limit"], clean["test_limit"], cfg["seed"]
-    )
+    limits = (clean["train_limit"], clean["test_limit"])
+    options = clean.get("dataset_options") or {}
+    spec = get_dataset(cfg["dataset"], data_root, False, *limits, cfg["seed"], **options)
     files: dict[str, bytes] = {}
     out: dict[str, Any] = {}
     trigger = None

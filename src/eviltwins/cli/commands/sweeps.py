@@ -18,6 +18,7 @@ from eviltwins.cli.common import (
     json_option,
     quiet_option,
 )
+from eviltwins.data import is_path_dataset
 from eviltwins.experiments import RunOptions, cells, check_run_folder, load_spec
 from eviltwins.experiments.spec import user_models
 
@@ -89,7 +90,8 @@ def sweep(
     check_run_folder(out if out is not None else Path("runs") / spec.name)
     if download:
         for ds in spec.datasets:
-            api.get_dataset(ds, run.data_root, download=True)
+            if not is_path_dataset(ds):  # a path has nothing to fetch
+                api.get_dataset(ds, run.data_root, download=True)
     if check:
         _check_text(spec, as_json)
         return
