@@ -14,13 +14,15 @@ from eviltwins.api import (
     detect,
     evaluate,
     get_dataset,
+    import_model,
+    layers,
     sweep,
     train,
     write_sweep_report,
 )
 from eviltwins.data import DATASETS, DatasetSpec, load_dataset
 from eviltwins.errors import EviltwinsError
-from eviltwins.io import ModelCard, load_model, save_model
+from eviltwins.io import ModelCard, ModelSource, load_model, save_model
 from eviltwins.models import MODELS, activations, build_model, feature_tap
 from eviltwins.version import __version__
 
@@ -30,6 +32,7 @@ __all__ = [
     "DatasetSpec",
     "EviltwinsError",
     "ModelCard",
+    "ModelSource",
     "TrainResult",
     "__version__",
     "activations",
@@ -42,6 +45,8 @@ __all__ = [
     "evaluate",
     "feature_tap",
     "get_dataset",
+    "import_model",
+    "layers",
     "load_dataset",
     "load_model",
     "save_model",

@@ -21,11 +21,13 @@ from eviltwins.errors import ParamError
 from eviltwins.experiments.clean import TrainResult, train_clean
 from eviltwins.experiments.options import RunOptions
 from eviltwins.io import ModelCard, ModelSource, TrustArch, open_model, save_model
+from eviltwins.metrics import attack_metrics
 from eviltwins.models import Classifier, is_keyword_mapping
 from eviltwins.paths import prepare_out
 from eviltwins.results import Result
 from eviltwins.training import TrainConfig, get_dataset
 from eviltwins.training import evaluate as _evaluate
+from eviltwins.triggers import load_trigger, refuse_without_trigger
 from eviltwins.utils import is_int, resolve_device
 
 
@@ -138,10 +140,13 @@ def evaluate(
     ``dataset_options`` (``image_size``, ``channels``, ``normalize``) apply to a dataset named
     by path (a ``.npz`` file or an image folder; see :mod:`eviltwins.data.files`) and override the card's.
     """
-    from eviltwins.metrics import attack_metrics
-
     if trigger is None:
-        _no_trigger_options(target, trigger_mask, trigger_alpha, trigger_position)
+        refuse_without_trigger(
+            target=target,
+            trigger_mask=trigger_mask,
+            trigger_alpha=trigger_alpha,
+            trigger_position=trigger_position,
+        )
     elif target is not None:
         Interval(int, 0, None).check("evaluate", "target", target)
     net, card, data = _open(model, device, trust_arch, dataset, data_root, download)
@@ -377,7 +382,11 @@ def detect(
     net, card, data = _open(model, device, trust_arch, dataset, data_root, download)
     if is_filter:  # the trigger is checked before the dataset is loaded
         if trigger is None:
-            _no_trigger_options(None, trigger_mask, trigger_alpha, trigger_position)
+            refuse_without_trigger(
+                trigger_mask=trigger_mask,
+                trigger_alpha=trigger_alpha,
+                trigger_position=trigger_position,
+            )
             where = ModelSource.of(model).path
             folder = where if where.is_dir() else where.parent
             trigger = folder / "trigger.safetensors"
@@ -495,18 +504,6 @@ def _open(
     return net, card, data
 
 
-def _no_trigger_options(target: Any, mask: Any, alpha: Any, position: Any) -> None:
-    """Refuse the options of a given backdoor when no ``trigger`` is given (one line)."""
-    for flag, value in (
-        ("--target", target),
-        ("--trigger-mask", mask),
-        ("--trigger-alpha", alpha),
-        ("--trigger-position", position),
-    ):
-        if value is not None:
-            raise ParamError(f"{flag} describes a given backdoor; pass its --trigger too")
-
-
 def _given_trigger(
     card: ModelCard,
     model: Any,
@@ -520,8 +517,6 @@ def _given_trigger(
     """The trigger (:func:`~eviltwins.triggers.load_trigger`: a ``.safetensors`` file, read
     at exactly that path, or a pattern image) for ``card``'s input shape, and the target class
     (``target``, else the card's, else ``default_target``), checked against the model."""
-    from eviltwins.triggers import load_trigger
-
     what = f"model {model}"
     trig = load_trigger(
         trigger, card.input_shape, mask=mask, alpha=alpha, position=position, what=what

@@ -135,7 +135,7 @@ class _Loader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise DataError(
-                f"config file {self.name} uses a YAML alias (*{event.anchor} at line "
+                f"{self.name} uses a YAML alias (*{event.anchor} at line "
                 f"{event.start_mark.line + 1}), which eviltwins does not accept; write the "
                 "value out"
             )
@@ -149,8 +149,21 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         if path.stat().st_size > MAX_YAML_BYTES:
             raise DataError(f"config file {path} is over {MAX_YAML_BYTES // 1000} kB")
-        loader = _Loader(path.read_bytes())
-        loader.name = str(path)
+        text = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"config file {path} cannot be read ({err.strerror or err})") from None
+    data = parse_yaml(text, f"config file {path}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def parse_yaml(text: str | bytes, what: str) -> dict[str, Any]:
+    """A YAML (or JSON) mapping from ``text`` (``what`` names it in errors), read with the safe
+    loader of :func:`read_yaml` (plain data, no aliases); empty text is ``{}``."""
+    if len(text) > MAX_YAML_BYTES:
+        raise DataError(f"{what} is over {MAX_YAML_BYTES // 1000} kB")
+    try:
+        loader = _Loader(text)
+        loader.name = what
         try:
             data = loader.get_single_data()
         finally:
@@ -158,14 +171,12 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        what = "" if where is not None else f" ({' '.join(str(err).split())[:80]})"
-        raise DataError(f"config file {path} is not valid YAML{at}{what}; fix its syntax") from None
+        problem = f" ({' '.join(str(err).split())[:80]})" if where is None else ""
+        raise DataError(f"{what} is not valid YAML{at}{problem}; fix its syntax") from None
     except (UnicodeDecodeError, RecursionError):
-        raise DataError(f"config file {path} is not a readable YAML text file") from None
-    except OSError as err:
-        raise DataError(f"config file {path} cannot be read ({err.strerror or err})") from None
+        raise DataError(f"{what} is not a readable YAML text") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise DataError(f"config file {path} must hold a mapping of option: value pairs")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+        raise DataError(f"{what} must hold a mapping of option: value pairs")
+    return data

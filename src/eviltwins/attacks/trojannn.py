@@ -168,7 +168,7 @@ class TrojanNN(BackdoorAttack):
     ) -> tuple[Trigger, dict[str, Any]]:
         """Neuron selection and trigger generation on a fixed model; returns the trigger and
         a record of what happened (neurons, activations before/after, cost history)."""
-        layer = layer_or_feature_layer(model, self.layer)
+        layer = layer_or_feature_layer(model, self.layer, self.quiet)
         device = device_of(model)
         init = Trigger.square(
             data.shape,

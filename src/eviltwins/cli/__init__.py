@@ -14,6 +14,7 @@ import sys
 import click
 
 from eviltwins.cli.commands.estimators import attack, detect
+from eviltwins.cli.commands.imports import import_model, layers
 from eviltwins.cli.commands.models import evaluate, list_, train
 from eviltwins.cli.commands.sweeps import demo, report_, sweep
 from eviltwins.errors import EviltwinsError
@@ -29,7 +30,18 @@ def cli() -> None:
     STRIP, ABS) for image classifiers, after Pang et al., CCS 2020."""
 
 
-for _command in (train, evaluate, attack, detect, list_, sweep, report_, demo):
+for _command in (
+    train,
+    import_model,
+    evaluate,
+    layers,
+    attack,
+    detect,
+    list_,
+    sweep,
+    report_,
+    demo,
+):
     cli.add_command(_command)
 
 

@@ -140,7 +140,7 @@ class ABS(ModelInspector):
 
     def layer_of(self, model: nn.Module) -> str:
         """The layer ABS stimulates in ``model``: ``layer``, else the model's feature layer."""
-        return layer_or_feature_layer(model, self.layer)
+        return layer_or_feature_layer(model, self.layer, self.quiet)
 
     def candidates(
         self, model: nn.Module, layer: str, xs: Tensor, ys: Tensor, num_classes: int

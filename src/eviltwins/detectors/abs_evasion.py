@@ -26,7 +26,7 @@ OTHERS_WEIGHT = 1e-3
 def abs_candidates(model: nn.Module, xs: Tensor, ys: Tensor, num_classes: int) -> dict[str, Any]:
     """``refresh``: ABS's candidate neurons of the current model (steps 1-2 with ABS's
     defaults, in the model's feature layer), found on the seed images ``xs`` / ``ys``."""
-    layer = layer_or_feature_layer(model, None)
+    layer = layer_or_feature_layer(model, None, quiet=True)
     cands = ABS(quiet=True).candidates(model, layer, xs, ys, num_classes)
     channels = torch.tensor(sorted({c for c, _ in cands}), dtype=torch.long, device=xs.device)
     return {"layer": layer, "channels": channels}

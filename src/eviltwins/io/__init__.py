@@ -20,6 +20,7 @@ from eviltwins.io.cards import (
     TrustArch,
     check_trust,
 )
+from eviltwins.io.imports import ModelSource, check_runs, import_model, open_model
 from eviltwins.io.jsonfile import MAX_JSON_BYTES, jsonable, read_json, write_json
 from eviltwins.io.state import (
     MAX_HEADER_BYTES,
@@ -29,6 +30,7 @@ from eviltwins.io.state import (
     model_to_bytes,
     safetensors_header,
     save_model,
+    unwrap_state_dict,
 )
 
 __all__ = [
@@ -42,15 +44,20 @@ __all__ = [
     "MAX_SIDE",
     "WEIGHTS_FILE",
     "ModelCard",
+    "ModelSource",
     "TrustArch",
+    "check_runs",
     "check_trust",
+    "import_model",
     "jsonable",
     "load_model",
     "load_state_file",
     "model_from_bytes",
     "model_to_bytes",
+    "open_model",
     "read_json",
     "safetensors_header",
     "save_model",
+    "unwrap_state_dict",
     "write_json",
 ]

@@ -125,10 +125,11 @@ def load_state_file(
     path = readable_file(path, "weights file")
     if path.suffix == ".safetensors":
         shapes, _ = safetensors_header(path)  # header and byte ranges checked first
+        shapes = _strip_prefix(shapes)
         if check_shapes is not None:
             check_shapes(shapes)
         try:
-            return load_file(str(path))
+            return _strip_prefix(load_file(str(path)))
         except (SafetensorError, OSError) as err:
             raise DataError(f"{path} is not a readable safetensors file: {err}") from None
     if path.suffix in {".pt", ".pth", ".bin", ".ckpt"}:
@@ -145,18 +146,54 @@ def load_state_file(
             # of the restricted unpickler (IndexError, KeyError, ...) means an unreadable file
             msg = " ".join(str(err).split())[:160] or type(err).__name__
             raise DataError(f"{path} is not a readable PyTorch weights file: {msg}") from None
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-        ):
-            raise DataError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+        obj = unwrap_state_dict(obj, path)
         if check_shapes is not None:
             check_shapes({k: tuple(v.shape) for k, v in obj.items()})
         return obj
     raise ParamError(
         f"unsupported weights file {path.name!r}; use .safetensors (or .pt/.pth state_dicts)"
     )
+
+
+#: Keys under which training scripts commonly save the state dict inside a checkpoint.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "state")
+#: The prefix ``nn.DataParallel`` / ``DistributedDataParallel`` put on every key.
+PARALLEL_PREFIX = "module."
+
+
+def _is_state(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without the ``module.`` prefix DataParallel puts on every key (when every
+    key has it)."""
+    if state and all(k.startswith(PARALLEL_PREFIX) for k in state):
+        return {k[len(PARALLEL_PREFIX) :]: v for k, v in state.items()}
+    return state
+
+
+def unwrap_state_dict(obj: Any, source: Any) -> dict[str, torch.Tensor]:
+    """The state dict in what ``torch.load(weights_only=True)`` returned: the mapping itself,
+    or the one under a checkpoint's ``state_dict`` / ``model_state_dict`` / ``model`` /
+    ``net`` / ``state`` key; without DataParallel's ``module.`` prefix. Anything else is one
+    :class:`DataError` line."""
+    if isinstance(obj, dict) and not _is_state(obj):
+        inner = next((obj[k] for k in WRAPPER_KEYS if _is_state(obj.get(k))), None)
+        if inner is not None:
+            obj = inner
+    if not _is_state(obj):
+        keys = ", ".join(repr(k) for k in list(obj)[:5]) if isinstance(obj, dict) else ""
+        held = f" (a mapping with keys {keys})" if keys else f" (a {type(obj).__name__})"
+        raise DataError(
+            f"{source} does not hold a state_dict (a mapping of names to tensors){held}; save "
+            "it with torch.save(model.state_dict(), path)"
+        )
+    return _strip_prefix(obj)
 
 
 def _target_of(model: nn.Module, names: Any) -> nn.Module:
@@ -202,6 +239,20 @@ def _check_fit(card: ModelCard, shapes: dict[str, tuple[int, ...]], source: Any)
             )
 
 
+def read_card(path: str | os.PathLike[str]) -> ModelCard:
+    """The checked :class:`ModelCard` of a model folder (or its ``model.json``); nothing is
+    imported or built."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    source = folder / CARD_FILE
+    if not source.exists() and not source.is_symlink():
+        raise DataError(
+            f"{folder} holds no {CARD_FILE}; pass a folder written by 'eviltwins train' "
+            "or 'eviltwins attack'"
+        )
+    return ModelCard.from_dict(read_json(source, "model card"), f"model card {source}")
+
+
 def load_model(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
@@ -221,13 +272,8 @@ def load_model(
     path = Path(path)
     if path.is_dir() or path.name == CARD_FILE:
         folder = path if path.is_dir() else path.parent
-        if not (folder / CARD_FILE).exists() and not (folder / CARD_FILE).is_symlink():
-            raise DataError(
-                f"{folder} holds no {CARD_FILE}; pass a folder written by 'eviltwins train' "
-                "or 'eviltwins attack'"
-            )
         source = folder / CARD_FILE
-        card = card or ModelCard.from_dict(read_json(source, "model card"), f"model card {source}")
+        card = card or read_card(folder)
         weights = folder / WEIGHTS_FILE
     else:
         reason = why_unreadable(path)

@@ -11,14 +11,30 @@ from eviltwins.models.base import (
     feature_tap,
     get_layer,
     import_user_model,
+    is_architecture,
     is_keyword_mapping,
+    is_torchvision_model,
     is_user_model,
     layer_names,
+    torchvision_models,
+)
+from eviltwins.models.layers import (
+    LayerInfo,
+    auto_feature_layer,
+    default_feature_layer,
     layer_or_feature_layer,
+    trace_layers,
 )
 
 __all__ = [
     "MODELS",
+    "LayerInfo",
+    "auto_feature_layer",
+    "default_feature_layer",
+    "is_architecture",
+    "is_torchvision_model",
+    "torchvision_models",
+    "trace_layers",
     "Classifier",
     "Normalize",
     "activations",

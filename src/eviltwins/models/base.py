@@ -24,6 +24,8 @@ from eviltwins.registry import Registry
 MODELS: Registry[nn.Module] = Registry("model")
 
 _USER_MODEL = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: ``torchvision:NAME`` names any torchvision classification model (``torchvision.models``).
+TORCHVISION_PREFIX = "torchvision:"
 
 
 class Normalize(nn.Module):
@@ -74,8 +76,47 @@ class Classifier(nn.Module):
 
 
 def is_user_model(name: str) -> bool:
-    """True for ``package.module:ClassName`` specs."""
-    return bool(_USER_MODEL.match(name))
+    """True for ``package.module:ClassName`` specs (the user's own code; not ``torchvision:``)."""
+    return bool(_USER_MODEL.match(name)) and not is_torchvision_model(name)
+
+
+def is_torchvision_model(name: str) -> bool:
+    """True for ``torchvision:NAME`` specs (a torchvision classification model, no user code)."""
+    return name.startswith(TORCHVISION_PREFIX) and name[len(TORCHVISION_PREFIX) :].isidentifier()
+
+
+def torchvision_models() -> list[str]:
+    """The torchvision classification models ``torchvision:NAME`` may name."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def is_architecture(name: str) -> bool:
+    """True for a name :func:`build_model` can build: registered, ``torchvision:NAME`` or
+    ``package.module:ClassName``. Nothing is imported (the torchvision name is checked when
+    the model is built)."""
+    return name in MODELS or is_torchvision_model(name) or is_user_model(name)
+
+
+def _torchvision_net(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """``torchvision.models.get_model(NAME, weights=None, num_classes=...)``: the architecture
+    only (weights come from the user's file)."""
+    import torchvision
+
+    arch = name[len(TORCHVISION_PREFIX) :]
+    known = torchvision_models()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UnknownNameError(
+            f"torchvision has no classification model {arch!r}{hint}; "
+            "torchvision.models.list_models(module=torchvision.models) lists them"
+        )
+    try:
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ParamError(f"model {name!r} does not take these options: {err}") from None
 
 
 def is_keyword_mapping(value: Any) -> bool:
@@ -114,18 +155,22 @@ def build_model(
     std: Sequence[float] | None = None,
     **kwargs: Any,
 ) -> Classifier:
-    """Build a registered architecture (or a user ``package.module:ClassName``) for
-    ``input_shape`` (C, H, W) and ``num_classes``, wrapped in :class:`Classifier`.
+    """Build a registered architecture, a ``torchvision:NAME`` classification model or a user
+    ``package.module:ClassName`` for ``input_shape`` (C, H, W) and ``num_classes``, wrapped in
+    :class:`Classifier`.
 
     ``mean`` / ``std`` default to the identity (0, 1) per channel. A user class is called with
-    ``**kwargs`` only and must accept images of ``input_shape``.
+    ``**kwargs`` only and must accept images of ``input_shape``; a torchvision model gets
+    ``num_classes`` and ``**kwargs``.
     """
     c, h, w = (int(v) for v in input_shape)
     mean = tuple(mean) if mean is not None else (0.0,) * c
     std = tuple(std) if std is not None else (1.0,) * c
     if len(mean) != c:
         raise ParamError(f"mean/std have {len(mean)} channels but the input has {c}")
-    if is_user_model(name):
+    if is_torchvision_model(name):
+        net = _torchvision_net(name, num_classes, **kwargs)
+    elif is_user_model(name):
         cls = import_user_model(name)
         try:
             net = cls(**kwargs)
@@ -155,19 +200,6 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     raise UnknownNameError(
         f"the model has no layer {name!r}{hint} (eviltwins.models.layer_names(model) lists them)"
     )
-
-
-def layer_or_feature_layer(model: nn.Module, layer: str | None) -> str:
-    """``layer``, else the model's declared feature layer (TrojanNN's and ABS's default),
-    checked to exist; one :class:`ParamError` line when neither is there."""
-    name = layer or getattr(model, "feature_layer", None)
-    if not name:
-        raise ParamError(
-            "the model declares no feature layer; choose one with --layer NAME (Python: "
-            "layer='NAME'); eviltwins.models.layer_names(model) lists them"
-        )
-    get_layer(model, name)
-    return name
 
 
 CONSUMER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
