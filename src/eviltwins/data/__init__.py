@@ -13,16 +13,10 @@ from eviltwins.data.base import (
     read_image,
     resolve_data_root,
 )
-from eviltwins.data.datasets import DATASETS, load_dataset, read_idx
-from eviltwins.data.files import (
-    DATASET_OPTIONS,
-    check_dataset_options,
-    dataset_slug,
-    is_path_dataset,
-    load_path_dataset,
-    npz_dataset,
-)
+from eviltwins.data.datasets import DATASETS, read_idx
+from eviltwins.data.files import DATASET_OPTIONS, check_dataset_options, npz_dataset
 from eviltwins.data.folders import image_tree_dataset
+from eviltwins.data.loading import dataset_slug, is_path_dataset, load_dataset, load_path_dataset
 
 __all__ = [
     "DATASETS",

@@ -12,7 +12,6 @@ import gzip
 import os
 import struct
 import zlib
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,30 +42,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # (e.g. one that skips CIFAR-10's md5 check for small files written by the tests).
 CIFAR10_CLASS: Any = torchvision.datasets.CIFAR10
 GTSRB_CLASS: Any = torchvision.datasets.GTSRB
-
-
-def load_dataset(
-    name: str,
-    data_root: str | os.PathLike[str] | None = None,
-    download: bool = False,
-    **kwargs: Any,
-) -> DatasetSpec:
-    """Build the dataset ``name`` from the registry (see :data:`DATASETS`), or read the
-    ``.npz`` file or image folder at the path ``name`` (see :mod:`eviltwins.data.files`).
-
-    The options ``image_size``, ``channels`` and ``normalize`` (``None``: not given) go to a
-    path dataset, and to a registered one only when its factory takes them (``digits``,
-    ``gtsrb`` and ``imagefolder`` take ``image_size``); the spec records them as ``options``.
-    """
-    from eviltwins.data import files
-
-    opts = files.check_dataset_options({k: kwargs.pop(k, None) for k in files.DATASET_OPTIONS})
-    if files.is_path_dataset(name):
-        return files.load_path_dataset(name, **opts)
-    factory = DATASETS.get(name)
-    files.check_registered_options(name, factory, opts)
-    spec = factory(data_root=data_root, download=download, **opts, **kwargs)
-    return replace(spec, options=opts) if opts else spec
 
 
 def _mean_std(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

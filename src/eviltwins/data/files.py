@@ -14,11 +14,7 @@ Options (recorded on the spec as ``options``, so a model card can rebuild the sa
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import os
-import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -31,7 +27,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from eviltwins.data.base import DatasetSpec, TensorImageDataset
-from eviltwins.data.datasets import DATASETS, IMAGENET_MEAN, IMAGENET_STD, _mean_std
+from eviltwins.data.datasets import IMAGENET_MEAN, IMAGENET_STD, _mean_std
 from eviltwins.errors import DataError, ParamError
 from eviltwins.utils import is_int, one_line
 
@@ -77,62 +73,6 @@ def check_dataset_options(options: Any) -> dict[str, Any]:
     if norm == "imagenet" and channels == 1:
         raise ParamError("normalize 'imagenet' needs 3 channels; pass channels 3 or normalize auto")
     return out
-
-
-def is_path_dataset(name: Any) -> bool:
-    """Whether ``name`` is a path rather than a registered dataset name: it is not registered
-    and ends with ``.npz``, holds a path separator or is an existing folder."""
-    if not isinstance(name, str | os.PathLike):
-        return False
-    text = os.fspath(name)
-    if isinstance(name, str) and name.strip().lower().replace("_", "-") in DATASETS:
-        return False
-    try:
-        is_dir = Path(text).expanduser().is_dir()
-    except (OSError, ValueError):
-        is_dir = False
-    return text.endswith(".npz") or os.sep in text or "/" in text or is_dir
-
-
-def load_path_dataset(path: str | os.PathLike[str], **options: Any) -> DatasetSpec:
-    """The ``.npz`` file or image tree at ``path`` (see :func:`npz_dataset`,
-    :func:`image_tree_dataset`), with ``options``."""
-    opts = check_dataset_options(options)
-    p = Path(path).expanduser()
-    if p.is_dir():
-        from eviltwins.data.folders import image_tree_dataset  # it builds on this module
-
-        return image_tree_dataset(p, **opts)
-    if p.is_file():
-        return npz_dataset(p, **opts)
-    registered = ", ".join(DATASETS.names())
-    raise DataError(
-        f"dataset {os.fspath(path)} does not exist; pass a registered name ({registered}), "
-        "a .npz file or an image folder"
-    )
-
-
-def check_registered_options(name: str, factory: Any, options: dict[str, Any]) -> None:
-    """Refuse ``options`` that the registered dataset ``name`` (its ``factory``) does not take."""
-    takes = inspect.signature(factory).parameters
-    refused = [k for k in options if k not in takes]
-    if refused:
-        raise ParamError(
-            f"dataset {name!r} takes no option {refused[0]!r}; --image-size, --channels and "
-            "--normalize apply to .npz files and image folders"
-            + (" (it takes image_size)" if "image_size" in takes else "")
-        )
-
-
-def dataset_slug(name: str, options: dict[str, Any] | None = None) -> str:
-    """A short, filename-safe name of a dataset: a registered name as it is; a path as its
-    stem and a digest of its absolute path and ``options`` (``mydata-1a2b3c4d``)."""
-    if not is_path_dataset(name):
-        return name
-    path = Path(name).expanduser().resolve()
-    blob = json.dumps({"path": str(path), "options": options or {}}, sort_keys=True)
-    stem = re.sub(r"[^A-Za-z0-9.-]+", "-", path.stem).strip("-.")[:40] or "data"
-    return f"{stem}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
 # --- .npz -----------------------------------------------------------------------------------
