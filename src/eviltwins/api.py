@@ -149,7 +149,9 @@ def evaluate(
         )
     elif target is not None:
         Interval(int, 0, None).check("evaluate", "target", target)
-    net, card, data = _open(model, device, trust_arch, dataset, data_root, download)
+    net, card, data = _open(
+        model, device, trust_arch, dataset, data_root, download, dataset_options
+    )
     given = None  # the trigger is checked before the dataset is loaded
     if trigger is not None:
         given = _given_trigger(
@@ -159,7 +161,9 @@ def evaluate(
         card, data or dataset, data_root, download, None, test_limit, 0, dataset_options
     )
     res = _evaluate(net, spec.test, quiet=quiet)
-    out = EvaluationResult(str(ModelSource.of(model).path), spec.name, res["accuracy"], res["loss"], int(res["n"]))
+    out = EvaluationResult(
+        str(ModelSource.of(model).path), spec.name, res["accuracy"], res["loss"], int(res["n"])
+    )
     if given is None:
         return out
     trig, tgt = given
@@ -205,6 +209,7 @@ def import_model(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     arch_kwargs: dict[str, Any] | None = None,
+    dataset_options: dict[str, Any] | None = None,
     device: str = "auto",
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
@@ -218,7 +223,8 @@ def import_model(
     ``torchvision:NAME`` or ``package.module:ClassName``), for the input of ``dataset`` or
     ``input_shape`` / ``num_classes``, with normalisation ``mean`` / ``std`` (default
     identity). The weights must fit the architecture and the model must run on one input;
-    then ``out`` gets the usual model folder. Using that folder later with a user
+    then ``out`` gets the usual model folder, whose card records the dataset (and its
+    ``dataset_options``) for later commands. Using that folder later with a user
     architecture needs ``arch`` named again (trust is never read from a file)."""
     from eviltwins.io import import_model as write_imported
     from eviltwins.models import default_feature_layer
@@ -227,7 +233,8 @@ def import_model(
         Path(weights), arch, input_shape, num_classes, mean, std, _checked_arch_kwargs(arch_kwargs)
     )
     prepare_out(out, "model", inputs=[src.path], overwrite=overwrite)
-    spec = get_dataset(dataset, data_root, download) if dataset is not None else None
+    options = check_dataset_options(dataset_options)
+    spec = get_dataset(dataset, data_root, download, **options) if dataset is not None else None
     net, card = write_imported(src, out, data=spec, device=resolve_device(device))
     layer, picked = default_feature_layer(net)
     acc, n = None, None
@@ -270,6 +277,7 @@ def layers(
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
     trust_arch: TrustArch = (),
+    dataset_options: dict[str, Any] | None = None,
 ) -> LayersResult:
     """List the candidate layers of a model (for ``layer=`` / ``--layer``) with their output
     shapes, traced on one input; ``dataset`` is needed only for a bare weights file without
@@ -277,7 +285,7 @@ def layers(
     from eviltwins.errors import EviltwinsError
     from eviltwins.models import default_feature_layer, trace_layers
 
-    net, _, _ = _open(model, device, trust_arch, dataset, data_root, download)
+    net, _, _ = _open(model, device, trust_arch, dataset, data_root, download, dataset_options)
     try:
         default, picked = default_feature_layer(net)
     except EviltwinsError:
@@ -316,7 +324,9 @@ def attack(
     atk = ATTACKS.build(name, params, quiet)
     if out is not None:
         prepare_out(out, "attack", inputs=[ModelSource.of(model).path], overwrite=overwrite)
-    net, card, data = _open(model, device, trust_arch, dataset, data_root, download)
+    net, card, data = _open(
+        model, device, trust_arch, dataset, data_root, download, dataset_options
+    )
     spec = _matching_dataset(
         card, data or dataset, data_root, download, train_limit, test_limit, 0, dataset_options
     )
@@ -379,7 +389,9 @@ def detect(
             Interval(int, 0, None).check("detect", "target", target)
     if out is not None:
         prepare_out(out, "report", inputs=[ModelSource.of(model).path], overwrite=overwrite)
-    net, card, data = _open(model, device, trust_arch, dataset, data_root, download)
+    net, card, data = _open(
+        model, device, trust_arch, dataset, data_root, download, dataset_options
+    )
     if is_filter:  # the trigger is checked before the dataset is loaded
         if trigger is None:
             refuse_without_trigger(
@@ -492,6 +504,7 @@ def _open(
     dataset: str | DatasetSpec | None,
     data_root: Any,
     download: bool,
+    dataset_options: dict[str, Any] | None = None,
 ) -> tuple[Classifier, ModelCard, DatasetSpec | None]:
     """The model ``model`` names (a folder, or a bare weights file with its
     :class:`~eviltwins.io.ModelSource` flags), and the dataset when one had to be loaded first
@@ -499,7 +512,8 @@ def _open(
     src = ModelSource.of(model)
     data = None
     if not src.is_folder and src.input_shape is None and dataset is not None:
-        data = get_dataset(dataset, data_root, download)
+        options = check_dataset_options(dataset_options)
+        data = get_dataset(dataset, data_root, download, **options)
     net, card = open_model(src, resolve_device(device), trust_arch=trust_arch, data=data)
     return net, card, data
 

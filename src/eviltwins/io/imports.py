@@ -126,6 +126,7 @@ class ModelSource:
         if data is not None:
             raw["dataset"] = data.name
             raw["classes"] = list(data.classes)
+            raw["dataset_options"] = dict(data.options)
         return ModelCard.from_dict(raw, "the model flags (--arch, --input-shape, --mean, ...)")
 
 

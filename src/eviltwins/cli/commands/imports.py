@@ -11,7 +11,9 @@ from eviltwins.cli.common import (
     PathType,
     arch_option,
     common_options,
+    data_options,
     dataset_of_model_option,
+    dataset_options,
     emit,
     model_folder_option,
     model_source,
@@ -44,6 +46,7 @@ from eviltwins.cli.common import (
     "for later commands, and the accuracy on 500 of its test images is reported.",
 )
 @weights_file_options
+@data_options
 @overwrite_option
 @common_options
 def import_model(**opts: Any) -> None:
@@ -64,6 +67,7 @@ def import_model(**opts: Any) -> None:
         mean=opts["mean"],
         std=opts["std"],
         arch_kwargs=opts["arch_kwargs"],
+        dataset_options=dataset_options(opts),
         device=opts["device"],
         data_root=opts["data_root"],
         download=opts["download"],
@@ -88,6 +92,7 @@ def import_model(**opts: Any) -> None:
 @click.command()
 @model_folder_option("Model folder.")
 @dataset_of_model_option
+@data_options
 @common_options
 def layers(**opts: Any) -> None:
     """List the layers of MODEL a forward pass goes through, with their output shapes: the
@@ -101,6 +106,7 @@ def layers(**opts: Any) -> None:
         data_root=opts["data_root"],
         download=opts["download"],
         trust_arch=trusted(opts["trust_arch"], opts["trust_code"]),
+        dataset_options=dataset_options(opts),
     )
     rows = []
     for info in res.layers:
