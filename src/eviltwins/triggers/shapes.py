@@ -17,6 +17,7 @@ from torch import Tensor
 
 from eviltwins.data import read_image
 from eviltwins.errors import DataError, ParamError
+from eviltwins.utils import is_int
 
 POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 PATTERNS = ("white", "black", "random")
@@ -65,26 +66,33 @@ def parse_position(position: Position) -> Position:
         raise ParamError(
             f"position must be one of {', '.join(POSITIONS)} or 'row,col'; got {position!r}"
         )
-    return position.replace("_", "-") if isinstance(position, str) else tuple(position)  # type: ignore[return-value]
+    if isinstance(position, str):
+        return position.replace("_", "-")
+    if not isinstance(position, Sequence):
+        raise ParamError(f"position must be a name or (row, col); got {position!r}"[:200])
+    return tuple(position)  # type: ignore[return-value]
 
 
-def place(position: Position, side: int, h: int, w: int) -> tuple[int, int]:
-    """The (row, col) of the top-left pixel of a ``side`` px square at ``position`` in an
-    ``h`` x ``w`` image."""
+def place(position: Position, side: int | tuple[int, int], h: int, w: int) -> tuple[int, int]:
+    """The (row, col) of the top-left pixel of a ``side`` px square (or a ``(height, width)``
+    rectangle) at ``position`` in an ``h`` x ``w`` image."""
+    sh, sw = side if isinstance(side, tuple) else (side, side)
     position = parse_position(position)
     if isinstance(position, tuple):
+        if len(position) != 2 or not all(is_int(v) for v in position):
+            raise ParamError(f"position must be a name or (row, col) ints; got {position!r}")
         r, c = position
-        if not (0 <= r <= h - side and 0 <= c <= w - side):
+        if not (0 <= r <= h - sh and 0 <= c <= w - sw):
             raise ParamError(
-                f"a {side}x{side} trigger at (row, col) = ({r}, {c}) does not fit a {h}x{w} image"
+                f"a {sh}x{sw} trigger at (row, col) = ({r}, {c}) does not fit a {h}x{w} image"
             )
         return r, c
     return {
-        "bottom-right": (h - side, w - side),
-        "bottom-left": (h - side, 0),
-        "top-right": (0, w - side),
+        "bottom-right": (h - sh, w - sw),
+        "bottom-left": (h - sh, 0),
+        "top-right": (0, w - sw),
         "top-left": (0, 0),
-        "center": ((h - side) // 2, (w - side) // 2),
+        "center": ((h - sh) // 2, (w - sw) // 2),
     }[position]
 
 

@@ -14,6 +14,7 @@ from torch import Tensor
 from eviltwins.errors import DataError, ParamError
 from eviltwins.metrics import mask_l1
 from eviltwins.triggers.files import check_header, trigger_path
+from eviltwins.triggers.images import image_trigger
 from eviltwins.triggers.shapes import (
     Position,
     check_image_shape,
@@ -169,6 +170,24 @@ class Trigger:
             pattern, c, side, h, w, row, col, seed
         )
         return cls(mask, full, region)
+
+    @classmethod
+    def from_image(
+        cls,
+        shape: Sequence[int],
+        pattern: str | os.PathLike[str],
+        *,
+        mask: str | os.PathLike[str] | None = None,
+        alpha: float | None = None,
+        position: Position | None = None,
+    ) -> Trigger:
+        """A trigger from a ``pattern`` image file (full size, or a patch at ``position``,
+        bottom-right by default) with a grey ``mask`` image (m = value / 255) or an opacity
+        ``alpha`` (m = alpha = 1 - transparency; a patch is opaque without either), e.g. one
+        planted by another toolkit: see :func:`eviltwins.triggers.images.image_trigger` for
+        the rules and the one-line errors. An opaque white 3x3 patch at the bottom-right is
+        the same trigger as ``Trigger.square(shape, size=3 / W)``."""
+        return cls(*image_trigger(shape, pattern, mask=mask, alpha=alpha, position=position))
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], preview: bool = True) -> Path:
