@@ -275,3 +275,14 @@ def test_sweep_spec_with_a_npz_path_has_filename_safe_keys(tmp_path, capsys, goo
     ):
         with pytest.raises(ParamError, match=needle):
             load_spec(bad)
+
+
+def test_a_sweep_runs_on_a_npz_path(tmp_path, good_arrays):
+    path = _npz(tmp_path / "d.npz", **good_arrays)
+    raw = {"name": "u", "datasets": [str(path)], "dataset_options": {"image_size": 16}}
+    raw.update(attacks=[{"name": "badnet"}], clean={"epochs": 1})
+    summary = et.sweep(raw, tmp_path / "run", quiet=True, report=False)
+    assert len(summary.ran) == 1 and not summary.failed, summary.failed
+    (clean,) = (tmp_path / "run" / "clean").iterdir()
+    card = json.loads((clean / "model.json").read_text())
+    assert card["dataset_options"] == {"image_size": 16} and card["input_shape"] == [1, 16, 16]

@@ -67,6 +67,10 @@ def load_path_dataset(path: str | os.PathLike[str], **options: Any) -> DatasetSp
         return image_tree_dataset(p, **opts)
     if p.is_file():
         return npz_dataset(p, **opts)
+    if p.exists():
+        raise DataError(
+            f"dataset {p} is not a regular file or folder; pass a .npz file or a folder"
+        )
     registered = ", ".join(DATASETS.names())
     raise DataError(
         f"dataset {os.fspath(path)} does not exist; pass a registered name ({registered}), "
