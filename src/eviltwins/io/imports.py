@@ -22,6 +22,7 @@ from eviltwins.errors import DataError, ParamError
 from eviltwins.io.cards import CARD_FILE, ModelCard, TrustArch
 from eviltwins.io.state import load_model, read_card, save_model
 from eviltwins.models import Classifier, is_architecture
+from eviltwins.paths import why_unreadable
 from eviltwins.utils import is_int, is_real, one_line
 
 #: Flags that describe a bare weights file; a model folder's model.json sets them itself.
@@ -185,6 +186,12 @@ def open_model(
                 f"names {card.architecture!r}"
             )
         return load_model(src.path, device, card, trust_arch=trust)
+    reason = why_unreadable(src.path)
+    if reason is not None:
+        raise DataError(
+            f"model {src.path} {reason}; pass a model folder (written by 'eviltwins train', "
+            "'attack' or 'import-model') or a weights file with --arch"
+        )
     card = src.card(data)
     model, card = load_model(src.path, device, card=card, trust_arch=trust)
     check_runs(model, card)
