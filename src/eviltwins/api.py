@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from eviltwins.attacks.base import BackdoorResult
 from eviltwins.base import Interval
 from eviltwins.config import validate
 from eviltwins.data import DatasetSpec, check_dataset_options, load_all
+from eviltwins.detectors.scan import DEFAULT_DETECTORS, ScanReport
 from eviltwins.errors import ParamError
 from eviltwins.experiments.clean import TrainResult, train_clean
 from eviltwins.experiments.options import RunOptions
@@ -428,6 +430,50 @@ def detect(
     return report
 
 
+def scan(
+    model: str | os.PathLike[str] | ModelSource,
+    dataset: str | DatasetSpec | None = None,
+    *,
+    detectors: str | Sequence[str] = DEFAULT_DETECTORS,
+    params: dict[str, dict[str, Any]] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    test_limit: int | None = None,
+    trust_arch: TrustArch = (),
+    overwrite: bool = False,
+    quiet: bool | None = None,
+    dataset_options: dict[str, Any] | None = None,
+) -> ScanReport:
+    """Scan a model with model inspectors (NeuralCleanse and ABS by default; ``detectors``:
+    any of ``eviltwins list detectors`` that inspects a model), each with its ``params``
+    (``{"neural-cleanse": {"steps": 100}}``), for one verdict (:attr:`ScanReport.verdict
+    <eviltwins.detectors.scan.ScanReport.verdict>`). With ``out`` (checked first, like
+    :func:`detect`'s): ``scan.json``, each inspector's report and reversed triggers in
+    ``out/<detector>/`` and ``scan.html``. Other arguments: see :func:`detect`."""
+    from eviltwins.detectors.scan import inspectors, run_scan
+    from eviltwins.report.scan import write_scan
+
+    dets = inspectors(detectors, params, quiet)
+    where = ModelSource.of(model).path
+    if out is not None:
+        prepare_out(out, "scan", inputs=[where], overwrite=overwrite)
+        for name in dets:  # each inspector's folder, as `detect NAME --out` would write it
+            prepare_out(Path(out) / name, "report", inputs=[where], overwrite=overwrite)
+    net, card, data = _open(
+        model, device, trust_arch, dataset, data_root, download, dataset_options
+    )
+    spec = _matching_dataset(
+        card, data or dataset, data_root, download, None, test_limit, 0, dataset_options
+    )
+    named = card.classes if len(card.classes) == card.num_classes else spec.classes
+    report = run_scan(dets, net, spec, source=str(where), classes=named)
+    if out is not None:
+        write_scan(report, out)
+    return report
+
+
 def sweep(
     spec: str | os.PathLike[str] | dict[str, Any] | Any,
     out: str | os.PathLike[str] | None = None,
@@ -593,6 +639,7 @@ __all__ = [
     "get_dataset",
     "import_model",
     "layers",
+    "scan",
     "sweep",
     "train",
     "write_sweep_report",

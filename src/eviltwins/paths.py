@@ -36,6 +36,8 @@ OUTPUT_FILES: dict[str, frozenset[str]] = {
         }
     ),
     "report": frozenset({"report.json", "reversed.safetensors", "reversed.png"}),
+    # and a sub-folder per inspector, a "report" folder each
+    "scan": frozenset({"scan.json", "scan.html"}),
 }
 #: Files that tell what a folder is, most specific first.
 _MARKERS = (
@@ -44,6 +46,7 @@ _MARKERS = (
     ("attack", "trigger.safetensors"),
     ("attack", "metrics.json"),
     ("model", "model.json"),
+    ("scan", "scan.json"),
     ("report", "report.json"),
 )
 
@@ -86,7 +89,7 @@ def readable_file(path: str | os.PathLike[str], what: str = "file") -> Path:
 
 def folder_kind(folder: Path) -> str | None:
     """What eviltwins wrote into ``folder``: sweep (``sweep.json`` or ``cells/``), attack, model
-    or report; ``None`` for a missing or empty folder and ``"other"`` for one holding only files eviltwins did not write."""
+    scan or report; ``None`` for a missing or empty folder and ``"other"`` for one holding only files eviltwins did not write."""
     try:
         names = {p.name for p in folder.iterdir()} - {".lock"}  # a sweep's lock file
     except OSError:

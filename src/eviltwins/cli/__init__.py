@@ -16,6 +16,7 @@ import click
 from eviltwins.cli.commands.estimators import attack, detect
 from eviltwins.cli.commands.imports import import_model, layers
 from eviltwins.cli.commands.models import evaluate, list_, train
+from eviltwins.cli.commands.scan import scan
 from eviltwins.cli.commands.sweeps import demo, report_, sweep
 from eviltwins.errors import EviltwinsError
 from eviltwins.version import __version__
@@ -35,6 +36,7 @@ for _command in (
     import_model,
     evaluate,
     layers,
+    scan,
     attack,
     detect,
     list_,
