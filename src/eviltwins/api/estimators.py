@@ -1,0 +1,201 @@
+"""The estimators on a saved model: ``attack``, ``detect`` and ``scan``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from eviltwins.api.common import (
+    MAX_N_CLEAN,
+    given_trigger,
+    matching_dataset,
+    open_source,
+)
+from eviltwins.attacks.base import BackdoorResult
+from eviltwins.base import Interval
+from eviltwins.data import DatasetSpec, load_all
+from eviltwins.detectors.scan import DEFAULT_DETECTORS, ScanReport
+from eviltwins.errors import ParamError
+from eviltwins.io import ModelSource, TrustArch
+from eviltwins.paths import prepare_out
+from eviltwins.triggers import refuse_without_trigger
+
+
+def attack(
+    name: str,
+    model: str | os.PathLike[str] | ModelSource,
+    dataset: str | DatasetSpec | None = None,
+    *,
+    params: dict[str, Any] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    trust_arch: TrustArch = (),
+    overwrite: bool = False,
+    quiet: bool | None = None,
+    dataset_options: dict[str, Any] | None = None,
+) -> BackdoorResult:
+    """Run attack ``name`` (``eviltwins list attacks``) on a saved benign model.
+
+    ``params`` are the attack's parameters (unknown names are refused with a suggestion). With
+    ``out``, writes the poisoned model, its trigger, ``metrics.json`` and ``examples.png``;
+    ``out`` is checked first and may not be the input model's folder (the input is never
+    modified) or hold a model, report or foreign files (unless ``overwrite``).
+    ``trust_arch``, ``dataset_options``: see :func:`evaluate`.
+    """
+    from eviltwins.attacks import ATTACKS
+
+    atk = ATTACKS.build(name, params, quiet)
+    if out is not None:
+        prepare_out(out, "attack", inputs=[ModelSource.of(model).path], overwrite=overwrite)
+    net, card, data = open_source(
+        model, device, trust_arch, dataset, data_root, download, dataset_options
+    )
+    spec = matching_dataset(
+        card, data or dataset, data_root, download, train_limit, test_limit, 0, dataset_options
+    )
+    res = atk.fit(net, spec)
+    if out is not None:
+        x, y = load_all(spec.test, limit=512)
+        res.save(out, card, examples=x[y != res.target][:8])
+    return res
+
+
+def detect(
+    name: str,
+    model: str | os.PathLike[str] | ModelSource,
+    dataset: str | DatasetSpec | None = None,
+    *,
+    params: dict[str, Any] | None = None,
+    trigger: str | os.PathLike[str] | None = None,
+    target: int | None = None,
+    trigger_mask: str | os.PathLike[str] | None = None,
+    trigger_alpha: float | None = None,
+    trigger_position: str | tuple[int, int] | None = None,
+    n_clean: int = 1000,
+    protocol: str = "effective",
+    out: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    test_limit: int | None = None,
+    trust_arch: TrustArch = (),
+    overwrite: bool = False,
+    quiet: bool | None = None,
+    dataset_options: dict[str, Any] | None = None,
+) -> Any:
+    """Run detector ``name`` (``eviltwins list detectors``) on a saved model.
+
+    Model inspectors (neural-cleanse, abs) return an
+    :class:`~eviltwins.detectors.InspectionReport`. Input filters (strip, ensemble) are fitted on
+    the first ``n_clean`` held-out test images and evaluated on the next ``n_clean`` images
+    (ALGORITHMS.md, input-filter protocol): with ``protocol="effective"`` (the authors') the
+    clean set is those the model classifies correctly and the triggered set those of them
+    (true label != target) that, stamped with ``trigger`` (default: the model folder's
+    ``trigger.safetensors``; or a pattern image with ``trigger_mask`` / ``trigger_alpha`` /
+    ``trigger_position``, see :func:`eviltwins.triggers.load_trigger`), the model sends to the
+    target; ``"all-stamped"`` counts every
+    clean and every stamped non-target input. Both variants are in the returned
+    :class:`~eviltwins.detectors.FilterReport`, with the size of each set. With ``out``, the
+    report (and reversed-trigger images for inspectors) are written there; ``out`` is checked
+    first and may not be the model's folder. ``trust_arch``, ``dataset_options``: see
+    :func:`evaluate`.
+    """
+    from eviltwins.detectors import DETECTORS, InputFilter, run_detector
+
+    det = DETECTORS.build(name, params, quiet)
+    is_filter = isinstance(det, InputFilter)
+    if is_filter:
+        Interval(int, 1, MAX_N_CLEAN).check("detect", "n_clean", n_clean)
+        if protocol not in ("effective", "all-stamped"):
+            raise ParamError(f"protocol must be 'effective' or 'all-stamped'; got {protocol!r}")
+        if target is not None:
+            Interval(int, 0, None).check("detect", "target", target)
+    if out is not None:
+        prepare_out(out, "report", inputs=[ModelSource.of(model).path], overwrite=overwrite)
+    net, card, data = open_source(
+        model, device, trust_arch, dataset, data_root, download, dataset_options
+    )
+    if is_filter:  # the trigger is checked before the dataset is loaded
+        if trigger is None:
+            refuse_without_trigger(
+                trigger_mask=trigger_mask,
+                trigger_alpha=trigger_alpha,
+                trigger_position=trigger_position,
+            )
+            where = ModelSource.of(model).path
+            folder = where if where.is_dir() else where.parent
+            trigger = folder / "trigger.safetensors"
+            if not trigger.exists():
+                raise ParamError(
+                    f"{name} is evaluated on stamped inputs, and {folder} holds no "
+                    "trigger.safetensors: pass --trigger"
+                )
+        trig, tgt = given_trigger(
+            card, model, trigger, target, trigger_mask, trigger_alpha, trigger_position, 0
+        )
+    spec = matching_dataset(
+        card, data or dataset, data_root, download, None, test_limit, 0, dataset_options
+    )
+    if not is_filter:
+        report = run_detector(det, net, spec)
+        if out is not None:
+            report.save(out)
+        return report
+    report = run_detector(
+        det, net, spec, trigger=trig, target=tgt, n_clean=n_clean, protocol=protocol
+    )
+    if out is not None:
+        from eviltwins.io import write_json
+
+        write_json(Path(out) / "report.json", report.to_dict())
+    return report
+
+
+def scan(
+    model: str | os.PathLike[str] | ModelSource,
+    dataset: str | DatasetSpec | None = None,
+    *,
+    detectors: str | Sequence[str] = DEFAULT_DETECTORS,
+    params: dict[str, dict[str, Any]] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    test_limit: int | None = None,
+    trust_arch: TrustArch = (),
+    overwrite: bool = False,
+    quiet: bool | None = None,
+    dataset_options: dict[str, Any] | None = None,
+) -> ScanReport:
+    """Scan a model with model inspectors (NeuralCleanse and ABS by default; ``detectors``:
+    any of ``eviltwins list detectors`` that inspects a model), each with its ``params``
+    (``{"neural-cleanse": {"steps": 100}}``), for one verdict (:attr:`ScanReport.verdict
+    <eviltwins.detectors.scan.ScanReport.verdict>`). With ``out`` (checked first, like
+    :func:`detect`'s): ``scan.json``, each inspector's report and reversed triggers in
+    ``out/<detector>/`` and ``scan.html``. Other arguments: see :func:`detect`."""
+    from eviltwins.detectors.scan import inspectors, run_scan
+    from eviltwins.report.scan import write_scan
+
+    dets = inspectors(detectors, params, quiet)
+    where = ModelSource.of(model).path
+    if out is not None:
+        prepare_out(out, "scan", inputs=[where], overwrite=overwrite)
+        for name in dets:  # each inspector's folder, as `detect NAME --out` would write it
+            prepare_out(Path(out) / name, "report", inputs=[where], overwrite=overwrite)
+    net, card, data = open_source(
+        model, device, trust_arch, dataset, data_root, download, dataset_options
+    )
+    spec = matching_dataset(
+        card, data or dataset, data_root, download, None, test_limit, 0, dataset_options
+    )
+    named = card.classes if len(card.classes) == card.num_classes else spec.classes
+    report = run_scan(dets, net, spec, source=str(where), classes=named)
+    if out is not None:
+        write_scan(report, out)
+    return report
