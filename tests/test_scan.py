@@ -176,7 +176,7 @@ def test_verdict_names_the_inspectors_that_flagged():
     ],
 )
 def test_bad_detectors_are_one_line(argv, needles, tmp_path, capsys):
-    code = main(["scan", "--model", str(tmp_path / "none"), *argv, "--out", str(tmp_path / "s")])
+    code = main(["scan", "--model", str(tmp_path), *argv, "--out", str(tmp_path / "s")])
     _one_line_error(code, capsys.readouterr().err, *needles)
     assert not (tmp_path / "s").exists()
 
@@ -197,7 +197,7 @@ def test_bad_config_and_out_are_one_line(digits_clean, tmp_path, capsys):
 
 def test_api_refuses_bad_params_before_loading(tmp_path):
     with pytest.raises(ParamError, match="must map a detector name"):
-        et.scan(tmp_path / "none", params=[("abs", {})])
+        et.scan(tmp_path, params=[("abs", {})])
     with pytest.raises(ParamError, match="steps"):
-        et.scan(tmp_path / "none", params={"abs": {"steps": 0}})
+        et.scan(tmp_path, params={"abs": {"steps": 0}})
     assert list(inspectors(["abs", "abs", "neural_cleanse"])) == ["abs", "neural-cleanse"]
