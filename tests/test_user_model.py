@@ -247,3 +247,34 @@ def test_attacks_run_on_a_foreign_model_with_the_picked_layer(tiny, imported, tm
     # the poisoned folder names a user architecture too: using it needs --arch again
     rc, _, err = _run(capsys, "evaluate", "--model", tmp_path / "badnet", "--device", "cpu")
     assert rc == 2 and f"--arch {ARCH}" in err
+
+
+def test_scan_of_a_foreign_model_weights_file_and_folder(tiny, imported, tmp_path, capsys):
+    """The blue-team path: scan the bare weights file and the imported folder (small budgets);
+    both runs see the same model, so they give the same per-label figures and verdict."""
+    cfg = tmp_path / "scan.yaml"
+    cfg.write_text(
+        "neural-cleanse: {steps: 20, batch_size: 16}\n"
+        "abs: {steps: 40, top_k: 2, seeds_per_class: 2, n_eval: 100}\n"
+    )
+    common = ["--config", cfg, "--device", "cpu", "--quiet", "--json"]
+    rc, out, err = _run(capsys, "scan", "--model", tiny[0], "--arch", ARCH, "--dataset", "digits",
+                        "--out", tmp_path / "file", *common)  # fmt: skip
+    assert rc == 0, err
+    from_file = json.loads(out)
+    assert set(from_file["reports"]) == {"neural-cleanse", "abs"}
+    assert from_file["reports"]["abs"]["details"]["layer"] == "net.c2"  # picked by rule
+    verdict = from_file["verdict"]
+    assert verdict == "clean" or verdict.startswith("backdoor suspected: label ")
+    rc, out, err = _run(capsys, "scan", "--model", imported, "--arch", ARCH,
+                        "--out", tmp_path / "folder", *common)  # fmt: skip
+    assert rc == 0, err
+    from_folder = json.loads(out)
+    assert from_folder["verdict"] == verdict
+    for name in ("neural-cleanse", "abs"):
+        assert from_folder["reports"][name]["scores"] == pytest.approx(
+            from_file["reports"][name]["scores"], rel=1e-4, abs=1e-4
+        )
+    assert (tmp_path / "folder" / "scan.html").is_file()
+    rc, _, err = _run(capsys, "scan", "--model", imported, "--out", tmp_path / "x", *common)
+    assert rc == 2 and f"--arch {ARCH}" in err  # the folder alone is not trusted
