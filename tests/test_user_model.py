@@ -278,3 +278,21 @@ def test_scan_of_a_foreign_model_weights_file_and_folder(tiny, imported, tmp_pat
     assert (tmp_path / "folder" / "scan.html").is_file()
     rc, _, err = _run(capsys, "scan", "--model", imported, "--out", tmp_path / "x", *common)
     assert rc == 2 and f"--arch {ARCH}" in err  # the folder alone is not trusted
+
+
+def test_a_weights_file_with_a_path_dataset_and_its_options(tiny, digits_spec, tmp_path, capsys):
+    """The dataset loaded (with --image-size) to give a bare file its input is the one evaluated:
+    the options apply once, and the 8x8 arrays reach the 32x32 model."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images * 255 / 16).astype("uint8")
+    np.savez(tmp_path / "d.npz", x_train=x[:1400], y_train=d.target[:1400], x_test=x[1400:],
+             y_test=d.target[1400:])  # fmt: skip
+    rc, out, err = _run(capsys, "evaluate", "--model", tiny[0], "--arch", ARCH, "--dataset",
+                        tmp_path / "d.npz", "--image-size", "32", "--device", "cpu",
+                        "--json")  # fmt: skip
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["n"] == 397 and res["accuracy"] > 0.9

@@ -87,19 +87,25 @@ def matching_dataset(
     test_limit: int | None,
     seed: int = 0,
     dataset_options: dict[str, Any] | None = None,
+    loaded: DatasetSpec | None = None,
 ) -> DatasetSpec:
     """The model's own dataset (or ``dataset``), checked against the model's input and classes.
 
     The card's dataset is reloaded with the card's ``dataset_options`` (``dataset_options``
     override them); a path there (a received card may name any) is read only through the safe
-    readers of :mod:`eviltwins.data.files`, like a path the user names."""
-    options = check_dataset_options(dataset_options)
-    if dataset is None:
-        options = {**check_dataset_options(card.dataset_options), **options}
-    name = dataset if dataset is not None else card.dataset
-    if not name:
-        raise ParamError("the model card names no dataset; pass --dataset")
-    spec = get_dataset(name, data_root, download, train_limit, test_limit, seed, **options)
+    readers of :mod:`eviltwins.data.files`, like a path the user names. ``loaded``: the
+    dataset :func:`open_source` already loaded (with the options) for a bare weights file;
+    it is only sub-sampled here, not read again."""
+    if loaded is not None:
+        spec = get_dataset(loaded, None, False, train_limit, test_limit, seed)
+    else:
+        options = check_dataset_options(dataset_options)
+        if dataset is None:
+            options = {**check_dataset_options(card.dataset_options), **options}
+        name = dataset if dataset is not None else card.dataset
+        if not name:
+            raise ParamError("the model card names no dataset; pass --dataset")
+        spec = get_dataset(name, data_root, download, train_limit, test_limit, seed, **options)
     if tuple(spec.shape) != tuple(card.input_shape):
         raise ParamError(
             f"dataset {spec.name} has images of shape {spec.shape} but the model expects "

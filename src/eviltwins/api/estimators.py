@@ -57,7 +57,7 @@ def attack(
         model, device, trust_arch, dataset, data_root, download, dataset_options
     )
     spec = matching_dataset(
-        card, data or dataset, data_root, download, train_limit, test_limit, 0, dataset_options
+        card, dataset, data_root, download, train_limit, test_limit, 0, dataset_options, loaded=data
     )
     res = atk.fit(net, spec)
     if out is not None:
@@ -140,7 +140,7 @@ def detect(
             card, model, trigger, target, trigger_mask, trigger_alpha, trigger_position, 0
         )
     spec = matching_dataset(
-        card, data or dataset, data_root, download, None, test_limit, 0, dataset_options
+        card, dataset, data_root, download, None, test_limit, 0, dataset_options, loaded=data
     )
     if not is_filter:
         report = run_detector(det, net, spec)
@@ -192,7 +192,7 @@ def scan(
         model, device, trust_arch, dataset, data_root, download, dataset_options
     )
     spec = matching_dataset(
-        card, data or dataset, data_root, download, None, test_limit, 0, dataset_options
+        card, dataset, data_root, download, None, test_limit, 0, dataset_options, loaded=data
     )
     named = card.classes if len(card.classes) == card.num_classes else spec.classes
     report = run_scan(dets, net, spec, source=str(where), classes=named)

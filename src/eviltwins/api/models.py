@@ -155,7 +155,7 @@ def evaluate(
             card, model, trigger, target, trigger_mask, trigger_alpha, trigger_position, None
         )
     spec = matching_dataset(
-        card, data or dataset, data_root, download, None, test_limit, 0, dataset_options
+        card, dataset, data_root, download, None, test_limit, 0, dataset_options, loaded=data
     )
     res = _evaluate(net, spec.test, quiet=quiet)
     out = EvaluationResult(
