@@ -1,5 +1,6 @@
-"""Architectures: a small CNN, CIFAR-style ResNet-18, VGG-11/16 (with batch norm) and
-torchvision's ImageNet ResNet-18/101. Each factory takes (in_channels, num_classes, input_size)."""
+"""Architectures: a small CNN, the classic Keras MNIST CNN (``cnn-heavy``), CIFAR-style
+ResNet-18, VGG-11/16 (with batch norm) and torchvision's ImageNet ResNet-18/101. Each factory
+takes (in_channels, num_classes, input_size)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,57 @@ class SmallCNN(nn.Module):
                 [
                     ("flatten", nn.Flatten()),
                     ("fc1", nn.Linear(c2 * (h // 4) * (w // 4), hidden)),
+                    ("relu3", nn.ReLU()),
+                    ("dropout", nn.Dropout(dropout)),
+                    ("fc2", nn.Linear(hidden, num_classes)),
+                ]
+            )
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+class HeavyCNN(nn.Module):
+    """The classic Keras MNIST CNN: two *unpadded* 3x3 convolutions of 32 and 64 channels
+    (ReLU after each), one 2x2 max-pool, a dense layer of ``hidden`` (128) units on the
+    flattened map (64 x 12 x 12 = 9,216 wide on 28x28), ReLU, dropout, the class layer. The
+    second convolution runs at full resolution: about 12M multiply-adds per 28x28 image, three
+    times the small CNN. Feature layer (TrojanNN / ABS default): ``features.conv2`` (pre-ReLU).
+    """
+
+    feature_layer = "features.conv2"
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        input_size: Sequence[int],
+        width: int = 32,
+        hidden: int = 128,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        h, w = input_size
+        if h < 6 or w < 6:
+            raise ParamError(f"cnn-heavy needs inputs of at least 6x6 pixels; got {h}x{w}")
+        c1, c2 = width, 2 * width
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(in_channels, c1, 3)),
+                    ("relu1", nn.ReLU()),
+                    ("conv2", nn.Conv2d(c1, c2, 3)),
+                    ("relu2", nn.ReLU()),
+                    ("pool", nn.MaxPool2d(2)),
+                ]
+            )
+        )
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                [
+                    ("flatten", nn.Flatten()),
+                    ("fc1", nn.Linear(c2 * ((h - 4) // 2) * ((w - 4) // 2), hidden)),
                     ("relu3", nn.ReLU()),
                     ("dropout", nn.Dropout(dropout)),
                     ("fc2", nn.Linear(hidden, num_classes)),
@@ -192,6 +244,19 @@ def cnn(
 ) -> nn.Module:
     """The small CNN for 28x28 / 32x32 grey or colour images."""
     return SmallCNN(in_channels, num_classes, input_size, width, hidden, dropout)
+
+
+@MODELS.register("cnn-heavy")
+def cnn_heavy(
+    in_channels: int,
+    num_classes: int,
+    input_size: Sequence[int],
+    width: int = 32,
+    hidden: int = 128,
+    dropout: float = 0.5,
+) -> nn.Module:
+    """The classic Keras MNIST CNN (two unpadded 3x3 convs, 9,216-wide dense layer on 28x28)."""
+    return HeavyCNN(in_channels, num_classes, input_size, width, hidden, dropout)
 
 
 @MODELS.register("resnet18")
