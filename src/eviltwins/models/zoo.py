@@ -20,6 +20,7 @@ class SmallCNN(nn.Module):
     Feature layer (TrojanNN / ABS default): ``features.conv2`` (pre-ReLU)."""
 
     feature_layer = "features.conv2"
+    arch, min_side = "cnn", 4
 
     def __init__(
         self,
@@ -32,26 +33,16 @@ class SmallCNN(nn.Module):
     ) -> None:
         super().__init__()
         h, w = input_size
-        if h < 4 or w < 4:
-            raise ParamError(f"cnn needs inputs of at least 4x4 pixels; got {h}x{w}")
+        m = self.min_side
+        if h < m or w < m:
+            raise ParamError(f"{self.arch} needs inputs of at least {m}x{m} pixels; got {h}x{w}")
         c1, c2 = width, 2 * width
-        self.features = nn.Sequential(
-            OrderedDict(
-                [
-                    ("conv1", nn.Conv2d(in_channels, c1, 3, padding=1)),
-                    ("relu1", nn.ReLU()),
-                    ("pool1", nn.MaxPool2d(2)),
-                    ("conv2", nn.Conv2d(c1, c2, 3, padding=1)),
-                    ("relu2", nn.ReLU()),
-                    ("pool2", nn.MaxPool2d(2)),
-                ]
-            )
-        )
+        self.features = nn.Sequential(OrderedDict(self._conv_layers(in_channels, c1, c2)))
         self.classifier = nn.Sequential(
             OrderedDict(
                 [
                     ("flatten", nn.Flatten()),
-                    ("fc1", nn.Linear(c2 * (h // 4) * (w // 4), hidden)),
+                    ("fc1", nn.Linear(c2 * self._map_side(h) * self._map_side(w), hidden)),
                     ("relu3", nn.ReLU()),
                     ("dropout", nn.Dropout(dropout)),
                     ("fc2", nn.Linear(hidden, num_classes)),
@@ -59,59 +50,49 @@ class SmallCNN(nn.Module):
             )
         )
 
+    @staticmethod
+    def _conv_layers(cin: int, c1: int, c2: int) -> list[tuple[str, nn.Module]]:
+        return [
+            ("conv1", nn.Conv2d(cin, c1, 3, padding=1)),
+            ("relu1", nn.ReLU()),
+            ("pool1", nn.MaxPool2d(2)),
+            ("conv2", nn.Conv2d(c1, c2, 3, padding=1)),
+            ("relu2", nn.ReLU()),
+            ("pool2", nn.MaxPool2d(2)),
+        ]
+
+    @staticmethod
+    def _map_side(n: int) -> int:
+        """Side of the last feature map for an input side ``n``."""
+        return n // 4
+
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
 
 
-class HeavyCNN(nn.Module):
+class HeavyCNN(SmallCNN):
     """The classic Keras MNIST CNN: two *unpadded* 3x3 convolutions of 32 and 64 channels
     (ReLU after each), one 2x2 max-pool, a dense layer of ``hidden`` (128) units on the
-    flattened map (64 x 12 x 12 = 9,216 wide on 28x28), ReLU, dropout, the class layer. The
-    second convolution runs at full resolution: about 12M multiply-adds per 28x28 image, three
-    times the small CNN. Feature layer (TrojanNN / ABS default): ``features.conv2`` (pre-ReLU).
-    """
+    flattened map (64 x 12 x 12 = 9,216 wide on 28x28), ReLU, dropout (0.5 from the
+    ``cnn-heavy`` factory, as in Keras), the class layer. The second convolution runs at full
+    resolution: about 12M multiply-adds per 28x28 image, three times the small CNN. Feature
+    layer (TrojanNN / ABS default): ``features.conv2`` (pre-ReLU)."""
 
-    feature_layer = "features.conv2"
+    arch, min_side = "cnn-heavy", 6
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        input_size: Sequence[int],
-        width: int = 32,
-        hidden: int = 128,
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__()
-        h, w = input_size
-        if h < 6 or w < 6:
-            raise ParamError(f"cnn-heavy needs inputs of at least 6x6 pixels; got {h}x{w}")
-        c1, c2 = width, 2 * width
-        self.features = nn.Sequential(
-            OrderedDict(
-                [
-                    ("conv1", nn.Conv2d(in_channels, c1, 3)),
-                    ("relu1", nn.ReLU()),
-                    ("conv2", nn.Conv2d(c1, c2, 3)),
-                    ("relu2", nn.ReLU()),
-                    ("pool", nn.MaxPool2d(2)),
-                ]
-            )
-        )
-        self.classifier = nn.Sequential(
-            OrderedDict(
-                [
-                    ("flatten", nn.Flatten()),
-                    ("fc1", nn.Linear(c2 * ((h - 4) // 2) * ((w - 4) // 2), hidden)),
-                    ("relu3", nn.ReLU()),
-                    ("dropout", nn.Dropout(dropout)),
-                    ("fc2", nn.Linear(hidden, num_classes)),
-                ]
-            )
-        )
+    @staticmethod
+    def _conv_layers(cin: int, c1: int, c2: int) -> list[tuple[str, nn.Module]]:
+        return [
+            ("conv1", nn.Conv2d(cin, c1, 3)),
+            ("relu1", nn.ReLU()),
+            ("conv2", nn.Conv2d(c1, c2, 3)),
+            ("relu2", nn.ReLU()),
+            ("pool", nn.MaxPool2d(2)),
+        ]
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+    @staticmethod
+    def _map_side(n: int) -> int:
+        return (n - 4) // 2
 
 
 class BasicBlock(nn.Module):
