@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     print(harness.format_hardware(hw, peak))
     print()
     print(harness.format_table(rows))
+    for line in harness.serial_speedups(rows):
+        print(line)
     harness.log(f"wrote {js} and {md}", q)
     expected = [r for r in rows if r.get("method") in DETECTORS and r.get("ok") is False]
     for r in expected:

@@ -173,6 +173,21 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join([head, rule, *body])
 
 
+def serial_speedups(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """NeuralCleanse batched vs one label at a time (``nc`` and ``nc-serial`` rows of the same
+    model and device): one line each, the serial wall time over the batched one."""
+    wall = {(r["model"], r["device"], r["method"]): r.get("wall_s") for r in rows}
+    lines = []
+    for (model, device, method), t in wall.items():
+        serial = wall.get((model, device, "nc-serial"))
+        if method == "nc" and t and serial:
+            lines.append(
+                f"NeuralCleanse on {model} ({device}): batched {t:.2f} s, one label at a time "
+                f"{serial:.2f} s: {serial / t:.2f}x"
+            )
+    return lines
+
+
 def format_hardware(hw: dict[str, Any], peak: dict[str, dict[str, Any]]) -> str:
     """One line on the machine and the measured peak of each device."""
     parts = [
@@ -197,5 +212,8 @@ def write_results(
     doc = {"command": command.strip(), "hardware": hw, "peaks": peak, "rows": rows}
     js, md = out / "results.json", out / "results.md"
     write_json(js, doc)
-    md.write_text(f"`{command.strip()}`\n\n{format_hardware(hw, peak)}\n\n{format_table(rows)}\n")
+    extra = "".join(f"\n{line}\n" for line in serial_speedups(rows))
+    md.write_text(
+        f"`{command.strip()}`\n\n{format_hardware(hw, peak)}\n\n{format_table(rows)}\n{extra}"
+    )
     return js, md

@@ -42,7 +42,7 @@ TARGET = 0
 METHODS = ("nc", "nc-serial", "abs", "strip", "strip-original", "trojannn", "imc")
 LABELS = {
     "nc": "NeuralCleanse",
-    "nc-serial": "NeuralCleanse, one label at a time",
+    "nc-serial": "NeuralCleanse (serial)",
     "abs": "ABS",
     "strip": "STRIP (paper)",
     "strip-original": "STRIP (original)",
@@ -66,7 +66,13 @@ class Context:
 
     @property
     def test_labels(self) -> Tensor:
-        return load_all(self.spec.test)[1]
+        return labels_of(self.spec.test)
+
+
+def labels_of(ds: Any) -> Tensor:
+    """The labels of a dataset, without converting its images when it holds them as tensors."""
+    labels = getattr(ds, "labels", None)
+    return labels if isinstance(labels, Tensor) else load_all(ds)[1]
 
 
 def build(method: str, quick: bool) -> Any:
@@ -169,7 +175,7 @@ def _attack_phases(method: str, est: Any, ctx: Context, result: Any) -> list[Pha
     n_test, n_train = len(spec.test), len(spec.train)
     y_test = ctx.test_labels
     n_nt = int((y_test != TARGET).sum())
-    nt_share = float((load_all(spec.train)[1] != TARGET).float().mean())
+    nt_share = float((labels_of(spec.train) != TARGET).float().mean())
     b, share = est.batch_size, est.poison_share
     n_batches = -(-n_train // b)
     gen_steps = est.trigger_steps if method == "trojannn" else est.init_trigger_steps

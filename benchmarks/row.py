@@ -76,7 +76,7 @@ def run_row(cfg: dict[str, Any]) -> dict[str, Any]:
     ctx = methods.Context(model, spec, trigger, device, quick)
     est = methods.build(method, quick)
     timing_kw = {"min_iters": 3, "min_seconds": 0.05} if quick else {}
-    x = load_all(spec.test, limit=2048)[0]
+    x = load_all(spec.test, limit=2048)[0].clone()  # not a view of the whole split
     k = spec.num_classes
     before = methods.phases(method, est, ctx)
     timings = floors.time_phases(model, x, before, k, **timing_kw)

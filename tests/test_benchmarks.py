@@ -110,6 +110,9 @@ def test_table_formatter():
         "label 0 (index 3.10)",
     ]
     assert lines[3].count("|") == len(harness.COLUMNS) + 1  # a '|' in a cell is escaped
+    serial = {"model": "cnn", "method": "nc-serial", "device": "cpu", "wall_s": 120.16}
+    (line,) = harness.serial_speedups([*rows, serial])
+    assert line.endswith("batched 30.04 s, one label at a time 120.16 s: 4.00x")
     row = harness.finish({"flops": 4e9, "wall_s": 2.0}, {"flops_per_s": 1e10})
     assert row["hw_floor_s"] == pytest.approx(0.4) and row["share_of_peak"] == pytest.approx(0.2)
 
