@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import ClassVar
@@ -14,6 +15,7 @@ from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import DataError, OptimisationError
 from eviltwins.models import feature_tap, get_layer, layer_or_feature_layer
+from eviltwins.models.layout import CHANNELS_LAST, channels_last
 from eviltwins.results import ShownMetric
 from eviltwins.utils import (
     device_of,
@@ -50,6 +52,62 @@ def project_mask(mask: Tensor, budget: float) -> Tensor:
     return (out * scale[:, None]).view_as(mask)
 
 
+# Step 3 forwards and back-propagates at most this many images at a time (whole candidates).
+REVERSE_BATCH = 128
+
+# REASR forwards at most this many images at a time (memory stays flat in ``n_eval``).
+REASR_BATCH = 128
+
+# Stimulation batch bound: the stimulated copies of the layer's output, in floats (16 MB).
+STIMULATION_ELEMENTS = 1 << 22
+
+
+@torch.no_grad()
+def _stimulated(
+    model: nn.Module,
+    layer: str,
+    xs: Tensor,
+    chans: Tensor,
+    vals: Tensor,
+    n_lv: int,
+    expand: bool,
+) -> Tensor | None:
+    """Logits with each channel of ``chans`` of ``layer`` set, over its whole map, to each of its
+    ``n_lv`` values in ``vals`` (channel-major), for every seed image of ``xs``: rows ordered
+    (channel, level, seed).
+
+    ``expand``: run the model on the seeds once and replicate the layer's output inside the
+    hook, so only the layers after ``layer`` run per copy (the layers before it would compute
+    the same thing for every copy). Returns None when the model does not allow it (a layer
+    after ``layer`` mixes in a tensor computed before it, e.g. a skip connection across it);
+    the caller then uses the plain path (``expand=False``: the seeds repeated at the input).
+    """
+    n_s, n_rep = len(xs), len(vals)
+    ch = chans.repeat_interleave(n_lv * n_s)
+    val = vals.repeat_interleave(n_s)
+
+    def hook(_m: nn.Module, _i: object, out: Tensor) -> Tensor:
+        out = out.repeat(n_rep, *([1] * (out.ndim - 1))) if expand else out.clone()
+        rows = torch.arange(len(out), device=out.device)
+        if out.ndim == 2:
+            out[rows, ch] = val
+        else:
+            out[rows, ch] = val[:, None, None].expand(-1, *out.shape[2:])
+        return out
+
+    handle = get_layer(model, layer).register_forward_hook(hook)
+    try:
+        if not expand:
+            return model(xs.repeat(n_rep, *([1] * (xs.ndim - 1))))
+        try:
+            logits = model(xs)
+        except RuntimeError:
+            return None
+        return logits if logits.shape[0] == n_rep * n_s else None
+    finally:
+        handle.remove()
+
+
 @DETECTORS.register("abs")
 class ABS(ModelInspector):
     """ABS (Liu et al., CCS 2019), following ALGORITHMS.md ("ABS"):
@@ -75,6 +133,15 @@ class ABS(ModelInspector):
     4. REASR: the share of other held-out images (not the seeds, label != candidate label) that
        the recovered trigger (projected mask) sends to the label; a label is flagged at
        REASR >= ``threshold`` (0.8).
+
+    Speed and memory (same arithmetic): step 1 runs the layers before ``layer`` once on the
+    seeds and replicates the layer's output inside the hook, so each stimulated copy runs
+    only the layers after it (checked against the plain path on the first channel; a model
+    that mixes a tensor from before the layer into a later one falls back to the plain path;
+    ``details["stimulation"]`` says which ran), in batches of at most 16 MB of stimulated
+    maps; step 3 runs whole candidates, at most 128 images, per forward and backward (the
+    gradients add up to the batched loss's); step 4 forwards at most 128 images at a time; ``channels_last`` as in
+    :class:`NeuralCleanse`.
 
     When no channel passes step 2 nothing is tested: ``details["no_candidate"]`` is True and
     the summary says "no candidate neuron" (the per-label scores are then 0 by convention,
@@ -107,6 +174,7 @@ class ABS(ModelInspector):
         "lr": Interval(float, 0, None, closed="neither"),
         "n_eval": Interval(int, 1, None),
         "threshold": Interval(float, 0, 1),
+        "channels_last": CHANNELS_LAST,
         "seed": Interval(int, 0, None),
     }
 
@@ -122,6 +190,7 @@ class ABS(ModelInspector):
         lr: float = 0.1,
         n_eval: int = 1000,
         threshold: float = 0.8,
+        channels_last: bool | None = None,
         seed: int = 0,
         quiet: bool | None = None,
     ) -> None:
@@ -135,6 +204,7 @@ class ABS(ModelInspector):
         self.lr = lr
         self.n_eval = n_eval
         self.threshold = threshold
+        self.channels_last = channels_last
         self.seed = seed
         self.quiet = quiet
 
@@ -167,8 +237,12 @@ class ABS(ModelInspector):
         rest = perm[~torch.isin(perm, seed_idx)][: self.n_eval]
         xs, ys = x_all[seed_idx].to(dev), y_all[seed_idx].to(dev)
         xe, ye = x_all[rest].to(dev), y_all[rest].to(dev)
-        with eval_mode(model), frozen_params(model):
-            cands, elev = self._candidates(model, layer, xs, ys, data.num_classes)
+        with (
+            eval_mode(model),
+            frozen_params(model),
+            channels_last(model, xs[:4], self.channels_last) as nhwc,
+        ):
+            cands, elev, tail_only = self._candidates(model, layer, xs, ys, data.num_classes)
             masks, patterns, reasr = self._reverse(model, layer, cands, xs, xe, ye, g)
         k = data.num_classes
         best = torch.zeros(k)
@@ -206,15 +280,18 @@ class ABS(ModelInspector):
                 "labels": list(range(k)),
                 "n_seeds": len(xs),
                 "n_eval": len(xe),
+                "channels_last": nhwc,
+                "stimulation": "layers after the stimulated one" if tail_only else "whole model",
             },
             labels=list(range(k)),
         )
 
     def _candidates(
         self, model: nn.Module, layer: str, xs: Tensor, ys: Tensor, n_classes: int
-    ) -> tuple[list[tuple[int, int]], list[float]]:
+    ) -> tuple[list[tuple[int, int]], list[float], bool]:
         """Steps 1-2: stimulation analysis and candidate selection (see the class docstring);
-        returns the candidates and their robust margins."""
+        returns the candidates, their robust margins and whether the stimulation ran only the
+        layers after ``layer`` (:func:`_stimulated`)."""
         with torch.no_grad(), feature_tap(model, layer) as tap:
             model(xs)
             base = tap["out"]
@@ -225,29 +302,25 @@ class ABS(ModelInspector):
         n_lv, n_s = len(levels), len(xs)
         n_low = low_high_split(n_lv)
         elev = torch.empty(n_ch, n_s, n_classes, device=xs.device)
-        per = max(1, 4096 // (n_lv * n_s))
+        # channels per batched forward: the stimulated copies of the layer's output stay
+        # within STIMULATION_ELEMENTS floats (and at most 4,096 images)
+        per_image = base[0].numel()
+        per = max(1, min(4096, STIMULATION_ELEMENTS // per_image) // (n_lv * n_s))
+        tail_only = True  # run the layers before ``layer`` once, not once per copy
         bar = progress(total=n_ch, desc="abs stimulation", quiet=self.quiet)
         for c0 in range(0, n_ch, per):
             chans = torch.arange(c0, min(n_ch, c0 + per), device=xs.device)
-            ch = chans.repeat_interleave(n_lv * n_s)
-            val = (levels[None, :, None] * top[chans][:, None, None]).expand(-1, -1, n_s)
-            val = val.reshape(-1)
-
-            def hook(_m: nn.Module, _i: object, out: Tensor, ch=ch, val=val) -> Tensor:
-                out = out.clone()
-                rows = torch.arange(len(out), device=out.device)
-                if out.ndim == 2:
-                    out[rows, ch] = val
-                else:
-                    out[rows, ch] = val[:, None, None].expand(-1, *out.shape[2:])
-                return out
-
-            handle = get_layer(model, layer).register_forward_hook(hook)
-            try:
-                with torch.no_grad():
-                    logits = model(xs.repeat(len(chans) * n_lv, 1, 1, 1))
-            finally:
-                handle.remove()
+            vals = (levels[None, :] * top[chans][:, None]).reshape(-1)  # (channel, level)
+            logits = None
+            if tail_only:
+                logits = _stimulated(model, layer, xs, chans, vals, n_lv, expand=True)
+                if c0 == 0:  # check the shortcut once against the plain path (channel 0)
+                    ref = _stimulated(model, layer, xs, chans[:1], vals[:n_lv], n_lv, False)
+                    one = logits[: n_lv * n_s] if logits is not None else None
+                    if one is None or not torch.allclose(one, ref, rtol=1e-4, atol=1e-4):
+                        tail_only, logits = False, None
+            if logits is None:
+                logits = _stimulated(model, layer, xs, chans, vals, n_lv, expand=False)
             logits = logits.view(len(chans), n_lv, n_s, n_classes)
             # elevation = max over the high levels - min over the low levels (find_min_max)
             elev[chans] = logits[:, n_low:].amax(1) - logits[:, :n_low].amin(1)
@@ -269,7 +342,7 @@ class ABS(ModelInspector):
         score = torch.where(ok, robust, torch.full_like(robust, float("-inf")))
         order = score.argsort(descending=True)[: self.top_k]
         cands = [(int(c), int(mode[c])) for c in order if torch.isfinite(score[c])]
-        return cands, [float(score[c]) for c, _ in cands]
+        return cands, [float(score[c]) for c, _ in cands], tail_only
 
     def _reverse(
         self,
@@ -297,31 +370,23 @@ class ABS(ModelInspector):
         bound = self.mask_bound * h * w
         rows = torch.arange(n_k, device=dev)
         bar = progress(total=self.steps, desc="abs reverse-engineering", quiet=self.quiet)
+        # candidates per forward/backward: at most REVERSE_BATCH images (the loss is a sum of
+        # independent per-candidate terms, so the chunks' gradients add up to the full one)
+        per = max(1, REVERSE_BATCH // len(xs))
         for step in range(self.steps):
-            m = (torch.tanh(w_m) + 1) / 2
-            p = (torch.tanh(w_p) + 1) / 2
-            stamped = xs[None] * (1 - m[:, None]) + p[:, None] * m[:, None]
-            with feature_tap(model, layer) as tap:
-                logits = model(stamped.reshape(-1, c, h, w))
-            acts = _channel_means(tap["out"]).view(n_k, len(xs), -1).mean(1)  # (K, C')
-            own = acts[rows, chans]
-            others = (acts.sum(1) - own) / max(1, acts.shape[1] - 1)
-            loss = -own + others
-            if step >= self.steps // 2:
-                lg = logits.view(n_k, len(xs), -1)[rows, :, labels].mean(1)
-                loss = loss - lg
-            l1 = m.sum(dim=(1, 2, 3))
-            over = torch.relu(l1 - bound) / bound
-            weight = torch.where(l1 > 1.2 * bound, 1000.0, 500.0)
-            loss = (loss + weight * over).sum()
-            if not torch.isfinite(loss):
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for k0 in range(0, n_k, per):
+                ks = rows[k0 : k0 + per]
+                total += float(
+                    self._reverse_loss(model, layer, xs, w_m, w_p, chans, labels, ks, step)
+                )
+            if not math.isfinite(total):
                 bar.close()
                 raise OptimisationError(
-                    f"ABS reverse-engineering diverged at step {step + 1} (loss {loss.item()}); "
+                    f"ABS reverse-engineering diverged at step {step + 1} (loss {total}); "
                     f"lower lr (now {self.lr:g}) or check the model"
                 )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             opt.step()
             bar.update(1)
         bar.close()
@@ -330,6 +395,43 @@ class ABS(ModelInspector):
             p = (torch.tanh(w_p) + 1) / 2
             reasr = self._reasr(model, m, p, labels, xe, ye)
         return m.cpu(), p.cpu(), reasr
+
+    def _reverse_loss(
+        self,
+        model: nn.Module,
+        layer: str,
+        xs: Tensor,
+        w_m: Tensor,
+        w_p: Tensor,
+        chans: Tensor,
+        labels: Tensor,
+        ks: Tensor,
+        step: int,
+    ) -> Tensor:
+        """Step 3's loss for candidates ``ks`` at ``step``, back-propagated into ``w_m`` and
+        ``w_p`` (their rows ``ks``); returns the loss (detached)."""
+        c, h, w = xs.shape[1:]
+        bound = self.mask_bound * h * w
+        m = (torch.tanh(w_m[ks]) + 1) / 2
+        p = (torch.tanh(w_p[ks]) + 1) / 2
+        stamped = xs[None] * (1 - m[:, None]) + p[:, None] * m[:, None]
+        with feature_tap(model, layer) as tap:
+            logits = model(stamped.reshape(-1, c, h, w))
+        n = len(ks)
+        acts = _channel_means(tap["out"]).view(n, len(xs), -1).mean(1)  # (k, C')
+        own = acts[torch.arange(n, device=acts.device), chans[ks]]
+        others = (acts.sum(1) - own) / max(1, acts.shape[1] - 1)
+        loss = -own + others
+        if step >= self.steps // 2:
+            lg = logits.view(n, len(xs), -1)[torch.arange(n, device=acts.device), :, labels[ks]]
+            loss = loss - lg.mean(1)
+        l1 = m.sum(dim=(1, 2, 3))
+        over = torch.relu(l1 - bound) / bound
+        weight = torch.where(l1 > 1.2 * bound, 1000.0, 500.0)
+        loss = (loss + weight * over).sum()
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss.detach()
 
     @torch.no_grad()
     def _reasr(
@@ -346,9 +448,12 @@ class ABS(ModelInspector):
         out = []
         for k in range(len(masks)):
             xk = xe[ye != labels[k]]
-            logits = model(xk * (1 - masks[k]) + patterns[k] * masks[k])
-            if not bool(torch.isfinite(logits).all()):
-                raise DataError(nonfinite_outputs_message("trigger-stamped held-out"))
-            pred = logits.argmax(1)
-            out.append(float((pred == labels[k]).float().mean()) if len(xk) else 0.0)
+            hits = 0
+            for i in range(0, len(xk), REASR_BATCH):
+                xb = xk[i : i + REASR_BATCH]
+                logits = model(xb * (1 - masks[k]) + patterns[k] * masks[k])
+                if not bool(torch.isfinite(logits).all()):
+                    raise DataError(nonfinite_outputs_message("trigger-stamped held-out"))
+                hits += int((logits.argmax(1) == labels[k]).sum())
+            out.append(hits / len(xk) if len(xk) else 0.0)
         return out
