@@ -15,7 +15,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -99,6 +98,8 @@ def roc_auc(
     pos, neg = s[t], s[~t]
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
+    from scipy.stats import rankdata  # here, not at import: scipy.stats costs ~60 MB
+
     ranks = rankdata(np.concatenate([pos, neg]))  # average ranks for ties
     r_pos = ranks[: len(pos)].sum()
     return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))

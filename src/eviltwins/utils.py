@@ -270,14 +270,14 @@ def progress(
 
 def versions() -> dict[str, str]:
     """Versions of the packages that shape numerical results."""
-    import torchvision
+    from importlib.metadata import version
 
     from eviltwins.version import __version__
 
     return {
         "eviltwins": __version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": version("torchvision"),  # no import: it costs ~160 MB of memory
         "numpy": np.__version__,
         "python": platform.python_version(),
     }

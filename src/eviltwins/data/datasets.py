@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
@@ -39,9 +38,33 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # torchvision classes used by the loaders; module attributes so that tests can swap in a subclass
-# (e.g. one that skips CIFAR-10's md5 check for small files written by the tests).
-CIFAR10_CLASS: Any = torchvision.datasets.CIFAR10
-GTSRB_CLASS: Any = torchvision.datasets.GTSRB
+# (e.g. one that skips CIFAR-10's md5 check for small files written by the tests). None: the
+# torchvision class, imported when first needed (torchvision adds about 160 MB to a process
+# that only reads MNIST; see ``tv_datasets``).
+CIFAR10_CLASS: Any = None
+GTSRB_CLASS: Any = None
+
+# MNIST-like datasets: torchvision's folder name and class names (its ``classes`` attribute),
+# so reading the files already there needs no torchvision import.
+MNIST_LIKE = {
+    "mnist": (
+        "MNIST",
+        ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four")
+        + ("5 - five", "6 - six", "7 - seven", "8 - eight", "9 - nine"),
+    ),
+    "fashion-mnist": (
+        "FashionMNIST",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat")
+        + ("Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+}
+
+
+def tv_datasets() -> Any:
+    """``torchvision.datasets``, imported on first use (downloads, CIFAR-10, GTSRB, folders)."""
+    import torchvision.datasets
+
+    return torchvision.datasets
 
 
 def _mean_std(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -214,8 +237,9 @@ def _download_mnist_like(cls: Any, name: str, root: Path) -> None:
         ) from None
 
 
-def _mnist_split(cls: Any, name: str, root: Path, train: bool) -> TensorImageDataset:
-    raw = root / cls.__name__ / "raw"
+def _mnist_split(name: str, root: Path, train: bool) -> TensorImageDataset:
+    folder, classes = MNIST_LIKE[name]
+    raw = root / folder / "raw"
     (images_stem, labels_stem) = IDX_FILES[train]
     paths = [_idx_path(raw, stem) for stem in (images_stem, labels_stem)]
     if paths[0] is None or paths[1] is None:
@@ -224,7 +248,7 @@ def _mnist_split(cls: Any, name: str, root: Path, train: bool) -> TensorImageDat
     labels = read_idx(paths[1], (), name)
     if len(images) != len(labels):
         raise _idx_error(name, paths[1], f"holds {len(labels):,} labels for {len(images):,} images")
-    n_classes = len(cls.classes)
+    n_classes = len(classes)
     if int(labels.max()) >= n_classes:
         raise _idx_error(
             name, paths[1], f"holds label {int(labels.max())}, not a class in 0..{n_classes - 1}"
@@ -233,7 +257,6 @@ def _mnist_split(cls: Any, name: str, root: Path, train: bool) -> TensorImageDat
 
 
 def _mnist_like(
-    cls: Any,
     name: str,
     data_root: Any,
     download: bool,
@@ -242,18 +265,20 @@ def _mnist_like(
     default_epochs: int,
 ) -> DatasetSpec:
     """MNIST or Fashion-MNIST from torchvision's layout ``<root>/<cls name>/raw/*-ubyte``
-    (or ``*-ubyte.gz``), read by :func:`read_idx`; ``cls`` names the folder and downloads."""
+    (or ``*-ubyte.gz``), read by :func:`read_idx`; torchvision's class (``MNIST_LIKE``) only
+    downloads."""
     root = resolve_data_root(data_root)
+    folder, classes = MNIST_LIKE[name]
     if download:
-        _download_mnist_like(cls, name, root)
+        _download_mnist_like(getattr(tv_datasets(), folder), name, root)
     return DatasetSpec(
         name=name,
         shape=(1, 28, 28),
-        classes=tuple(str(c) for c in cls.classes),
+        classes=classes,
         mean=(mean,),
         std=(std,),
-        train=_mnist_split(cls, name, root, True),
-        test=_mnist_split(cls, name, root, False),
+        train=_mnist_split(name, root, True),
+        test=_mnist_split(name, root, False),
         augment=(),
         default_epochs=default_epochs,
         source=str(root),
@@ -263,7 +288,7 @@ def _mnist_like(
 @DATASETS.register("mnist")
 def mnist(data_root: str | os.PathLike[str] | None = None, download: bool = False) -> DatasetSpec:
     """MNIST (60k/10k, 28x28 grey) via ``torchvision.datasets.MNIST`` under ``data_root``."""
-    return _mnist_like(torchvision.datasets.MNIST, "mnist", data_root, download, 0.1307, 0.3081, 2)
+    return _mnist_like("mnist", data_root, download, 0.1307, 0.3081, 2)
 
 
 @DATASETS.register("fashion-mnist")
@@ -271,9 +296,7 @@ def fashion_mnist(
     data_root: str | os.PathLike[str] | None = None, download: bool = False
 ) -> DatasetSpec:
     """Fashion-MNIST (60k/10k, 28x28 grey) via ``torchvision.datasets.FashionMNIST``."""
-    return _mnist_like(
-        torchvision.datasets.FashionMNIST, "fashion-mnist", data_root, download, 0.2860, 0.3530, 2
-    )
+    return _mnist_like("fashion-mnist", data_root, download, 0.2860, 0.3530, 2)
 
 
 @DATASETS.register("cifar10")
@@ -281,8 +304,9 @@ def cifar10(data_root: str | os.PathLike[str] | None = None, download: bool = Fa
     """CIFAR-10 (50k/10k, 32x32 colour) via ``torchvision.datasets.CIFAR10``, held in memory;
     training augmentation: random crop (pad 4) and horizontal flip."""
     root = resolve_data_root(data_root)
-    tr = _torchvision_split(CIFAR10_CLASS, "cifar10", root, download, train=True)
-    te = _torchvision_split(CIFAR10_CLASS, "cifar10", root, download, train=False)
+    cls = CIFAR10_CLASS or tv_datasets().CIFAR10
+    tr = _torchvision_split(cls, "cifar10", root, download, train=True)
+    te = _torchvision_split(cls, "cifar10", root, download, train=False)
 
     def tensors(ds: Any) -> TensorImageDataset:
         images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
@@ -320,7 +344,9 @@ def gtsrb(
     root = resolve_data_root(data_root)
     splits = {}
     for split in ("train", "test"):
-        ds = _torchvision_split(GTSRB_CLASS, "gtsrb", root, download, split=split)
+        ds = _torchvision_split(
+            GTSRB_CLASS or tv_datasets().GTSRB, "gtsrb", root, download, split=split
+        )
         samples = ds._samples
         if not samples:
             raise DataError(f"gtsrb {split} split under {root / 'gtsrb'} holds no .ppm images")
@@ -386,7 +412,7 @@ def imagefolder(
                 f"{train_dir}/<class>/ and val/<class>/ (or test/<class>/) image folders"
             )
         try:
-            found[which] = torchvision.datasets.ImageFolder(
+            found[which] = tv_datasets().ImageFolder(
                 str(path), transform=tf, loader=_imagefolder_loader
             )
         except (FileNotFoundError, RuntimeError) as err:
