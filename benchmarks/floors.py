@@ -82,7 +82,6 @@ def step_fn(kind: str, model: nn.Module, x: Tensor, num_classes: int) -> Callabl
 
         return fwd
     if kind == "bwd_input":
-
         params = list(model.parameters())
 
         def bwd_input() -> None:
