@@ -102,7 +102,7 @@ class SkipAcross(nn.Module):
 
 
 def test_abs_stimulation_after_the_layer_equals_the_plain_path(digits_badnet, digits_spec):
-    from eviltwins.detectors.abs import _stimulated
+    from eviltwins.detectors.abs_stimulation import stimulated as _stimulated
 
     model = digits_badnet.model
     xs = load_all(digits_spec.test)[0][:6]
@@ -116,7 +116,7 @@ def test_abs_stimulation_after_the_layer_equals_the_plain_path(digits_badnet, di
 
 
 def test_abs_stimulation_falls_back_when_a_skip_crosses_the_layer():
-    from eviltwins.detectors.abs import _stimulated
+    from eviltwins.detectors.abs_stimulation import stimulated as _stimulated
 
     net = SkipAcross().eval()
     xs = torch.rand(3, 1, 8, 8)

@@ -12,9 +12,10 @@ from torch import Tensor, nn
 
 from eviltwins.base import Check, Interval
 from eviltwins.data import DatasetSpec, load_all
+from eviltwins.detectors.abs_stimulation import STIMULATION_ELEMENTS, stimulated
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import DataError, OptimisationError
-from eviltwins.models import feature_tap, get_layer, layer_or_feature_layer
+from eviltwins.models import feature_tap, layer_or_feature_layer
 from eviltwins.models.layout import CHANNELS_LAST, channels_last
 from eviltwins.results import ShownMetric
 from eviltwins.utils import (
@@ -57,55 +58,6 @@ REVERSE_BATCH = 128
 
 # REASR forwards at most this many images at a time (memory stays flat in ``n_eval``).
 REASR_BATCH = 128
-
-# Stimulation batch bound: the stimulated copies of the layer's output, in floats (16 MB).
-STIMULATION_ELEMENTS = 1 << 22
-
-
-@torch.no_grad()
-def _stimulated(
-    model: nn.Module,
-    layer: str,
-    xs: Tensor,
-    chans: Tensor,
-    vals: Tensor,
-    n_lv: int,
-    expand: bool,
-) -> Tensor | None:
-    """Logits with each channel of ``chans`` of ``layer`` set, over its whole map, to each of its
-    ``n_lv`` values in ``vals`` (channel-major), for every seed image of ``xs``: rows ordered
-    (channel, level, seed).
-
-    ``expand``: run the model on the seeds once and replicate the layer's output inside the
-    hook, so only the layers after ``layer`` run per copy (the layers before it would compute
-    the same thing for every copy). Returns None when the model does not allow it (a layer
-    after ``layer`` mixes in a tensor computed before it, e.g. a skip connection across it);
-    the caller then uses the plain path (``expand=False``: the seeds repeated at the input).
-    """
-    n_s, n_rep = len(xs), len(vals)
-    ch = chans.repeat_interleave(n_lv * n_s)
-    val = vals.repeat_interleave(n_s)
-
-    def hook(_m: nn.Module, _i: object, out: Tensor) -> Tensor:
-        out = out.repeat(n_rep, *([1] * (out.ndim - 1))) if expand else out.clone()
-        rows = torch.arange(len(out), device=out.device)
-        if out.ndim == 2:
-            out[rows, ch] = val
-        else:
-            out[rows, ch] = val[:, None, None].expand(-1, *out.shape[2:])
-        return out
-
-    handle = get_layer(model, layer).register_forward_hook(hook)
-    try:
-        if not expand:
-            return model(xs.repeat(n_rep, *([1] * (xs.ndim - 1))))
-        try:
-            logits = model(xs)
-        except RuntimeError:
-            return None
-        return logits if logits.shape[0] == n_rep * n_s else None
-    finally:
-        handle.remove()
 
 
 @DETECTORS.register("abs")
@@ -313,14 +265,14 @@ class ABS(ModelInspector):
             vals = (levels[None, :] * top[chans][:, None]).reshape(-1)  # (channel, level)
             logits = None
             if tail_only:
-                logits = _stimulated(model, layer, xs, chans, vals, n_lv, expand=True)
+                logits = stimulated(model, layer, xs, chans, vals, n_lv, expand=True)
                 if c0 == 0:  # check the shortcut once against the plain path (channel 0)
-                    ref = _stimulated(model, layer, xs, chans[:1], vals[:n_lv], n_lv, False)
+                    ref = stimulated(model, layer, xs, chans[:1], vals[:n_lv], n_lv, False)
                     one = logits[: n_lv * n_s] if logits is not None else None
                     if one is None or not torch.allclose(one, ref, rtol=1e-4, atol=1e-4):
                         tail_only, logits = False, None
             if logits is None:
-                logits = _stimulated(model, layer, xs, chans, vals, n_lv, expand=False)
+                logits = stimulated(model, layer, xs, chans, vals, n_lv, expand=False)
             logits = logits.view(len(chans), n_lv, n_s, n_classes)
             # elevation = max over the high levels - min over the low levels (find_min_max)
             elev[chans] = logits[:, n_low:].amax(1) - logits[:, :n_low].amin(1)

@@ -1,0 +1,58 @@
+"""ABS step 1 (stimulation analysis), batched: the logits of seed images with one channel of a
+layer set to each stimulation level (Liu et al., CCS 2019; ALGORITHMS.md "ABS", step 1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from eviltwins.models import get_layer
+
+# Stimulation batch bound: the stimulated copies of the layer's output, in floats (16 MB).
+STIMULATION_ELEMENTS = 1 << 22
+
+
+@torch.no_grad()
+def stimulated(
+    model: nn.Module,
+    layer: str,
+    xs: Tensor,
+    chans: Tensor,
+    vals: Tensor,
+    n_lv: int,
+    expand: bool,
+) -> Tensor | None:
+    """Logits with each channel of ``chans`` of ``layer`` set, over its whole map, to each of its
+    ``n_lv`` values in ``vals`` (channel-major), for every seed image of ``xs``: rows ordered
+    (channel, level, seed).
+
+    ``expand``: run the model on the seeds once and replicate the layer's output inside the
+    hook, so only the layers after ``layer`` run per copy (the layers before it would compute
+    the same thing for every copy). Returns None when the model does not allow it (a layer
+    after ``layer`` mixes in a tensor computed before it, e.g. a skip connection across it);
+    the caller then uses the plain path (``expand=False``: the seeds repeated at the input).
+    """
+    n_s, n_rep = len(xs), len(vals)
+    ch = chans.repeat_interleave(n_lv * n_s)
+    val = vals.repeat_interleave(n_s)
+
+    def hook(_m: nn.Module, _i: object, out: Tensor) -> Tensor:
+        out = out.repeat(n_rep, *([1] * (out.ndim - 1))) if expand else out.clone()
+        rows = torch.arange(len(out), device=out.device)
+        if out.ndim == 2:
+            out[rows, ch] = val
+        else:
+            out[rows, ch] = val[:, None, None].expand(-1, *out.shape[2:])
+        return out
+
+    handle = get_layer(model, layer).register_forward_hook(hook)
+    try:
+        if not expand:
+            return model(xs.repeat(n_rep, *([1] * (xs.ndim - 1))))
+        try:
+            logits = model(xs)
+        except RuntimeError:
+            return None
+        return logits if logits.shape[0] == n_rep * n_s else None
+    finally:
+        handle.remove()
