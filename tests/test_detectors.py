@@ -37,7 +37,7 @@ def test_neural_cleanse_flags_badnet_not_clean(digits_clean, nc_badnet, digits_s
 
 def test_batched_equals_per_label_problem(digits_badnet, digits_spec):
     """A label optimised alone follows the same algorithm: its norm stays the smallest."""
-    one = NeuralCleanse(labels=[0, 3, 5], label_chunk=1, quiet=True).inspect(
+    one = NeuralCleanse(labels=[0, 3, 5], label_chunk=1, steps=150, quiet=True).inspect(
         digits_badnet.model, digits_spec
     )
     assert one.details["labels"] == [0, 3, 5]
@@ -126,6 +126,8 @@ def test_detect_cli(digits_badnet, digits_spec, tmp_path, capsys):
             "neural-cleanse",
             "--model",
             str(tmp_path / "bad"),
+            "--steps",
+            "150",
             "--json",
             "--out",
             str(tmp_path / "nc"),

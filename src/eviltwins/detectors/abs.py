@@ -92,8 +92,8 @@ class ABS(ModelInspector):
     that mixes a tensor from before the layer into a later one falls back to the plain path;
     ``details["stimulation"]`` says which ran), in batches of at most 16 MB of stimulated
     maps; step 3 runs whole candidates, at most 128 images, per forward and backward (the
-    gradients add up to the batched loss's); step 4 forwards at most 128 images at a time; ``channels_last`` as in
-    :class:`NeuralCleanse`.
+    gradients add up to the batched loss's); step 4 forwards at most 128 images at a time; ``channels_last`` (off by default) as
+    in :class:`NeuralCleanse`.
 
     When no channel passes step 2 nothing is tested: ``details["no_candidate"]`` is True and
     the summary says "no candidate neuron" (the per-label scores are then 0 by convention,
@@ -142,7 +142,7 @@ class ABS(ModelInspector):
         lr: float = 0.1,
         n_eval: int = 1000,
         threshold: float = 0.8,
-        channels_last: bool | None = None,
+        channels_last: bool | None = False,
         seed: int = 0,
         quiet: bool | None = None,
     ) -> None:

@@ -15,7 +15,7 @@ from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.metrics import anomaly_index
-from eviltwins.models.layout import CHANNELS_LAST, channels_last
+from eviltwins.models.layout import CHANNELS_LAST, channels_last, nhwc
 from eviltwins.results import ShownMetric
 from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator, progress
 
@@ -62,10 +62,11 @@ class NeuralCleanse(ModelInspector):
     original rule) may still end a label before the budget; ``details["steps"]`` records the
     steps each label actually ran and ``details["budget_steps"]`` the budget.
 
-    Speed (same arithmetic): ``channels_last`` (None = auto: on CPU for a model with 2-D
-    convolutions, after checking that the model gives the same logits in that layout; see
-    :func:`eviltwins.models.layout.channels_last`) holds the convolution weights in NHWC for
-    the run; ``details["channels_last"]`` records whether it was used.
+    Layout: ``channels_last`` (False by default; True, or None = auto: on CPU for a model with
+    2-D convolutions) holds the convolution weights and the stamped batch in NHWC for the run,
+    after checking that the model gives the same logits in that layout (see
+    :func:`eviltwins.models.layout.channels_last`); on the small CNN it measured slower, so it
+    is an option; ``details["channels_last"]`` records whether it was used.
 
     Presets: ``imc`` (default; Pang et al.: 1,600 inputs, 10 epochs, checks every 10 batches)
     and ``original`` (80 epochs, checks once per epoch). Explicit parameters override a preset.
@@ -135,7 +136,7 @@ class NeuralCleanse(ModelInspector):
         threshold: float = 2.0,
         labels: Sequence[int] | str | None = None,
         label_chunk: int | None = None,
-        channels_last: bool | None = None,
+        channels_last: bool | None = False,
         seed: int = 0,
         quiet: bool | None = None,
     ) -> None:
@@ -192,10 +193,10 @@ class NeuralCleanse(ModelInspector):
         with (
             eval_mode(model),
             frozen_params(model),
-            channels_last(model, x[:4], self.channels_last) as nhwc,
+            channels_last(model, x[:4], self.channels_last) as nhwc_on,
         ):
             for i in range(0, len(labels), chunk):
-                out = self._reverse(model, x, labels[i : i + chunk], g)
+                out = self._reverse(model, x, labels[i : i + chunk], g, nhwc_on)
                 norms += out[0]
                 masks.append(out[1])
                 patterns.append(out[2])
@@ -223,13 +224,13 @@ class NeuralCleanse(ModelInspector):
                 "early_stop": self.early_stop,
                 "early_stop_threshold": self.early_stop_threshold,
                 "preset": self.preset,
-                "channels_last": nhwc,
+                "channels_last": nhwc_on,
             },
             labels=[int(lab) for lab in labels],
         )
 
     def _reverse(
-        self, model: nn.Module, x: Tensor, labels: list[int], g: torch.Generator
+        self, model: nn.Module, x: Tensor, labels: list[int], g: torch.Generator, fast: bool
     ) -> tuple[list[float], Tensor, Tensor, list[float], list[int]]:
         """Batched reverse engineering of the triggers of ``labels`` (Wang et al., Alg. 1):
         :meth:`budget_steps` steps per label, cycling through ``x``; returns the norms, masks,
@@ -286,7 +287,8 @@ class NeuralCleanse(ModelInspector):
                     p = (torch.tanh(w_p[act]) + 1) / 2
                     n_act, y_act, cost_act = len(act), target[act], cost[act]
                 stamped = xb[None] * (1 - m[:, None]) + p[:, None] * m[:, None]
-                logits = model(stamped.reshape(-1, c, h, w)).view(n_act, len(xb), -1)
+                inp = stamped.reshape(-1, c, h, w)
+                logits = model(nhwc(inp) if fast else inp).view(n_act, len(xb), -1)
                 y = y_act[:, None].expand(-1, len(xb))
                 ce = (
                     nn.functional.cross_entropy(
