@@ -268,7 +268,7 @@ def test_abs_mask_never_exceeds_its_bound_at_reasr_time(digits_badnet, digits_sp
 
 class NoCandidateABS(ABS):
     def _candidates(self, model, layer, xs, ys, n_classes):
-        return [], []
+        return [], [], True
 
 
 def test_abs_without_candidate_says_so(digits_badnet, digits_spec):

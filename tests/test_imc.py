@@ -14,6 +14,7 @@ from eviltwins.errors import ParamError, UnknownNameError
 from eviltwins.metrics import prediction_entropy
 
 
+@pytest.mark.slow
 def test_trojannn_star_beats_trojannn_at_equal_budget(digits_clean, digits_spec):
     """The paper's central claim, at a hard setting (size 0.2, transparency 0.7) and the same
     240 re-training steps: TrojanNN* gains >= 0.2 ASR with clean accuracy within 1.5 points."""
@@ -57,6 +58,7 @@ def strip_and_fixed(digits_clean, digits_spec):
     return strip, fixed
 
 
+@pytest.mark.slow
 def test_evasion_terms_move_their_measures(digits_clean, digits_spec, strip_and_fixed):
     res, _ = digits_clean
     common = EVASION_RUN
@@ -157,6 +159,7 @@ def test_strip_term_sees_each_input_stamped_once_beside_a_clean_partner(
         assert not torch.isclose(clean, trig.stamp(clean))[:, region].all(dim=1).any()
 
 
+@pytest.mark.slow
 def test_strip_evasion_keeps_efficacy(digits_spec, strip_and_fixed):
     """With the term in the authors' place the backdoor keeps its confidence (before the fix:
     ASR 1.0 but efficacy 0.41, mixture entropy 2.29 of 2.30 nats)."""

@@ -3,6 +3,8 @@ layout, the early-stop rule, the shrinking batch and ABS's stimulation from the 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -27,7 +29,7 @@ class ViewNet(nn.Module):
 
 
 def test_channels_last_restores_the_model_and_keeps_its_logits(digits_badnet, digits_spec):
-    model = digits_badnet.model
+    model = copy.deepcopy(digits_badnet.model).eval()  # eval: dropout off (the detectors' mode)
     x = load_all(digits_spec.test)[0][:16]
     before = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
     with torch.no_grad():
@@ -104,7 +106,7 @@ class SkipAcross(nn.Module):
 def test_abs_stimulation_after_the_layer_equals_the_plain_path(digits_badnet, digits_spec):
     from eviltwins.detectors.abs_stimulation import stimulated as _stimulated
 
-    model = digits_badnet.model
+    model = copy.deepcopy(digits_badnet.model).eval()  # as ABS runs it
     xs = load_all(digits_spec.test)[0][:6]
     chans = torch.tensor([0, 5, 17])
     vals = torch.rand(3 * 4) * 3  # 3 channels x 4 levels
@@ -138,3 +140,18 @@ def test_abs_chunked_reverse_gives_the_batched_gradients(digits_badnet, digits_s
     assert one.details["stimulation"] == "layers after the stimulated one"
     assert torch.allclose(one.masks, whole.masks, atol=1e-4)
     assert one.scores == pytest.approx(whole.scores, abs=0.02)
+
+
+def test_neural_cleanse_passes_of_whole_labels_give_the_one_batch_result(
+    digits_badnet, digits_spec
+):
+    """Cache-sized passes (a label or two per forward/backward) sum to the one-batch gradient:
+    the same masks, norms, steps and verdict as one pass over every label."""
+    kw = dict(n_inputs=64, batch_size=8, steps=40, quiet=True)
+    small = NeuralCleanse(pass_images=8, **kw).inspect(digits_badnet.model, digits_spec)
+    whole = NeuralCleanse(pass_images=10_000, **kw).inspect(digits_badnet.model, digits_spec)
+    assert small.details["pass_images"] == 8 and whole.details["pass_images"] == 10_000
+    assert small.details["steps"] == whole.details["steps"]
+    assert small.flagged == whole.flagged
+    assert torch.allclose(small.masks, whole.masks, atol=1e-3)
+    assert small.scores == pytest.approx(whole.scores, rel=1e-3, abs=1e-2)

