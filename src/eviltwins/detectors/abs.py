@@ -18,6 +18,7 @@ from eviltwins.errors import DataError, OptimisationError
 from eviltwins.models import feature_tap, layer_or_feature_layer
 from eviltwins.models.layout import CHANNELS_LAST, channels_last
 from eviltwins.results import ShownMetric
+from eviltwins.triggers import stamp
 from eviltwins.utils import (
     device_of,
     eval_mode,
@@ -244,7 +245,8 @@ class ABS(ModelInspector):
     ) -> tuple[list[tuple[int, int]], list[float], bool]:
         """Steps 1-2: stimulation analysis and candidate selection (see the class docstring);
         returns the candidates, their robust margins and whether the stimulation ran only the
-        layers after ``layer`` (:func:`_stimulated`)."""
+        layers after ``layer``
+        (:func:`~eviltwins.detectors.abs_stimulation.stimulated`)."""
         with torch.no_grad(), feature_tap(model, layer) as tap:
             model(xs)
             base = tap["out"]
@@ -267,11 +269,11 @@ class ABS(ModelInspector):
             logits = None
             if tail_only:
                 logits = stimulated(model, layer, xs, chans, vals, n_lv, expand=True)
-                if c0 == 0:  # check the shortcut once against the plain path (channel 0)
+                if logits is not None and c0 == 0:  # check the shortcut once (channel 0)
                     ref = stimulated(model, layer, xs, chans[:1], vals[:n_lv], n_lv, False)
-                    one = logits[: n_lv * n_s] if logits is not None else None
-                    if one is None or not torch.allclose(one, ref, rtol=1e-4, atol=1e-4):
-                        tail_only, logits = False, None
+                    if not torch.allclose(logits[: n_lv * n_s], ref, rtol=1e-4, atol=1e-4):
+                        logits = None
+                tail_only = logits is not None
             if logits is None:
                 logits = stimulated(model, layer, xs, chans, vals, n_lv, expand=False)
             logits = logits.view(len(chans), n_lv, n_s, n_classes)
@@ -367,17 +369,17 @@ class ABS(ModelInspector):
         bound = self.mask_bound * h * w
         m = (torch.tanh(w_m[ks]) + 1) / 2
         p = (torch.tanh(w_p[ks]) + 1) / 2
-        stamped = xs[None] * (1 - m[:, None]) + p[:, None] * m[:, None]
+        stamped = stamp(xs[None], m[:, None], p[:, None])
         with feature_tap(model, layer) as tap:
             logits = model(stamped.reshape(-1, c, h, w))
         n = len(ks)
+        rows = torch.arange(n, device=xs.device)
         acts = _channel_means(tap["out"]).view(n, len(xs), -1).mean(1)  # (k, C')
-        own = acts[torch.arange(n, device=acts.device), chans[ks]]
+        own = acts[rows, chans[ks]]
         others = (acts.sum(1) - own) / max(1, acts.shape[1] - 1)
         loss = -own + others
         if step >= self.steps // 2:
-            lg = logits.view(n, len(xs), -1)[torch.arange(n, device=acts.device), :, labels[ks]]
-            loss = loss - lg.mean(1)
+            loss = loss - logits.view(n, len(xs), -1)[rows, :, labels[ks]].mean(1)
         l1 = m.sum(dim=(1, 2, 3))
         over = torch.relu(l1 - bound) / bound
         weight = torch.where(l1 > 1.2 * bound, 1000.0, 500.0)
@@ -404,7 +406,7 @@ class ABS(ModelInspector):
             hits = 0
             for i in range(0, len(xk), REASR_BATCH):
                 xb = xk[i : i + REASR_BATCH]
-                logits = model(xb * (1 - masks[k]) + patterns[k] * masks[k])
+                logits = model(stamp(xb, masks[k], patterns[k]))
                 if not bool(torch.isfinite(logits).all()):
                     raise DataError(nonfinite_outputs_message("trigger-stamped held-out"))
                 hits += int((logits.argmax(1) == labels[k]).sum())

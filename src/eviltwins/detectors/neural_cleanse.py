@@ -15,8 +15,9 @@ from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.metrics import anomaly_index
-from eviltwins.models.layout import CHANNELS_LAST, channels_last, nhwc
+from eviltwins.models.layout import CHANNELS_LAST, channels_last, images_per_pass, nhwc
 from eviltwins.results import ShownMetric
+from eviltwins.triggers import stamp
 from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator, progress
 
 # Images per forward/backward pass on CPU (see NeuralCleanse.pass_images_on).
@@ -242,12 +243,11 @@ class NeuralCleanse(ModelInspector):
         )
 
     def pass_images_on(self, device: torch.device) -> int:
-        """Images per forward/backward pass: ``pass_images``, else 64 on CPU (the activations
-        of a pass stay in cache: the small CNN's step ran 1.3x faster on MNIST and 1.7x on
-        32x32 digits than at 320 images) and unbounded on a GPU (one pass per step)."""
+        """Images per forward/backward pass: ``pass_images``, else 64 on CPU and unbounded on
+        a GPU (:func:`~eviltwins.models.layout.images_per_pass`)."""
         if self.pass_images is not None:
             return int(self.pass_images)
-        return CPU_PASS_IMAGES if device.type == "cpu" else 1 << 30
+        return images_per_pass(device, CPU_PASS_IMAGES)
 
     def _pass(
         self,
@@ -267,7 +267,7 @@ class NeuralCleanse(ModelInspector):
         c, h, w = xb.shape[1:]
         m = (torch.tanh(w_m[kk]) + 1) / 2  # (k, 1, H, W)
         p = (torch.tanh(w_p[kk]) + 1) / 2  # (k, C, H, W)
-        stamped = (xb[None] * (1 - m[:, None]) + p[:, None] * m[:, None]).reshape(-1, c, h, w)
+        stamped = stamp(xb[None], m[:, None], p[:, None]).reshape(-1, c, h, w)
         logits = model(nhwc(stamped) if fast else stamped).view(len(kk), len(xb), -1)
         y = target[kk][:, None].expand(-1, len(xb))
         ce = nn.functional.cross_entropy(

@@ -22,6 +22,7 @@ from eviltwins.detectors.base import (
 )
 from eviltwins.errors import ParamError
 from eviltwins.metrics import prediction_entropy
+from eviltwins.models.layout import images_per_pass
 from eviltwins.results import ShownMetric
 from eviltwins.utils import device_of, eval_mode, make_generator
 
@@ -56,7 +57,7 @@ def _mix(x: Tensor, overlays: Tensor, blend: str) -> Tensor:
     return (x[:, None] + overlays).clamp(0, 1)
 
 
-# Images per forward on CPU (see overlay_entropy).
+# Images per forward on CPU (see eviltwins.models.layout.images_per_pass).
 CPU_FORWARD = 128
 
 
@@ -95,9 +96,8 @@ def overlay_entropy(
             else:
                 idx = torch.randint(0, len(pool), (len(xb), n), generator=generator)
             mixed = _mix(xb, pool[idx].to(device), blend).reshape(-1, *xb.shape[1:])
-            # on CPU the forwards run CPU_FORWARD images at a time (cache-sized: the small
-            # CNN's forward ran 1.8x faster at 128 images than at 2,048); same overlays
-            chunk = CPU_FORWARD if device.type == "cpu" else len(mixed)
+            # cache-sized forwards on CPU (CPU_FORWARD images); the same overlays
+            chunk = images_per_pass(device, CPU_FORWARD)
             logits = torch.cat([model(part) for part in mixed.split(chunk)])
             h = prediction_entropy(logits, base=log_base).view(len(xb), n)
             out.append(h.mean(1).cpu())

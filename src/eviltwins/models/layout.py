@@ -25,6 +25,14 @@ from eviltwins.base import OneOf
 CHANNELS_LAST = OneOf(None, True, False)
 
 
+def images_per_pass(device: torch.device, cpu_images: int) -> int:
+    """How many images a detector's hot loop sends through the model at a time: ``cpu_images``
+    on CPU, where a pass whose activations stay in cache runs faster (the small CNN's
+    forward+backward 1.3x on MNIST and 1.7x on 32x32 digits at 64 images than at 320; its
+    forward 1.8x at 128 than at 2,048), else unbounded (a GPU wants one large batch)."""
+    return cpu_images if device.type == "cpu" else 1 << 30
+
+
 def nhwc(x: Tensor) -> Tensor:
     """``x`` (N, C, H, W) with channels-last strides, also for C = 1 (where ``x.contiguous(
     memory_format=torch.channels_last)`` keeps NCHW strides and the convolutions after it
