@@ -26,10 +26,15 @@ Columns (``benchmarks.harness.COLUMNS``):
   passes are counted from the method's parameters (``benchmarks.methods``: NeuralCleanse's
   full ``budget_steps()`` x every label, so its early stop counts as a gain), or from what the
   method recorded where that decides its result (ABS's candidates, the attacks' epochs and
-  outer iterations); a batch size known only after the run is timed after it. Each
-  (kind, batch) is timed, after one warm-up, over 20 iterations or 3 s, whichever comes first
-  (at most as many as the method runs), and extrapolated linearly to the count.
+  outer iterations); a batch size known only after the run is timed after it, in a fresh
+  process. Each (kind, batch) is timed, after one warm-up, over 20 iterations or 3 s, whichever
+  comes first (at most as many as the method runs), and extrapolated linearly to the count.
+  glibc's allocator is at its defaults for the floor, as a plain PyTorch program has it.
 * speed vs floor: eager floor / wall; above 1x the method beats plain eager PyTorch.
+* vs floor, tuned allocator: the same ratio against the floor timed again after the method,
+  under the allocator settings the toolkit applies (:mod:`eviltwins.allocator`: freed memory
+  kept for reuse, so fewer page faults): how much of the gain is the method's own passes,
+  layout and exact rewrites rather than the allocator.
 * GFLOP: the floor's work, counted with ``torch.utils.flop_counter.FlopCounterMode`` over one
   iteration of each (kind, batch) and multiplied by its count.
 * hardware floor (s): those FLOPs / the device's fp32 peak, measured in the same run as the best
@@ -44,7 +49,8 @@ Columns (``benchmarks.harness.COLUMNS``):
   efficacy and clean-accuracy drop.
 
 A row of ``results.json`` (``rows``): ``model``, ``method``, ``label`` (the method's name),
-``device``, ``dataset``, ``quick``, ``wall_s``, ``floor_s``, ``speed_vs_floor``, ``flops``,
+``device``, ``dataset``, ``quick``, ``wall_s``, ``floor_s``, ``speed_vs_floor``,
+``allocator_tuned``, ``floor_tuned_s``, ``speed_vs_tuned_floor``, ``flops``,
 ``hw_floor_s``, ``share_of_peak``, ``peak_flops_per_s``, ``peak_rss_mb``,
 ``rss_at_start_mb`` (before the method), ``rss_peak_reset`` (whether the peak mark was reset),
 ``verdict``, ``ok`` (bool, or null where nothing is expected), ``threads``, ``floor_phases``

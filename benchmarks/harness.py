@@ -25,6 +25,7 @@ COLUMNS = (
     ("wall_s", "wall (s)"),
     ("floor_s", "eager floor (s)"),
     ("speed_vs_floor", "speed vs floor"),
+    ("speed_vs_tuned_floor", "vs floor, tuned allocator"),
     ("gflop", "GFLOP"),
     ("hw_floor_s", "hardware floor (s)"),
     ("share_of_peak", "share of peak"),
@@ -154,7 +155,7 @@ def _cell(key: str, row: dict[str, Any]) -> str:
         return ""
     if key == "method":
         return str(row.get("label", v))
-    if key == "speed_vs_floor":
+    if key in ("speed_vs_floor", "speed_vs_tuned_floor"):
         return f"{v:.2f}x"
     if key == "share_of_peak":
         return f"{100 * v:.1f}%"

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from eviltwins.allocator import reuse_freed_memory
 from eviltwins.base import SEED_RANGE, Constraint, Interval, OneOf
 from eviltwins.config import Validated
 from eviltwins.data import DatasetSpec, iter_batches, load_all, load_dataset
@@ -264,6 +265,7 @@ def train_model(
     instead of returning a broken model: a NaN/inf loss or weight, or NaN/inf outputs after an
     epoch on any test input (``eval_each_epoch``) or on the first test images (otherwise).
     """
+    reuse_freed_memory()
     cfg = config or TrainConfig()
     epochs = data.default_epochs if cfg.epochs is None else cfg.epochs
     n_batches = math.ceil(len(data.train) / cfg.batch_size)

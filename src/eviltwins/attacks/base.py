@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from eviltwins.allocator import reuse_freed_memory
 from eviltwins.base import Estimator
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.errors import DataError, OptimisationError
@@ -129,6 +130,7 @@ class BackdoorAttack(Estimator):
         :class:`~eviltwins.errors.OptimisationError`. No metric is computed from non-finite
         outputs."""
         self._validate_params()
+        reuse_freed_memory()
         check_model_and_data(model, data, self.target)
         benign_acc = evaluate(model, data.test)["accuracy"]
         work = model if self.inplace else copy.deepcopy(model)

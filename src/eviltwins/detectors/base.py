@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from eviltwins.allocator import reuse_freed_memory
 from eviltwins.base import Estimator
 from eviltwins.data import DatasetSpec, check_images, load_all
 from eviltwins.detectors.reports import (
@@ -43,6 +44,7 @@ class ModelInspector(Estimator, abc.ABC):
         :class:`~eviltwins.errors.DataError` before any work: no verdict is ever drawn from
         non-finite logits."""
         self._validate_params()
+        reuse_freed_memory()
         x, _ = load_all(data.test, limit=CHECK_IMAGES)
         check_finite_outputs(model, x, data.name)
         return self._inspect(model, data)
@@ -72,6 +74,7 @@ class InputFilter(Estimator, abc.ABC):
         :class:`~eviltwins.errors.DataError` before any work: no threshold or score is ever
         computed from non-finite logits."""
         self._validate_params()
+        reuse_freed_memory()
         images = as_images(clean)
         check_finite_outputs(model, images[:CHECK_IMAGES], "the held-out clean")
         return self._fit(model, images, **kwargs)

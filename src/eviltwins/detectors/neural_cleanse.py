@@ -16,6 +16,7 @@ from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.metrics import anomaly_index
 from eviltwins.models.layout import CHANNELS_LAST, channels_last, images_per_pass, nhwc
+from eviltwins.models.rewrite import pool_before_relu, thin_conv_grads
 from eviltwins.results import ShownMetric
 from eviltwins.triggers import stamp
 from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator, progress
@@ -111,6 +112,7 @@ class NeuralCleanse(ModelInspector):
         "threshold": Interval(float, 0, None),
         "label_chunk": Interval(int, 1, None, allow_none=True),
         "channels_last": CHANNELS_LAST,
+        "rewrites": OneOf(True, False),
         "pass_images": Interval(int, 1, None, allow_none=True),
         "seed": Interval(int, 0, None),
         "labels": Check(
@@ -146,7 +148,8 @@ class NeuralCleanse(ModelInspector):
         threshold: float = 2.0,
         labels: Sequence[int] | str | None = None,
         label_chunk: int | None = None,
-        channels_last: bool | None = False,
+        channels_last: bool | None = None,
+        rewrites: bool = True,
         pass_images: int | None = None,
         seed: int = 0,
         quiet: bool | None = None,
@@ -168,6 +171,7 @@ class NeuralCleanse(ModelInspector):
         self.labels = labels
         self.label_chunk = label_chunk
         self.channels_last = channels_last
+        self.rewrites = rewrites
         self.pass_images = pass_images
         self.seed = seed
         self.quiet = quiet
@@ -206,6 +210,8 @@ class NeuralCleanse(ModelInspector):
             eval_mode(model),
             frozen_params(model),
             channels_last(model, x[:4], self.channels_last) as nhwc_on,
+            pool_before_relu(model, x[:4], self.rewrites) as n_reordered,
+            thin_conv_grads(model, x[:4], self.rewrites) as n_thin,
         ):
             for i in range(0, len(labels), chunk):
                 out = self._reverse(model, x, labels[i : i + chunk], g, nhwc_on)
@@ -237,6 +243,7 @@ class NeuralCleanse(ModelInspector):
                 "early_stop_threshold": self.early_stop_threshold,
                 "preset": self.preset,
                 "channels_last": nhwc_on,
+                "rewrites": {"pool_before_relu": n_reordered, "thin_conv_grads": n_thin},
                 "pass_images": self.pass_images_on(x.device),
             },
             labels=[int(lab) for lab in labels],

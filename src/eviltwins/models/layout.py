@@ -34,10 +34,14 @@ def images_per_pass(device: torch.device, cpu_images: int) -> int:
 
 
 def nhwc(x: Tensor) -> Tensor:
-    """``x`` (N, C, H, W) with channels-last strides, also for C = 1 (where ``x.contiguous(
-    memory_format=torch.channels_last)`` keeps NCHW strides and the convolutions after it
-    would convert their inputs back and forth on every call)."""
-    return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    """``x`` (N, C, H, W) copied into channels-last strides ``(H*W*C, 1, W*C, C)``, spelled out
+    also for C = 1: there ``x.contiguous(memory_format=torch.channels_last)`` keeps the NCHW
+    strides (both layouts are "contiguous" when C = 1), PyTorch then reads the tensor as NCHW,
+    and a convolution on it writes NCHW output, which every layer after it converts back and
+    forth. Differentiable (the gradient reaches ``x``)."""
+    n, c, h, w = x.shape
+    out = torch.empty_strided(x.shape, (h * w * c, 1, w * c, c), dtype=x.dtype, device=x.device)
+    return out.copy_(x)
 
 
 def has_conv2d(model: nn.Module) -> bool:
@@ -71,7 +75,7 @@ def channels_last(model: nn.Module, example: Tensor, mode: bool | None = None) -
     with torch.no_grad():
         ref = model(example)
         for p, data in saved:
-            p.data = data.contiguous(memory_format=torch.channels_last)
+            p.data = nhwc(data)
         try:
             out = model(example)
             scale = ref.abs().max().clamp_min(1.0)
