@@ -78,3 +78,12 @@ def digits_badnet(digits_clean, digits_spec):
 
     res, _ = digits_clean
     return BadNet(size=0.15, epochs=10, quiet=True).fit(res.model, digits_spec)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n N``) each worker runs torch on one thread, and so do the
+    processes the tests start: N workers on N cores, without OpenMP oversubscription."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)

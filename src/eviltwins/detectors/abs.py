@@ -10,13 +10,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from eviltwins.base import Check, Interval
+from eviltwins.base import Check, Interval, OneOf
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.abs_stimulation import STIMULATION_ELEMENTS, stimulated
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import DataError, OptimisationError
 from eviltwins.models import feature_tap, layer_or_feature_layer
 from eviltwins.models.layout import CHANNELS_LAST, channels_last
+from eviltwins.models.rewrite import thin_conv_grads
 from eviltwins.results import ShownMetric
 from eviltwins.triggers import stamp
 from eviltwins.utils import (
@@ -94,8 +95,10 @@ class ABS(ModelInspector):
     ``details["stimulation"]`` says which ran), in batches of at most 16 MB of stimulated
     maps; step 3 runs whole candidates, at most 64 images (at least one candidate), per
     forward and backward (the gradients add up to the batched loss's; cache-sized passes ran
-    faster on CPU); step 4 forwards at most 128 images at a time; ``channels_last`` (off by
-    default) as in :class:`NeuralCleanse`.
+    faster on CPU); step 4 forwards at most 128 images at a time; ``channels_last`` (auto) and
+    ``rewrites`` (the thin-convolution input gradient only: ABS's hooks rule out reordering
+    layers) as in :class:`NeuralCleanse`. On the MNIST BadNet model: 31 s plain, 20 s with
+    both (same verdict and REASRs).
 
     When no channel passes step 2 nothing is tested: ``details["no_candidate"]`` is True and
     the summary says "no candidate neuron" (the per-label scores are then 0 by convention,
@@ -129,6 +132,7 @@ class ABS(ModelInspector):
         "n_eval": Interval(int, 1, None),
         "threshold": Interval(float, 0, 1),
         "channels_last": CHANNELS_LAST,
+        "rewrites": OneOf(True, False),
         "seed": Interval(int, 0, None),
     }
 
@@ -144,7 +148,8 @@ class ABS(ModelInspector):
         lr: float = 0.1,
         n_eval: int = 1000,
         threshold: float = 0.8,
-        channels_last: bool | None = False,
+        channels_last: bool | None = None,
+        rewrites: bool = True,
         seed: int = 0,
         quiet: bool | None = None,
     ) -> None:
@@ -159,6 +164,7 @@ class ABS(ModelInspector):
         self.n_eval = n_eval
         self.threshold = threshold
         self.channels_last = channels_last
+        self.rewrites = rewrites
         self.seed = seed
         self.quiet = quiet
 
@@ -195,6 +201,7 @@ class ABS(ModelInspector):
             eval_mode(model),
             frozen_params(model),
             channels_last(model, xs[:4], self.channels_last) as nhwc,
+            thin_conv_grads(model, xs[:4], self.rewrites) as n_thin,
         ):
             cands, elev, tail_only = self._candidates(model, layer, xs, ys, data.num_classes)
             masks, patterns, reasr = self._reverse(model, layer, cands, xs, xe, ye, g)
@@ -235,6 +242,7 @@ class ABS(ModelInspector):
                 "n_seeds": len(xs),
                 "n_eval": len(xe),
                 "channels_last": nhwc,
+                "rewrites": {"thin_conv_grads": n_thin},
                 "stimulation": "layers after the stimulated one" if tail_only else "whole model",
             },
             labels=list(range(k)),
