@@ -126,7 +126,7 @@ def report_(run_dir: Path, out: Path | None, as_json: bool) -> None:
 @quiet_option
 @json_option("the report summary")
 def demo(out: Path, seed: int, as_json: bool, **values: Any) -> None:
-    """The main job on the embedded digits dataset (no download, about 4 minutes on 2 CPU
+    """The main job on the embedded digits dataset (no download, about 2.5 minutes on 2 CPU
     cores): train a clean small CNN; run TrojanNN and TrojanNN* at the same re-training budget
     at two trigger sizes; run NeuralCleanse and STRIP on every model; write the report
     (OUT/report/report.md, .html, figures). Re-running resumes. Exits with 2 when any cell
