@@ -86,7 +86,12 @@ def _floor_images(spec: Any) -> torch.Tensor:
     return load_all(spec.test, limit=2048)[0].clone()  # not a view of the whole split
 
 
-def floor_in_child(cfg: dict[str, Any], phases: list[floors.Phase], quick: bool) -> dict:
+def _timing_kw(quick: bool) -> dict[str, float]:
+    """:func:`benchmarks.floors.time_phase` options: a few iterations only in a quick run."""
+    return {"min_iters": 3, "min_seconds": 0.05} if quick else {}
+
+
+def floor_in_child(cfg: dict[str, Any], phases: list[floors.Phase]) -> dict:
     """Time ``phases`` in a fresh process with the allocator at glibc's defaults; the
     timings dict of :func:`benchmarks.floors.time_phases`."""
     job = {**cfg, "phases": [asdict(ph) for ph in phases]}
@@ -101,8 +106,8 @@ def floor_only(cfg: dict[str, Any]) -> list[list[Any]]:
     """``--floor``: time the configuration's ``phases`` (no method run)."""
     spec, model, _, _ = _load(cfg)
     phases = [floors.Phase(**ph) for ph in cfg["phases"]]
-    timing_kw = {"min_iters": 3, "min_seconds": 0.05} if cfg.get("quick") else {}
-    timings = floors.time_phases(model, _floor_images(spec), phases, spec.num_classes, **timing_kw)
+    kw = _timing_kw(bool(cfg.get("quick", False)))
+    timings = floors.time_phases(model, _floor_images(spec), phases, spec.num_classes, **kw)
     return [[kind, batch, *asdict(t).values()] for (kind, batch), t in timings.items()]
 
 
@@ -117,7 +122,7 @@ def run_row(cfg: dict[str, Any]) -> dict[str, Any]:
     trigger = Trigger.load(folder / "trigger.safetensors") if method.startswith("strip") else None
     ctx = methods.Context(model, spec, trigger, device, quick)
     est = methods.build(method, quick)
-    timing_kw = {"min_iters": 3, "min_seconds": 0.05} if quick else {}
+    timing_kw = _timing_kw(quick)
     x = _floor_images(spec)
     k = spec.num_classes
     before = methods.phases(method, est, ctx)
@@ -130,7 +135,7 @@ def run_row(cfg: dict[str, Any]) -> dict[str, Any]:
     after = methods.phases(method, est, ctx, result)
     missing = [ph for ph in after if (ph.kind, ph.batch) not in timings and ph.count > 0]
     if missing:
-        timings.update(floor_in_child(cfg, missing, quick))
+        timings.update(floor_in_child(cfg, missing))
     floor = floors.floor_of(after, timings)
     floor_tuned = floors.floor_of(after, floors.time_phases(model, x, after, k, **timing_kw))
     line, ok, details = methods.verdict(method, result)

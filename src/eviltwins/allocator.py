@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -28,15 +29,12 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20  # glibc's maximum on 64-bit
 TRIM_THRESHOLD = 256 << 20
 
-_state: dict[str, bool] = {}
 
-
+@functools.cache
 def reuse_freed_memory() -> bool:
     """Apply the settings above (first call only; later calls return the first answer);
     whether they are in effect."""
-    if "on" not in _state:
-        _state["on"] = _apply()
-    return _state["on"]
+    return _apply()
 
 
 def _apply() -> bool:

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
+from eviltwins.models.layout import same_logits
+
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
 
@@ -185,13 +187,6 @@ def thin_conv_grads(model: nn.Module, example: Tensor, enabled: bool = True) -> 
         restore()
 
 
-def _same(out: Tensor, ref: Tensor) -> bool:
-    if out.shape != ref.shape:
-        return False
-    scale = ref.abs().max().clamp_min(1.0)
-    return bool(((out - ref).abs().max() <= 1e-6 * scale).item())
-
-
 @contextlib.contextmanager
 def pool_before_relu(model: nn.Module, example: Tensor, enabled: bool = True) -> Iterator[int]:
     """For the block, run each ReLU -> max-pool pair of ``model`` (see :func:`relu_pool_pairs`)
@@ -205,31 +200,33 @@ def pool_before_relu(model: nn.Module, example: Tensor, enabled: bool = True) ->
     if not pairs:
         yield 0
         return
-    orders = {id(seq): list(seq._modules) for seq, _, _ in pairs}
-    for seq, k1, k2 in pairs:
-        keys = orders[id(seq)]
+    keys_of: dict[int, tuple[nn.Sequential, list[str]]] = {}
+    for seq, k1, _ in pairs:
+        keys = keys_of.setdefault(id(seq), (seq, list(seq._modules)))[1]
         i = keys.index(k1)
-        keys[i], keys[i + 1] = k2, k1
-    seqs = {id(seq): seq for seq, _, _ in pairs}
-    saved = {i: seq._modules for i, seq in seqs.items()}
-    swapped = {i: OrderedDict((k, seqs[i]._modules[k]) for k in orders[i]) for i in seqs}
+        keys[i], keys[i + 1] = keys[i + 1], keys[i]
+    # (sequential, its own children, the reordered ones)
+    plans = [
+        (seq, seq._modules, OrderedDict((k, seq._modules[k]) for k in keys))
+        for seq, keys in keys_of.values()
+    ]
 
-    def use(which: dict[int, OrderedDict[str, nn.Module | None]]) -> None:
-        for i, seq in seqs.items():
-            seq._modules = which[i]
+    def use(reordered: bool) -> None:
+        for seq, own, new in plans:
+            seq._modules = new if reordered else own
 
     with torch.no_grad():
         ref = model(example)
-        use(swapped)
+        use(True)
         try:
-            ok = _same(model(example), ref)
+            ok = same_logits(model(example), ref, 1e-6)
         except (RuntimeError, TypeError, ValueError, IndexError, AttributeError):
             ok = False
     if not ok:
-        use(saved)
+        use(False)
         yield 0
         return
     try:
         yield len(pairs)
     finally:
-        use(saved)
+        use(False)
