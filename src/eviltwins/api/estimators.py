@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from eviltwins.api.common import (
-    MAX_N_CLEAN,
     given_trigger,
     matching_dataset,
     open_source,
+    reads,
 )
 from eviltwins.attacks.base import BackdoorResult
-from eviltwins.base import Interval
+from eviltwins.base import CLASS_INDEX, N_CLEAN
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.scan import DEFAULT_DETECTORS, ScanReport
 from eviltwins.errors import ParamError
 from eviltwins.io import ModelSource, TrustArch
-from eviltwins.paths import prepare_out
+from eviltwins.paths import check_apart, prepare_out
 from eviltwins.triggers import refuse_without_trigger
 
 
@@ -44,18 +43,23 @@ def attack(
 
     ``params`` are the attack's parameters (unknown names are refused with a suggestion). With
     ``out``, writes the poisoned model, its trigger, ``metrics.json`` and ``examples.png``;
-    ``out`` is checked first and may not be the input model's folder (the input is never
-    modified) or hold a model, report or foreign files (unless ``overwrite``).
+    ``out`` is checked first (:func:`~eviltwins.paths.prepare_out`): it may not be, contain or
+    lie inside the input model's folder or the dataset's (inputs are never modified), or hold
+    a model, report or foreign files (unless ``overwrite``).
     ``trust_arch``, ``dataset_options``: see :func:`evaluate`.
     """
     from eviltwins.attacks import ATTACKS
 
     atk = ATTACKS.build(name, params, quiet)
     if out is not None:
-        prepare_out(out, "attack", inputs=[ModelSource.of(model).path], overwrite=overwrite)
+        out = prepare_out(
+            out, "attack", inputs=reads(model, dataset, data_root), overwrite=overwrite
+        )
     net, card, data = open_source(
         model, device, trust_arch, dataset, data_root, download, dataset_options
     )
+    if out is not None:
+        check_apart(out, reads(model, dataset or card.dataset, data_root))
     spec = matching_dataset(
         card, dataset, data_root, download, train_limit, test_limit, 0, dataset_options, loaded=data
     )
@@ -103,7 +107,8 @@ def detect(
     clean and every stamped non-target input. Both variants are in the returned
     :class:`~eviltwins.detectors.FilterReport`, with the size of each set. With ``out``, the
     report (and reversed-trigger images for inspectors) are written there; ``out`` is checked
-    first and may not be the model's folder. ``trust_arch``, ``dataset_options``: see
+    first and may not be, contain or lie inside what the detector reads (the model's folder,
+    the dataset, the trigger's folder). ``trust_arch``, ``dataset_options``: see
     :func:`evaluate`.
     """
     from eviltwins.detectors import DETECTORS, InputFilter, run_detector
@@ -111,16 +116,21 @@ def detect(
     det = DETECTORS.build(name, params, quiet)
     is_filter = isinstance(det, InputFilter)
     if is_filter:
-        Interval(int, 1, MAX_N_CLEAN).check("detect", "n_clean", n_clean)
+        N_CLEAN.check("detect", "n_clean", n_clean)
         if protocol not in ("effective", "all-stamped"):
             raise ParamError(f"protocol must be 'effective' or 'all-stamped'; got {protocol!r}")
         if target is not None:
-            Interval(int, 0, None).check("detect", "target", target)
+            CLASS_INDEX.check("detect", "target", target)
     if out is not None:
-        prepare_out(out, "report", inputs=[ModelSource.of(model).path], overwrite=overwrite)
+        given = {"the trigger": trigger, "the trigger mask": trigger_mask}
+        out = prepare_out(
+            out, "report", inputs={**reads(model, dataset, data_root), **given}, overwrite=overwrite
+        )
     net, card, data = open_source(
         model, device, trust_arch, dataset, data_root, download, dataset_options
     )
+    if out is not None:
+        check_apart(out, reads(model, dataset or card.dataset, data_root))
     if is_filter:  # the trigger is checked before the dataset is loaded
         if trigger is None:
             refuse_without_trigger(
@@ -153,7 +163,7 @@ def detect(
     if out is not None:
         from eviltwins.io import write_json
 
-        write_json(Path(out) / "report.json", report.to_dict())
+        write_json(out / "report.json", report.to_dict())
     return report
 
 
@@ -185,12 +195,15 @@ def scan(
     dets = inspectors(detectors, params, quiet)
     where = ModelSource.of(model).path
     if out is not None:
-        prepare_out(out, "scan", inputs=[where], overwrite=overwrite)
+        inputs = reads(model, dataset, data_root)
+        out = prepare_out(out, "scan", inputs=inputs, overwrite=overwrite)
         for name in dets:  # each inspector's folder, as `detect NAME --out` would write it
-            prepare_out(Path(out) / name, "report", inputs=[where], overwrite=overwrite)
+            prepare_out(out / name, "report", inputs=inputs, overwrite=overwrite)
     net, card, data = open_source(
         model, device, trust_arch, dataset, data_root, download, dataset_options
     )
+    if out is not None:
+        check_apart(out, reads(model, dataset or card.dataset, data_root))
     spec = matching_dataset(
         card, dataset, data_root, download, None, test_limit, 0, dataset_options, loaded=data
     )

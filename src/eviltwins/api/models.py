@@ -13,9 +13,9 @@ from eviltwins.api.common import (
     matching_dataset,
     open_source,
 )
-from eviltwins.base import Interval
+from eviltwins.base import CLASS_INDEX
 from eviltwins.config import validate
-from eviltwins.data import DatasetSpec, check_dataset_options
+from eviltwins.data import DatasetSpec, check_dataset_options, dataset_location
 from eviltwins.errors import ParamError
 from eviltwins.experiments.clean import TrainResult, train_clean
 from eviltwins.io import ModelSource, TrustArch, save_model
@@ -94,7 +94,8 @@ def train(
         raise ParamError(f"model must be an architecture name; got {type(model).__name__}")
     arch_kwargs = checked_arch_kwargs(arch_kwargs)
     if out is not None:
-        prepare_out(out, "model", overwrite=overwrite)
+        reads = {"the dataset": dataset_location(dataset, data_root)}
+        out = prepare_out(out, "model", inputs=reads, overwrite=overwrite)
     dev = resolve_device(device)
     options = check_dataset_options(dataset_options)
     spec = get_dataset(dataset, data_root, download, train_limit, test_limit, seed, **options)
@@ -145,7 +146,7 @@ def evaluate(
             trigger_position=trigger_position,
         )
     elif target is not None:
-        Interval(int, 0, None).check("evaluate", "target", target)
+        CLASS_INDEX.check("evaluate", "target", target)
     net, card, data = open_source(
         model, device, trust_arch, dataset, data_root, download, dataset_options
     )
@@ -229,7 +230,8 @@ def import_model(
     src = ModelSource(
         Path(weights), arch, input_shape, num_classes, mean, std, checked_arch_kwargs(arch_kwargs)
     )
-    prepare_out(out, "model", inputs=[src.path], overwrite=overwrite)
+    reads = {"the weights file": src.path, "the dataset": dataset_location(dataset, data_root)}
+    out = prepare_out(out, "model", inputs=reads, overwrite=overwrite)
     options = check_dataset_options(dataset_options)
     spec = get_dataset(dataset, data_root, download, **options) if dataset is not None else None
     net, card = write_imported(src, out, data=spec, device=resolve_device(device))

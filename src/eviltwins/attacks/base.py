@@ -23,6 +23,7 @@ from eviltwins.data import DatasetSpec, load_all
 from eviltwins.errors import DataError, OptimisationError
 from eviltwins.io import ModelCard, save_model, write_json
 from eviltwins.metrics import attack_metrics
+from eviltwins.paths import make_folder
 from eviltwins.registry import Registry
 from eviltwins.results import Result, internal
 from eviltwins.training import evaluate
@@ -76,8 +77,7 @@ class BackdoorResult(Result):
 
         from eviltwins.io.images import save_examples_png  # matplotlib only when drawing
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = make_folder(out_dir)
         new_card = replace(
             card,
             metrics={**card.metrics, **{k: v for k, v in self.metrics.items()}},

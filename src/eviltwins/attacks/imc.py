@@ -23,7 +23,17 @@ from eviltwins.attacks.retrain import (
     retrain_config,
 )
 from eviltwins.attacks.trojannn import TrojanNN
-from eviltwins.base import Check, Interval, OneOf, as_tuple
+from eviltwins.base import (
+    MAX_IMAGES,
+    MAX_LR,
+    MAX_MAGNITUDE,
+    MAX_NEURONS,
+    MAX_STEPS,
+    Check,
+    Interval,
+    OneOf,
+    as_tuple,
+)
 from eviltwins.data import DatasetSpec, TensorImageDataset, iter_batches, load_all
 from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.evasion import EVASIONS, neural_cleanse_fidelity
@@ -88,22 +98,22 @@ class IMC(BackdoorAttack):
             "a list of evasion terms (neural-cleanse, strip, abs)",
             bad=("strip", "strip"),
         ),
-        "fidelity_weight": Interval(float, 0, None, allow_none=True),
-        "strip_weight": Interval(float, 0, None, allow_none=True),
-        "abs_weight": Interval(float, 0, None, allow_none=True),
-        "outer_iters": Interval(int, 1, None),
-        "trigger_steps": Interval(int, 0, None),
-        "trigger_lr": Interval(float, 0, None, closed="neither"),
-        "retrain_steps": Interval(int, 1, None, allow_none=True),
+        "fidelity_weight": Interval(float, 0, MAX_MAGNITUDE, allow_none=True),
+        "strip_weight": Interval(float, 0, MAX_MAGNITUDE, allow_none=True),
+        "abs_weight": Interval(float, 0, MAX_MAGNITUDE, allow_none=True),
+        "outer_iters": Interval(int, 1, MAX_STEPS),
+        "trigger_steps": Interval(int, 0, MAX_STEPS),
+        "trigger_lr": Interval(float, 0, MAX_LR, closed="right"),
+        "retrain_steps": Interval(int, 1, MAX_STEPS, allow_none=True),
         "poison_share": POISON_SHARE,
         "kappa": Interval(float, 0, 1),
         "max_acc_drop": Interval(float, 0, 1),
         "early_stop": OneOf(True, False),
-        "neurons": Interval(int, 1, None),
+        "neurons": Interval(int, 1, MAX_NEURONS),
         "selection": OneOf("least-activated", "most-connected"),
-        "init_trigger_steps": Interval(int, 0, None),
-        "monitor_size": Interval(int, 10, None),
-        "seeds_per_class": Interval(int, 1, None),
+        "init_trigger_steps": Interval(int, 0, MAX_STEPS),
+        "monitor_size": Interval(int, 10, MAX_IMAGES),
+        "seeds_per_class": Interval(int, 1, MAX_IMAGES),
     }
 
     def __init__(

@@ -13,41 +13,58 @@ import torch
 from torch import Tensor, nn
 
 from eviltwins.attacks.base import BackdoorAttack, poison_hook
-from eviltwins.base import Check, Interval, OneOf
+from eviltwins.base import (
+    CLASS_INDEX,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_SIDE,
+    MAX_STEPS,
+    SEED_RANGE,
+    Check,
+    Interval,
+    OneOf,
+)
 from eviltwins.data import DatasetSpec
 from eviltwins.metrics import attack_metrics
 from eviltwins.training import TrainConfig, train_model
 from eviltwins.triggers import POSITIONS, Trigger, parse_position
-from eviltwins.utils import seeded_init
+from eviltwins.utils import is_int, seeded_init
 
 
 def valid_position(p: Any) -> bool:
-    parse_position(p)
-    return True
+    """A corner name, or a (row, col) / ``"row,col"`` pixel inside the largest input."""
+    where = parse_position(p)
+    return isinstance(where, str) or (
+        len(where) == 2 and all(is_int(v) and 0 <= v < MAX_SIDE for v in where)
+    )
 
 
 #: Constraints of the square trigger's parameters (and the target and seed).
 TRIGGER_CONSTRAINTS = {
-    "target": Interval(int, 0, None),
+    "target": CLASS_INDEX,
     "size": Interval(float, 0, 1, closed="right"),
     "transparency": Interval(float, 0, 1, closed="left"),
-    "position": Check(valid_position, f"one of {', '.join(POSITIONS)} or 'row,col'"),
+    "position": Check(
+        valid_position,
+        f"one of {', '.join(POSITIONS)} or 'row,col' (pixels in [0, {MAX_SIDE - 1}])",
+    ),
     "pattern": Check(
         lambda p: isinstance(p, str | os.PathLike | Tensor),
         "white, black, random, an image path or a tensor",
         bad=3,
     ),
-    "seed": Interval(int, 0, None),
+    "seed": SEED_RANGE,
 }
 #: A share of poisoned training inputs or batches (BadNet's ``poison_rate``, the others'
 #: ``poison_share``).
 POISON_SHARE = Interval(float, 0, 1, closed="right")
 #: Constraints of the re-training parameters every re-training attack has.
 RETRAIN_CONSTRAINTS = {
-    "epochs": Interval(int, 0, None),
-    "max_steps": Interval(int, 0, None, allow_none=True),
-    "lr": Interval(float, 0, None, closed="neither"),
-    "batch_size": Interval(int, 1, None),
+    "epochs": Interval(int, 0, MAX_EPOCHS),
+    "max_steps": Interval(int, 0, MAX_STEPS, allow_none=True),
+    "lr": Interval(float, 0, MAX_LR, closed="right"),
+    "batch_size": Interval(int, 1, MAX_BATCH),
     "inplace": OneOf(True, False),
 }
 #: Weight decay of the attacks' re-training (SGD, as in the IMC authors' code).

@@ -18,7 +18,7 @@ from eviltwins.attacks.retrain import (
     TRIGGER_CONSTRAINTS,
     retrain,
 )
-from eviltwins.base import Interval, OneOf
+from eviltwins.base import MAX_LR, MAX_MAGNITUDE, MAX_NEURONS, MAX_STEPS, Interval, OneOf
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.models import (
@@ -108,12 +108,12 @@ class TrojanNN(BackdoorAttack):
     _constraints = {
         **{k: v for k, v in TRIGGER_CONSTRAINTS.items() if k != "pattern"},
         **RETRAIN_CONSTRAINTS,
-        "neurons": Interval(int, 1, None),
+        "neurons": Interval(int, 1, MAX_NEURONS),
         "selection": OneOf("least-activated", "most-connected"),
-        "target_value": Interval(float, None, None),
-        "trigger_steps": Interval(int, 0, None),
-        "trigger_lr": Interval(float, 0, None, closed="neither"),
-        "cost_threshold": Interval(float, 0, None),
+        "target_value": Interval(float, -MAX_MAGNITUDE, MAX_MAGNITUDE),
+        "trigger_steps": Interval(int, 0, MAX_STEPS),
+        "trigger_lr": Interval(float, 0, MAX_LR, closed="right"),
+        "cost_threshold": Interval(float, 0, MAX_MAGNITUDE),
         "poison_share": POISON_SHARE,
         "footprint": OneOf(True, False),
     }

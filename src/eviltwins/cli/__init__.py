@@ -9,6 +9,10 @@ estimators' signatures by :mod:`eviltwins.cli.estimators`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import signal
 import sys
 
 import click
@@ -72,5 +76,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point (``eviltwins``)."""
-    sys.exit(main())
+    """Console-script entry point (``eviltwins``).
+
+    Once the command is done, a Ctrl-C no longer raises :class:`KeyboardInterrupt`: it ends
+    the process at once, quietly, with the command's exit code (its output flushed first). One
+    landing while Python shuts down (in torch's exit handlers, say) would otherwise print a
+    traceback after the command's result.
+    """
+    code: int | None = None
+    while True:
+        try:
+            if code is None:
+                code = main()
+            signal.signal(signal.SIGINT, functools.partial(_exit_now, code))
+            break
+        except KeyboardInterrupt:  # landing as main() returns, before the handler is set
+            code = 130 if code is None else code
+    _flush()
+    sys.exit(code)
+
+
+def _exit_now(code: int, *_: object) -> None:
+    """The SIGINT handler once the command is done: flush and end now with ``code``."""
+    _flush()
+    os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken pipe: nothing to keep
+            stream.flush()

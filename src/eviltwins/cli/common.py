@@ -15,15 +15,33 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from eviltwins.config import parse_yaml, read_yaml
+from eviltwins.base import (
+    CLASS_INDEX,
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_IMAGE_SIZE,
+    MAX_INPUT_VALUES,
+    MAX_MAGNITUDE,
+    MAX_SIDE,
+    SUBSET_SIZE,
+    Interval,
+)
+from eviltwins.cli.types import Bounded, Mapping, Numbers, config_problem, rule_text
+from eviltwins.config import read_yaml
 from eviltwins.errors import ParamError
+from eviltwins.experiments.options import WORKERS
 from eviltwins.io import ModelSource
+from eviltwins.paths import check_apart
+from eviltwins.triggers import check_alpha
 
 PathType = click.Path(path_type=Path)
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 #: Command-line options a YAML config may not set (they say how to read the config itself).
 NOT_IN_CONFIG = frozenset({"config", "as_json", "json"})
+#: Options only the command line may give: trust in user code lives in the invocation, never
+#: in a file (SECURITY.md), and a config may come from someone else.
+TRUST_OPTIONS = frozenset({"trust_arch", "trust_code"})
 
 
 def options(*decorators: Decorator) -> Decorator:
@@ -59,37 +77,16 @@ def json_option(what: str = "the result") -> Decorator:
 
 
 def jobs_option(help: str) -> Decorator:
-    """``--jobs/-j``: worker processes on this machine."""
-    return click.option("--jobs", "-j", type=int, default=1, show_default=True, help=help)
+    """``--jobs/-j``: worker processes on this machine (checked by RunOptions)."""
+    return click.option(
+        "--jobs", "-j", type=int, default=1, show_default=True, help=f"{help} {must(WORKERS)}"
+    )
 
 
-class Numbers(click.ParamType):
-    """Comma-separated numbers (``1,28,28``; a YAML list in a config), as a tuple of
-    ``kind``."""
-
-    def __init__(self, kind: type, metavar: str) -> None:
-        self.kind, self.metavar, self.name = kind, metavar, f"{kind.__name__}s"
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return self.metavar
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[Any, ...]:
-        items = value if isinstance(value, list | tuple) else str(value).split(",")
-        try:
-            return tuple(self.kind(str(v).strip()) for v in items)
-        except ValueError:
-            self.fail(f"{value!r} is not comma-separated {self.kind.__name__}s", param, ctx)
-
-
-class Mapping(click.ParamType):
-    """A YAML/JSON mapping given inline (``'{width: 16}'``; a mapping in a config)."""
-
-    name = "mapping"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> dict[str, Any]:
-        if isinstance(value, dict):
-            return value
-        return parse_yaml(str(value), f"--{param.name.replace('_', '-')} {value!r}")
+def must(rule: Interval) -> str:
+    """The sentence a number option's ``--help`` states its bound in: ``Must be an int in
+    [1, 1024].``"""
+    return f"Must be {rule_text(rule)}."
 
 
 #: The ``--model`` options that describe a bare weights file (see :class:`ModelSource`).
@@ -107,25 +104,28 @@ weights_file_options = options(
         "--input-shape",
         type=Numbers(int, "C,H,W"),
         default=None,
-        help="Input of a weights file [default: the dataset's].",
+        help=f"Input of a weights file: at most {MAX_CHANNELS} channels, {MAX_SIDE} pixels a "
+        f"side and {MAX_INPUT_VALUES} values (C x H x W) [default: the dataset's].",
     ),
     click.option(
         "--num-classes",
         type=int,
         default=None,
-        help="Classes of a weights file [default: the dataset's].",
+        help=f"Classes of a weights file, an int in [2, {MAX_CLASSES}] [default: the dataset's].",
     ),
     click.option(
         "--mean",
         type=Numbers(float, "M[,M,M]"),
         default=None,
-        help="Per-channel normalisation mean of a weights file [default: 0].",
+        help="Per-channel normalisation mean of a weights file, numbers in "
+        f"[-{MAX_MAGNITUDE}, {MAX_MAGNITUDE}] [default: 0].",
     ),
     click.option(
         "--std",
         type=Numbers(float, "S[,S,S]"),
         default=None,
-        help="Per-channel normalisation std of a weights file [default: 1].",
+        help="Per-channel normalisation std of a weights file, numbers in "
+        f"[-{MAX_MAGNITUDE}, {MAX_MAGNITUDE}] [default: 1].",
     ),
     click.option(
         "--arch-kwargs",
@@ -176,15 +176,18 @@ dataset_of_model_option = click.option(
     default=None,
     help="Dataset: a registered name, a .npz file or an image folder [default: the model's own].",
 )
+#: The side a path dataset's images may be resized to (``--image-size``).
+IMAGE_SIZE = Interval(int, 1, MAX_IMAGE_SIZE)
 #: Options of a dataset named by path, passed on as ``dataset_options`` (see ``data_options``).
 DATA_OPTIONS = ("image_size", "channels", "normalize")
 data_options = options(
     click.option(
         "--image-size",
-        type=int,
+        type=Bounded(IMAGE_SIZE),
         default=None,
         metavar="N",
-        help="Resize the images of a .npz / image-folder dataset to N x N [default: as stored].",
+        help="Resize the images of a .npz / image-folder dataset to N x N, N "
+        f"{rule_text(IMAGE_SIZE).removeprefix('an int ')} [default: as stored].",
     ),
     click.option(
         "--channels",
@@ -214,10 +217,16 @@ def dataset_options(opts: dict[str, Any], base: Any = None) -> Any:
 
 
 train_limit_option = click.option(
-    "--train-limit", type=int, default=None, help="Train on a random subset of N."
+    "--train-limit",
+    type=Bounded(SUBSET_SIZE),
+    default=None,
+    help=f"Train on a random subset of N images. {must(SUBSET_SIZE)}",
 )
 test_limit_option = click.option(
-    "--test-limit", type=int, default=None, help="Test on a random subset of N."
+    "--test-limit",
+    type=Bounded(SUBSET_SIZE),
+    default=None,
+    help=f"Test on a random subset of N images. {must(SUBSET_SIZE)}",
 )
 
 
@@ -232,8 +241,8 @@ overwrite_option = click.option(
     "--overwrite",
     is_flag=True,
     help="Write into an --out folder holding another kind of eviltwins output (a model, "
-    "an attack, a report) after deleting those files; never the input model's folder, "
-    "never files eviltwins did not write.",
+    "an attack, a report) after deleting those files; never a folder the command reads "
+    "(the input model's, a dataset's), never files eviltwins did not write.",
 )
 
 trust_options = options(
@@ -290,6 +299,7 @@ def _trigger_specs(trigger_help: str, target_help: str) -> list[tuple[list[str],
                 "type": float,
                 "default": None,
                 "metavar": "FLOAT",
+                "callback": lambda ctx, param, value: None if value is None else check_alpha(value),
                 "help": "Opacity m in (0, 1] of every pixel of the pattern image (1 = opaque; "
                 "m = 1 - transparency) [default: 1 for a patch].",
             },
@@ -303,7 +313,10 @@ def _trigger_specs(trigger_help: str, target_help: str) -> list[tuple[list[str],
                 "top-left, center, or ROW,COL of its top-left pixel.",
             },
         ),
-        (["--target"], {"type": int, "default": None, "help": target_help}),
+        (
+            ["--target"],
+            {"type": int, "default": None, "help": f"{target_help} {must(CLASS_INDEX)}"},
+        ),
     ]
 
 
@@ -351,6 +364,23 @@ def loading(opts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_config(
+    config: Path | None,
+    flags: dict[str, Any],
+    params: dict[str, Any],
+    check: Callable[[dict[str, Any]], Any],
+) -> None:
+    """Validate the callee's parameters before any work: ``check`` (one ParamError line)
+    those the command line gave (``flags``; a problem names the option), then ``params``
+    with the config's values too (a problem names the config file)."""
+    check({k: v for k, v in flags.items() if v is not None})
+    if config is not None:
+        try:
+            check(params)
+        except ParamError as err:
+            raise ParamError(f"config {config}: {err}"[:500]) from None
+
+
 def resolve(config: Path | None, flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The command's options and the callee's parameters, from the command line and a YAML
     ``config`` (a flag given on the command line wins over the config).
@@ -370,6 +400,11 @@ def resolve(config: Path | None, flags: dict[str, Any]) -> tuple[dict[str, Any],
     for key, value in values.items():
         if key in NOT_IN_CONFIG:
             raise ParamError(f"option {key!r} cannot be set in config {config}")
+        if key in TRUST_OPTIONS and key in by_name:
+            raise ParamError(
+                f"option {key!r} cannot be set in config {config}: trust in user code is given "
+                f"on the command line (--{key.replace('_', '-')}), never by a file"
+            )
         param = by_name.get(key)
         if param is None or key in flags:
             params.setdefault(key, value)  # callee's parameter (flag wins when given)
@@ -377,18 +412,26 @@ def resolve(config: Path | None, flags: dict[str, Any]) -> tuple[dict[str, Any],
         if ctx.get_parameter_source(key) in given:
             continue
         opts[key] = None if value is None else _cast(ctx, param, key, value, config)
+    if config is not None and opts.get("out") is not None:  # never write beside the config
+        check_apart(opts["out"], {"the config file": config})
     return opts, params
 
 
 def _cast(ctx: click.Context, param: click.Parameter, key: str, value: Any, config: Any) -> Any:
-    """A config value cast (and called back) like the option's flag would be."""
+    """A config value of the option's own YAML type (:func:`config_problem`) cast (and called
+    back) like the option's flag would be."""
+    problem = config_problem(param, value)
+    if problem is not None:
+        raise ParamError(
+            f"option {key!r} in config {config} must be {problem}; got {value!r}"[:300]
+        )
     try:
         cast = param.type_cast_value(ctx, value)
     except click.BadParameter as err:
         raise ParamError(
             f"option {key!r} in config {config}: {' '.join(err.message.split())}"
         ) from None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ParamError(
             f"option {key!r} in config {config} must be {param.type.name}; got {value!r}"
         ) from None

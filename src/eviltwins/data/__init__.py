@@ -16,7 +16,13 @@ from eviltwins.data.base import (
 from eviltwins.data.datasets import DATASETS, read_idx
 from eviltwins.data.files import DATASET_OPTIONS, check_dataset_options, npz_dataset
 from eviltwins.data.folders import image_tree_dataset
-from eviltwins.data.loading import dataset_slug, is_path_dataset, load_dataset, load_path_dataset
+from eviltwins.data.loading import (
+    dataset_location,
+    dataset_slug,
+    is_path_dataset,
+    load_dataset,
+    load_path_dataset,
+)
 
 __all__ = [
     "DATASETS",
@@ -28,6 +34,7 @@ __all__ = [
     "check_arrays",
     "check_dataset_options",
     "check_images",
+    "dataset_location",
     "dataset_slug",
     "image_tree_dataset",
     "is_path_dataset",

@@ -8,6 +8,7 @@ batched by tensor indexing; large ones (ImageFolder trees) stream through a ``Da
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset, Subset
 
 from eviltwins.batches import AUGMENTATIONS, BatchSource, augment_batch, iter_batches  # noqa: F401
 from eviltwins.errors import DataError, ParamError
+from eviltwins.paths import why_unreadable
 from eviltwins.utils import one_line
 
 
@@ -323,14 +325,16 @@ def read_image(
     The declared size is read from the header first (PIL opens lazily) and must be at most
     ``max_side`` pixels a side and ``max_pixels`` in all, so a decompression bomb is refused
     before anything is decoded. Only :data:`IMAGE_FORMATS` are decoded (never EPS or PDF,
-    which would run Ghostscript). A missing file, a folder, a file in another format and a
-    corrupt one each raise one :class:`DataError` line naming ``what`` and ``path``.
+    which would run Ghostscript). A file that cannot be read (missing, a folder, a broken
+    symlink, permission denied: :func:`~eviltwins.paths.why_unreadable`), a file in another
+    format and a corrupt one (one that fails to decode) each raise one :class:`DataError` line
+    naming ``what`` and ``path``.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} {path} does not exist")
-    if not path.is_file():
-        raise DataError(f"{what} {path} is not a file; pass an image file (PNG, JPEG, ...)")
+    reason = why_unreadable(path)
+    if reason is not None:
+        hint = "; pass an image file (PNG, JPEG, ...)" if "not a file" in reason else ""
+        raise DataError(f"{what} {path} {reason}{hint}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -350,6 +354,12 @@ def read_image(
         ) from None
     except MemoryError:
         raise
+    except OSError as err:
+        if err.errno is None:  # PIL's own decoding failures are OSErrors without an errno
+            raise DataError(
+                f"{what} {path} is corrupt or truncated ({one_line(err)}); replace the file"
+            ) from None
+        raise DataError(f"{what} {path} {unreadable(err)}") from None
     except Exception as err:  # noqa: BLE001 - a corrupt file can fail anywhere in a decoder
         raise DataError(
             f"{what} {path} is corrupt or truncated ({one_line(err)}); replace the file"
@@ -360,6 +370,16 @@ def read_image(
         f"{what} {path} declares {w}x{h} pixels, more than the limit "
         f"{_limit(max_side, max_pixels)}; pass a smaller image"
     )
+
+
+def unreadable(err: OSError) -> str:
+    """What an :class:`OSError` from opening or reading a received file says about it:
+    "cannot be read (permission denied)", "does not exist", "cannot be read (<reason>)"."""
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "cannot be read (permission denied)"
+    if err.errno == errno.ENOENT:
+        return "does not exist"
+    return f"cannot be read ({(err.strerror or one_line(err)).lower()})"
 
 
 def _limit(max_side: int | None, max_pixels: int) -> str:

@@ -27,6 +27,7 @@ from eviltwins.data.base import (
     missing_dataset,
     read_image,
     resolve_data_root,
+    unreadable,
 )
 from eviltwins.errors import DataError, ParamError
 from eviltwins.registry import Registry
@@ -208,6 +209,8 @@ def read_idx(path: Path, dims: tuple[int, ...], name: str = "mnist") -> Tensor:
                     )
             data = _read_exactly(f, payload + 1)  # one byte more reveals trailing data
     except (OSError, EOFError, zlib.error) as err:
+        if isinstance(err, OSError) and err.errno is not None:  # not the file's content
+            raise DataError(f"{name} file {path} {unreadable(err)}") from None
         raise _idx_error(name, path, f"cannot be read ({one_line(err)})") from None
     if len(data) != payload:
         problem = "is truncated" if len(data) < payload else "holds more data than declared"
@@ -415,6 +418,8 @@ def imagefolder(
             found[which] = tv_datasets().ImageFolder(
                 str(path), transform=tf, loader=_imagefolder_loader
             )
+        except PermissionError as err:
+            raise DataError(f"imagefolder: {err.filename or path} {unreadable(err)}") from None
         except (FileNotFoundError, RuntimeError) as err:
             raise DataError(f"imagefolder: {path} holds no readable class folders: {err}") from None
     if found["train"].classes != found["test"].classes:

@@ -26,9 +26,11 @@ from numpy.lib import format as npy_format
 from torch import Tensor
 from torch.nn import functional as F
 
-from eviltwins.data.base import DatasetSpec, TensorImageDataset
+from eviltwins.base import MAX_CLASSES, MAX_IMAGE_SIZE
+from eviltwins.data.base import DatasetSpec, TensorImageDataset, unreadable
 from eviltwins.data.datasets import IMAGENET_MEAN, IMAGENET_STD, _mean_std
 from eviltwins.errors import DataError, ParamError
+from eviltwins.paths import why_unreadable
 from eviltwins.utils import is_int, one_line
 
 #: The arrays of a dataset ``.npz`` (the Keras convention), and the optional class names.
@@ -36,12 +38,11 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 NPZ_OPTIONAL = ("classes",)
 #: At most this many bytes of arrays in a ``.npz`` file, and of pixels held from an image tree.
 MAX_DATA_BYTES = 4 * 2**30
-#: At most this many classes (labels up to this minus one).
-MAX_CLASSES = 100_000
 #: The options of a path dataset, and what ``normalize`` may be.
 DATASET_OPTIONS = ("image_size", "channels", "normalize")
 NORMALIZE = ("auto", "none", "imagenet")
-MAX_IMAGE_SIZE = 4096
+# At most MAX_CLASSES classes (labels up to it minus one) and images resized to at most
+# MAX_IMAGE_SIZE a side (eviltwins.base, their one home).
 #: ITU-R 601 luma weights (PIL's "L" conversion) for colour -> grey.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -83,9 +84,14 @@ def _bad(path: Path, key: str, problem: str) -> DataError:
 def _npz_headers(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     """Every member's dtype and shape from its ``.npy`` header, checked (names, dtypes, sizes
     against the member's size and :data:`MAX_DATA_BYTES`) before any array is read."""
+    reason = why_unreadable(path)
+    if reason is not None:
+        raise DataError(f"dataset {path} {reason}")
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
+    except OSError as err:
+        raise DataError(f"dataset {path} {unreadable(err)}") from None
+    except (zipfile.BadZipFile, ValueError) as err:
         raise DataError(
             f"dataset {path} is not a .npz archive ({one_line(err)}); write one with "
             "numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"

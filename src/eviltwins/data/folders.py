@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from eviltwins.data.base import DatasetSpec, TensorImageDataset, read_image
+from eviltwins.data.base import DatasetSpec, TensorImageDataset, read_image, unreadable
 from eviltwins.data.files import MAX_DATA_BYTES, check_dataset_options, path_spec
 from eviltwins.errors import DataError
 from eviltwins.utils import progress
@@ -21,7 +21,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def _tree_files(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
-    """The class names and each split's (file, label) list of an image tree."""
+    """The class names and each split's (file, label) list of an image tree.
+
+    Every class folder under ``train/`` must hold at least one image (a class the model never
+    sees in training cannot be learnt, and its label would silently go unused): one that holds
+    none is refused, naming the class. A class with no images under ``val/`` (``test/``) is
+    refused the same way: its test accuracy and attack success could not be measured, and an
+    empty test class is far more often a copying mistake than a choice. Hidden files
+    (``.DS_Store``) and files of other types are ignored. A folder that cannot be listed
+    (permission denied) is one line naming it.
+    """
     test_dir = next((d for d in ("val", "test") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise DataError(
@@ -31,7 +40,7 @@ def _tree_files(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path,
     found: dict[str, tuple[str, ...]] = {}
     for split, sub in (("train", "train"), ("test", test_dir)):
         found[split] = tuple(
-            sorted(d.name for d in (root / sub).iterdir() if d.is_dir() and d.name[0] != ".")
+            sorted(d.name for d in _listed(root / sub) if d.is_dir() and d.name[0] != ".")
         )
     classes = found["train"]
     if len(classes) < 2:
@@ -42,19 +51,30 @@ def _tree_files(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path,
             f"image folders {root / 'train'} and {root / test_dir} must hold the same class "
             f"folders; {odd[0]!r} is in only one of them"
         )
-    files: dict[str, list[tuple[Path, int]]] = {}
+    files: dict[str, list[tuple[Path, int]]] = {"train": [], "test": []}
     for split, sub in (("train", "train"), ("test", test_dir)):
-        files[split] = [
-            (f, label)
-            for label, cls in enumerate(classes)
-            for f in sorted((root / sub / cls).iterdir())
-            if f.suffix.lower() in IMAGE_SUFFIXES and f.name[0] != "."
-        ]
-        if not files[split]:
-            raise DataError(
-                f"image folder {root / sub} holds no images ({', '.join(IMAGE_SUFFIXES)})"
-            )
+        for label, cls in enumerate(classes):
+            images = [
+                f
+                for f in sorted(_listed(root / sub / cls))
+                if f.suffix.lower() in IMAGE_SUFFIXES and f.name[0] != "."
+            ]
+            if not images:
+                raise DataError(
+                    f"image folder {root / sub}: class {cls!r} holds no images "
+                    f"({', '.join(s[1:] for s in IMAGE_SUFFIXES)}); remove the class folder "
+                    f"from train/ and {test_dir}/ or add images"
+                )
+            files[split] += [(f, label) for f in images]
     return classes, files
+
+
+def _listed(folder: Path) -> list[Path]:
+    """The entries of ``folder``; one :class:`DataError` line when it cannot be listed."""
+    try:
+        return list(folder.iterdir())
+    except OSError as err:
+        raise DataError(f"image folder {folder} {unreadable(err)}") from None
 
 
 def image_tree_dataset(

@@ -13,11 +13,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from eviltwins.data.base import DatasetSpec
-from eviltwins.data.datasets import DATASETS
+from eviltwins.data.base import DatasetSpec, resolve_data_root
+from eviltwins.data.datasets import DATASETS, MNIST_LIKE
 from eviltwins.data.files import DATASET_OPTIONS, check_dataset_options, npz_dataset
 from eviltwins.data.folders import image_tree_dataset
 from eviltwins.errors import DataError, ParamError
+
+#: The folder under the data root that each registered dataset reads (``""``: the data root
+#: itself); ``digits`` ships with scikit-learn and reads nothing there.
+DATA_FOLDERS = {
+    **{name: folder for name, (folder, _) in MNIST_LIKE.items()},
+    "cifar10": "cifar-10-batches-py",
+    "gtsrb": "gtsrb",
+    "imagefolder": "",
+}
 
 
 def load_dataset(
@@ -56,6 +65,21 @@ def is_path_dataset(name: Any) -> bool:
     except (OSError, ValueError):
         is_dir = False
     return text.endswith(".npz") or os.sep in text or "/" in text or is_dir
+
+
+def dataset_location(name: Any, data_root: str | os.PathLike[str] | None = None) -> Path | None:
+    """The file or folder the dataset ``name`` is read from: a ``.npz`` file or image folder
+    named by its path, or a registered dataset's folder under ``data_root`` (``MNIST``,
+    ``cifar-10-batches-py``, ...). ``None`` when nothing is read from disk (``digits``, a
+    :class:`DatasetSpec` in memory) or the name is not a dataset (refused later, by the
+    loader). Commands that write keep their output apart from it
+    (:func:`eviltwins.paths.check_apart`)."""
+    if not isinstance(name, str | os.PathLike):
+        return None
+    if is_path_dataset(name):
+        return Path(name).expanduser()
+    folder = DATA_FOLDERS.get(str(name).strip().lower().replace("_", "-"))
+    return None if folder is None else resolve_data_root(data_root) / folder
 
 
 def load_path_dataset(path: str | os.PathLike[str], **options: Any) -> DatasetSpec:

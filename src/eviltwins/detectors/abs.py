@@ -10,7 +10,17 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from eviltwins.base import Check, Interval, OneOf
+from eviltwins.base import (
+    MAX_IMAGES,
+    MAX_LR,
+    MAX_MAGNITUDE,
+    MAX_NEURONS,
+    MAX_STEPS,
+    SEED_RANGE,
+    Check,
+    Interval,
+    OneOf,
+)
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.abs_stimulation import STIMULATION_ELEMENTS, stimulated
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
@@ -24,6 +34,7 @@ from eviltwins.utils import (
     device_of,
     eval_mode,
     frozen_params,
+    is_real,
     make_generator,
     nonfinite_outputs_message,
     progress,
@@ -118,22 +129,26 @@ class ABS(ModelInspector):
         ),
     )
     _constraints = {
-        "seeds_per_class": Interval(int, 1, None),
+        "seeds_per_class": Interval(int, 1, MAX_IMAGES),
         "levels": Check(
-            lambda v: len(v) >= 2 and all(float(a) >= 0 for a in v),
-            "a list of at least two non-negative multiples",
+            lambda v: (
+                isinstance(v, list | tuple)
+                and 2 <= len(v) <= MAX_STEPS
+                and all(is_real(a) and 0 <= a <= MAX_MAGNITUDE for a in v)
+            ),
+            f"a list of 2 to {MAX_STEPS} multiples in [0, {MAX_MAGNITUDE}]",
             bad=(1,),
         ),
-        "top_k": Interval(int, 1, None),
+        "top_k": Interval(int, 1, MAX_NEURONS),
         "consistency": Interval(float, 0, 1),
         "mask_bound": Interval(float, 0, 1, closed="right"),
-        "steps": Interval(int, 1, None),
-        "lr": Interval(float, 0, None, closed="neither"),
-        "n_eval": Interval(int, 1, None),
+        "steps": Interval(int, 1, MAX_STEPS),
+        "lr": Interval(float, 0, MAX_LR, closed="right"),
+        "n_eval": Interval(int, 1, MAX_IMAGES),
         "threshold": Interval(float, 0, 1),
         "channels_last": CHANNELS_LAST,
         "rewrites": OneOf(True, False),
-        "seed": Interval(int, 0, None),
+        "seed": SEED_RANGE,
     }
 
     def __init__(

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from eviltwins.base import Interval, OneOf
+from eviltwins.base import MAX_IMAGES, MAX_MAGNITUDE, MAX_STEPS, SEED_RANGE, Interval, OneOf
 from eviltwins.data import DatasetSpec
 from eviltwins.detectors.base import (
     DETECTORS,
@@ -56,12 +56,12 @@ class NCStripEnsemble(InputFilter):
         "f1", "ensemble F1", name="ensemble", figures=("fig15",)
     )
     _constraints = {
-        "n_overlays": Interval(int, 1, None),
-        "steps": Interval(int, 2, None),
+        "n_overlays": Interval(int, 1, MAX_IMAGES),
+        "steps": Interval(int, 2, MAX_STEPS),
         "threshold": OneOf("normal", "quantile", "fixed"),
-        "deviation_threshold": Interval(float, 0, None),
+        "deviation_threshold": Interval(float, 0, MAX_MAGNITUDE),
         "frr": Interval(float, 0, 1, closed="neither"),
-        "seed": Interval(int, 0, None),
+        "seed": SEED_RANGE,
     }
 
     def __init__(

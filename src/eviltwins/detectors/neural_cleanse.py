@@ -10,7 +10,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from eviltwins.base import Check, Interval, OneOf
+from eviltwins.base import (
+    MAX_BATCH,
+    MAX_CLASSES,
+    MAX_EPOCHS,
+    MAX_IMAGES,
+    MAX_LR,
+    MAX_MAGNITUDE,
+    MAX_STEPS,
+    SEED_RANGE,
+    Check,
+    Interval,
+    OneOf,
+)
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import OptimisationError, ParamError
@@ -101,35 +113,37 @@ class NeuralCleanse(ModelInspector):
     )
     _constraints = {
         "preset": OneOf(*PRESETS),
-        "n_inputs": Interval(int, 1, None, allow_none=True),
-        "epochs": Interval(int, 1, None, allow_none=True),
-        "steps": Interval(int, 1, None, allow_none=True),
-        "batch_size": Interval(int, 1, None),
-        "lr": Interval(float, 0, None, closed="neither"),
-        "init_cost": Interval(float, 0, None, closed="neither"),
+        "n_inputs": Interval(int, 1, MAX_IMAGES, allow_none=True),
+        "epochs": Interval(int, 1, MAX_EPOCHS, allow_none=True),
+        "steps": Interval(int, 1, MAX_STEPS, allow_none=True),
+        "batch_size": Interval(int, 1, MAX_BATCH),
+        "lr": Interval(float, 0, MAX_LR, closed="right"),
+        "init_cost": Interval(float, 0, MAX_MAGNITUDE, closed="right"),
         "success": Interval(float, 0, 1),
-        "patience": Interval(int, 1, None, allow_none=True),
-        "check_every": Interval(int, 1, None, allow_none=True),
+        "patience": Interval(int, 1, MAX_STEPS, allow_none=True),
+        "check_every": Interval(int, 1, MAX_STEPS, allow_none=True),
         "early_stop": OneOf(True, False),
-        "early_stop_patience": Interval(int, 1, None, allow_none=True),
+        "early_stop_patience": Interval(int, 1, MAX_STEPS, allow_none=True),
         "early_stop_threshold": Interval(float, 0, 1, closed="right"),
-        "threshold": Interval(float, 0, None),
-        "label_chunk": Interval(int, 1, None, allow_none=True),
+        "threshold": Interval(float, 0, MAX_MAGNITUDE),
+        "label_chunk": Interval(int, 1, MAX_CLASSES, allow_none=True),
         "channels_last": CHANNELS_LAST,
         "rewrites": OneOf(True, False),
-        "pass_images": Interval(int, 1, None, allow_none=True),
-        "seed": Interval(int, 0, None),
+        "pass_images": Interval(int, 1, MAX_IMAGES, allow_none=True),
+        "seed": SEED_RANGE,
         "labels": Check(
             lambda v: (
                 v is None
                 or v == "all"
                 or (
                     isinstance(v, list | tuple)
-                    and len(v) > 0
-                    and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+                    and 0 < len(v) <= MAX_CLASSES
+                    and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+                    and all(0 <= i < MAX_CLASSES for i in v)
                 )
             ),
-            "None or 'all' (every label) or a non-empty list of class indices",
+            f"None or 'all' (every label) or a non-empty list of class indices in "
+            f"[0, {MAX_CLASSES - 1}]",
             bad="x",
         ),
     }

@@ -16,6 +16,7 @@ from torch import Tensor
 from eviltwins.errors import DataError
 from eviltwins.io import write_json
 from eviltwins.metrics import detection_metrics
+from eviltwins.paths import make_folder, publish_mode
 from eviltwins.results import Result, internal
 
 INSPECTION_SCHEMA = "eviltwins.inspection/1"
@@ -114,13 +115,13 @@ class InspectionReport(Result):
 
         from eviltwins.io.images import save_image_grid  # matplotlib only when drawing
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = make_folder(out_dir)
         write_json(out / "report.json", self.to_dict())
         save_file(
             {"masks": self.masks.contiguous(), "patterns": self.patterns.contiguous()},
             str(out / "reversed.safetensors"),
         )
+        publish_mode(out / "reversed.safetensors")  # safetensors writes its file with mode 0600
         shown = self.patterns * self.masks
         titles = [f"{lab}: {a:.2f}" for lab, a in zip(self.labels, self.anomaly, strict=False)]
         save_image_grid(

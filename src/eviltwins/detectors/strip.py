@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from eviltwins.base import Interval, OneOf
+from eviltwins.base import MAX_IMAGES, MAX_MAGNITUDE, SEED_RANGE, Interval, OneOf
 from eviltwins.data import DatasetSpec
 from eviltwins.detectors.base import (
     DETECTORS,
@@ -137,11 +137,11 @@ class STRIP(InputFilter):
     )
     _constraints = {
         "variant": OneOf(*VARIANTS),
-        "n_overlays": Interval(int, 1, None, allow_none=True),
+        "n_overlays": Interval(int, 1, MAX_IMAGES, allow_none=True),
         "threshold": OneOf("quantile", "normal", "fixed", None),
         "frr": Interval(float, 0, 1, closed="neither", allow_none=True),
-        "entropy_threshold": Interval(float, 0, None, allow_none=True),
-        "seed": Interval(int, 0, None),
+        "entropy_threshold": Interval(float, 0, MAX_MAGNITUDE, allow_none=True),
+        "seed": SEED_RANGE,
     }
 
     def __init__(

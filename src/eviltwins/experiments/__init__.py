@@ -3,7 +3,7 @@ local or Ray executor; see :func:`run_sweep`."""
 
 from eviltwins.experiments.clean import TrainResult, train_clean
 from eviltwins.experiments.executors import EXECUTORS, LocalExecutor, RayExecutor, make_executor
-from eviltwins.experiments.folder import SweepLockedError, check_run_folder
+from eviltwins.experiments.folder import SweepLockedError, check_run_folder, spec_reads
 from eviltwins.experiments.options import RunOptions
 from eviltwins.experiments.runner import CellsFailedError, SweepSummary, run_sweep
 from eviltwins.experiments.spec import Cell, Entry, SweepSpec, cells, load_spec
@@ -39,6 +39,7 @@ __all__ = [
     "TrainResult",
     "cells",
     "check_run_folder",
+    "spec_reads",
     "is_finished",
     "load_cells",
     "load_spec",

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from eviltwins.errors import EviltwinsError, ParamError
-from eviltwins.paths import prepare_out
+from eviltwins.paths import Inputs, prepare_out
 
 LOCK_FILE = ".lock"
 
@@ -17,12 +18,14 @@ class SweepLockedError(EviltwinsError):
     """Another sweep is running in the same run folder."""
 
 
-def check_run_folder(out: str | os.PathLike[str]) -> Path:
+def check_run_folder(out: str | os.PathLike[str], inputs: Inputs | None = None) -> Path:
     """Check (creating nothing) that ``out`` can be a sweep's run folder; one
-    :class:`~eviltwins.errors.ParamError` line otherwise: a file, a path under a file, or a
-    non-empty folder that is not a sweep run folder (no ``sweep.json`` or ``cells/``), so a
-    sweep never writes into a model folder or a home folder."""
-    out = prepare_out(out, "sweep")  # a file, under a file, unwritable, another kind of folder
+    :class:`~eviltwins.errors.ParamError` line otherwise: a path meeting one of ``inputs``
+    (the spec file, the datasets), a file, a path under a file, or a non-empty folder that is
+    not a sweep run folder (no ``sweep.json`` or ``cells/``), so a sweep never writes into a
+    model folder, a dataset or a home folder. Returns ``out`` resolved
+    (:func:`~eviltwins.paths.prepare_out`): the path to write to."""
+    out = prepare_out(out, "sweep", inputs=inputs)  # inputs, files, unwritable, other kinds
     for name, kind in (("cells", "folder"), ("clean", "folder"), ("sweep.json", "file")):
         path = out / name
         if (path.exists() or path.is_symlink()) and not (
@@ -32,9 +35,10 @@ def check_run_folder(out: str | os.PathLike[str]) -> Path:
     return out
 
 
-def prepare_run_folder(out: Path) -> None:
-    """Create ``out`` (and ``cells/``) and prove it writable, before any work."""
-    check_run_folder(out)
+def prepare_run_folder(out: str | os.PathLike[str], inputs: Inputs | None = None) -> Path:
+    """Check ``out`` (:func:`check_run_folder`), create it (and ``cells/``) and prove it
+    writable, before any work; returns the path to write to."""
+    out = check_run_folder(out, inputs)
     try:
         (out / "cells").mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -42,6 +46,21 @@ def prepare_run_folder(out: Path) -> None:
             f"--out {out} cannot be written ({err.strerror or err}); choose a folder you can "
             "write to"
         ) from None
+    return out
+
+
+def spec_reads(
+    spec: Any, source: str | os.PathLike[str] | None, data_root: str | os.PathLike[str] | None
+) -> dict[str, Any]:
+    """What a sweep of ``spec`` (read from the file ``source``, if any) reads from disk, for
+    :func:`check_run_folder` to keep the run folder apart from: the spec file and each
+    dataset's file or folder."""
+    from eviltwins.data import dataset_location
+
+    reads: dict[str, Any] = {"the sweep spec": source}
+    for ds in spec.datasets:
+        reads[f"the dataset {ds}"] = dataset_location(ds, data_root)
+    return reads
 
 
 def lock_run_folder(out: Path) -> int | None:
@@ -54,7 +73,7 @@ def lock_run_folder(out: Path) -> int | None:
         return None
     path = out / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
         raise ParamError(
             f"--out {out}: cannot open the lock file {path} ({err.strerror or err})"

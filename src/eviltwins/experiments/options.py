@@ -7,12 +7,11 @@ import dataclasses
 import os
 from typing import Any
 
+from eviltwins.base import MAX_WORKERS, Interval
 from eviltwins.errors import ParamError
-from eviltwins.utils import is_int
 
-
-def _count(value: Any) -> bool:
-    return is_int(value) and value >= 1
+#: Worker processes (``jobs``) and torch threads per task (``threads``).
+WORKERS = Interval(int, 1, MAX_WORKERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +36,17 @@ class RunOptions:
     quiet: bool | None = None
 
     def __post_init__(self) -> None:
-        if not _count(self.jobs):
-            raise ParamError(f"--jobs must be >= 1 (worker processes); got {self.jobs!r}")
-        if self.threads is not None and not _count(self.threads):
+        if not WORKERS.ok(self.jobs):
             raise ParamError(
-                f"--threads must be >= 1 (torch threads per cell); got {self.threads!r}"
+                f"--jobs must be >= 1 and <= {MAX_WORKERS} (worker processes); got {self.jobs!r}"
             )
+        if self.threads is not None and not WORKERS.ok(self.threads):
+            raise ParamError(
+                f"--threads must be >= 1 and <= {MAX_WORKERS} (torch threads per cell); got "
+                f"{self.threads!r}"
+            )
+        if not (self.quiet is None or isinstance(self.quiet, bool)):
+            raise ParamError(f"quiet must be true, false or None; got {self.quiet!r}")
 
     @classmethod
     def of(cls, options: RunOptions | None = None, **changes: Any) -> RunOptions:

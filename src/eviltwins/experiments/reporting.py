@@ -12,6 +12,7 @@ from typing import Any
 from eviltwins.errors import DataError
 from eviltwins.experiments.store import scan_cells
 from eviltwins.io import read_json
+from eviltwins.paths import prepare_out
 from eviltwins.report import Report, build_report
 
 
@@ -20,7 +21,10 @@ def write_sweep_report(
 ) -> Report:
     """Write the CSV, figures and Markdown/HTML report of a sweep folder into
     ``run_dir/report`` (or ``out``); see :mod:`eviltwins.report.build`. A folder without
-    finished cells raises :class:`~eviltwins.errors.DataError`."""
+    finished cells raises :class:`~eviltwins.errors.DataError`. ``out`` is checked first
+    (:func:`~eviltwins.paths.prepare_out`): it may be ``run_dir/report`` or a folder outside
+    the run folder, never the run folder itself, its ``cells/`` or ``clean/`` models, a folder
+    holding the run folder, or a folder holding another kind of output."""
     run_dir = Path(run_dir)
     cells, unreadable = scan_cells(run_dir)
     if not any(c.ok for c in cells):
@@ -30,12 +34,17 @@ def write_sweep_report(
             f"{run_dir} has no finished cells yet ({failed} failed{bad}); run "
             "'eviltwins sweep' first"
         )
+    where = prepare_out(
+        out if out is not None else run_dir / "report",
+        "sweep-report",
+        inputs=_reads(run_dir),
+    )
     spec = _sweep_json(run_dir)
     name = spec.get("name")
     description = spec.get("description")
     return build_report(
         cells,
-        Path(out) if out is not None else run_dir / "report",
+        where,
         name=name if isinstance(name, str) else run_dir.name,
         description=description if isinstance(description, str) else "",
         unreadable=unreadable,
@@ -43,6 +52,15 @@ def write_sweep_report(
         run_dir=run_dir,
         classes=_classes(run_dir),
     )
+
+
+def _reads(run_dir: Path) -> dict[str, Path]:
+    """What the report reads from a run folder: its cells, clean models' cards and spec."""
+    return {
+        "the sweep spec": run_dir / "sweep.json",
+        "the sweep's cells": run_dir / "cells",
+        "the sweep's clean models": run_dir / "clean",
+    }
 
 
 def _sweep_json(run_dir: Path) -> dict[str, Any]:

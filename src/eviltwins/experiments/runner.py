@@ -33,8 +33,10 @@ from typing import Any
 from eviltwins.errors import DataError, EviltwinsError
 from eviltwins.experiments.executors import make_executor
 from eviltwins.experiments.folder import (
+    check_run_folder,
     lock_run_folder,
     prepare_run_folder,
+    spec_reads,
 )
 from eviltwins.experiments.options import RunOptions
 from eviltwins.experiments.spec import (
@@ -146,13 +148,16 @@ def run_sweep(
 
     start = time.perf_counter()
     opts = RunOptions.of(options, **changes)
+    source = spec if isinstance(spec, str | os.PathLike) else None
     spec = load_spec(spec)
     out = Path(out) if out is not None else Path("runs") / spec.name
-    ex = make_executor(opts.executor, jobs=opts.jobs, address=opts.ray_address, device=opts.device)
+    out = check_run_folder(out, spec_reads(spec, source, opts.data_root))
     root = str(resolve_data_root(opts.data_root))
-    prepare_run_folder(out)
-    lock = lock_run_folder(out)
+    ex = make_executor(opts.executor, jobs=opts.jobs, address=opts.ray_address, device=opts.device)
+    lock = None
     try:
+        prepare_run_folder(out)
+        lock = lock_run_folder(out)
         return _run_locked(spec, out, ex, opts, root, start)
     finally:
         ex.close()

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from eviltwins.base import Check, Interval
+from eviltwins.base import CLASS_INDEX, N_CLEAN, SEED_RANGE, SUBSET_SIZE, Check, check_numbers
 from eviltwins.config import Validated, read_yaml, validate
 from eviltwins.data import check_dataset_options, dataset_slug, is_path_dataset
 from eviltwins.errors import ParamError
@@ -147,16 +147,16 @@ class SweepSpec(Validated):
         ),
         "sizes": _unit_list(True, False, "trigger sizes"),
         "transparencies": _unit_list(False, True, "transparencies"),
-        "seeds": _str_list(is_int, "seeds (integers)"),
+        "seeds": _str_list(SEED_RANGE.ok, f"seeds ({SEED_RANGE.describe()})"),
         "detectors": Check(
             lambda v: isinstance(v, list) and all(isinstance(e, Entry) for e in v),
             "a list of detectors ({name, label, params})",
         ),
-        "target": Interval(int, 0, None),
-        "train_limit": Interval(int, 0, None, closed="neither", allow_none=True),
-        "test_limit": Interval(int, 0, None, closed="neither", allow_none=True),
+        "target": CLASS_INDEX,
+        "train_limit": SUBSET_SIZE,
+        "test_limit": SUBSET_SIZE,
         "clean": Check(lambda v: isinstance(v, dict), "a mapping of training options"),
-        "n_clean": Interval(int, 1, None, closed="neither"),
+        "n_clean": N_CLEAN,
         "save_models": Check(lambda v: isinstance(v, bool), "true or false"),
         "figures": Check(
             lambda v: v is None or (isinstance(v, list) and all(f in FIGURES for f in v)),
@@ -335,6 +335,7 @@ def check_names(spec: SweepSpec) -> SweepSpec:
             "clean.arch_kwargs must be a mapping of model option names to values; "
             f"got {type(arch_kwargs).__name__}"
         )
+    check_numbers(arch_kwargs, "clean.arch_kwargs")
     models = []
     for m in spec.models:
         if is_user_model(m):

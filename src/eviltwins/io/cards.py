@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from eviltwins.base import MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_VALUES, MAX_SIDE
 from eviltwins.errors import DataError, UnsafeFileError
 from eviltwins.models import (
     MODELS,
@@ -24,11 +25,8 @@ CARD_SCHEMA = "eviltwins.model/1"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
 
-#: Limits on what a received model card may ask for (far above any image classifier's needs).
-MAX_CHANNELS = 64
-MAX_SIDE = 8192
-MAX_INPUT_VALUES = 2**24
-MAX_CLASSES = 100_000
+# A received model card may ask for at most MAX_CHANNELS, MAX_SIDE, MAX_INPUT_VALUES and
+# MAX_CLASSES (eviltwins.base, their one home; far above any image classifier's needs).
 
 #: How a caller says which user architectures (``package.module:ClassName``) a received model
 #: card may name: one spec, several, or ``True`` for whatever the card names.
@@ -36,7 +34,10 @@ TrustArch = bool | str | Sequence[str]
 
 
 def _is_finite_number(v: Any) -> bool:
-    return is_real(v) and math.isfinite(v)
+    try:
+        return is_real(v) and math.isfinite(v)
+    except OverflowError:  # an int past any float
+        return False
 
 
 def _jtype(v: Any) -> str:

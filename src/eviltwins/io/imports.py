@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from eviltwins.base import MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_VALUES, MAX_MAGNITUDE, MAX_SIDE
 from eviltwins.data import DatasetSpec
 from eviltwins.errors import DataError, ParamError
 from eviltwins.io.cards import CARD_FILE, ModelCard, TrustArch
@@ -27,6 +28,11 @@ from eviltwins.utils import is_int, is_real, one_line
 
 #: Flags that describe a bare weights file; a model folder's model.json sets them itself.
 FILE_FLAGS = ("input_shape", "num_classes", "mean", "std", "arch_kwargs")
+
+
+def _normaliser(x: Any) -> bool:
+    """A finite number of at most MAX_MAGNITUDE in size (a mean or std of one channel)."""
+    return is_real(x) and abs(x) <= MAX_MAGNITUDE  # NaN and inf too: not <= it
 
 
 @dataclass(frozen=True)
@@ -64,16 +70,27 @@ class ModelSource:
                 raise ParamError(
                     f"--input-shape must be C,H,W (three positive integers); got {self.input_shape!r}"
                 )
+            c, h, w = shape
+            if c > MAX_CHANNELS or max(h, w) > MAX_SIDE or c * h * w > MAX_INPUT_VALUES:
+                raise ParamError(
+                    f"--input-shape must have at most {MAX_CHANNELS} channels, {MAX_SIDE} pixels "
+                    f"a side and {MAX_INPUT_VALUES:,} values; got {shape!r}"[:300]
+                )
             object.__setattr__(self, "input_shape", shape)
         if self.num_classes is not None and not (
-            is_int(self.num_classes) and self.num_classes >= 2
+            is_int(self.num_classes) and 2 <= self.num_classes <= MAX_CLASSES
         ):
-            raise ParamError(f"--num-classes must be an integer >= 2; got {self.num_classes!r}")
+            raise ParamError(
+                f"--num-classes must be an integer in [2, {MAX_CLASSES}]; got {self.num_classes!r}"
+            )
         for name in ("mean", "std"):
             v = getattr(self, name)
             if v is not None:
-                if isinstance(v, str) or not all(is_real(x) for x in v):
-                    raise ParamError(f"--{name} must be numbers, one per channel; got {v!r}")
+                if not isinstance(v, list | tuple) or not all(_normaliser(x) for x in v):
+                    raise ParamError(
+                        f"--{name} must be numbers in [-{MAX_MAGNITUDE}, {MAX_MAGNITUDE}], one "
+                        f"per channel; got {v!r}"[:300]
+                    )
                 object.__setattr__(self, name, tuple(float(x) for x in v))
         if not isinstance(self.arch_kwargs, dict):
             raise ParamError(f"--arch-kwargs must be a mapping; got {self.arch_kwargs!r}")

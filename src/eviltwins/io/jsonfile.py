@@ -9,8 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from eviltwins.data.base import unreadable
 from eviltwins.errors import DataError
-from eviltwins.paths import publish_mode, readable_file
+from eviltwins.paths import make_folder, publish_mode, readable_file
 
 
 def jsonable(data: Any) -> Any:
@@ -28,8 +29,7 @@ def jsonable(data: Any) -> Any:
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write valid JSON atomically (temp file + rename): a crash never leaves half a file.
     Non-finite floats are written as ``null`` (see :func:`jsonable`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = make_folder(Path(path).parent) / Path(path).name
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
@@ -58,7 +58,7 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
         msg = " ".join(str(err).split())[:120]
         raise DataError(f"{what} {path} is not valid JSON: {msg}") from None
     except OSError as err:
-        raise DataError(f"{what} {path} cannot be read ({err.strerror or err})") from None
+        raise DataError(f"{what} {path} {unreadable(err)}") from None
 
 
 def refuse_constant(name: str) -> Any:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eviltwins.errors import DataError, ParamError, UnsafeFileError
+from eviltwins.errors import DataError, ParamError
 from eviltwins.io.cards import (
     CARD_FILE,
     CARD_SCHEMA,
@@ -29,6 +29,7 @@ from eviltwins.io.cards import (
     check_trust,
 )
 from eviltwins.io.jsonfile import read_json, refuse_constant, write_json
+from eviltwins.io.pickles import refusal
 from eviltwins.models import Classifier
 from eviltwins.paths import publish_mode, readable_file, why_unreadable
 from eviltwins.safetensors_header import DTYPE_SIZES, HeaderProblem, read_header
@@ -88,10 +89,14 @@ def _parse_header(
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
     """:func:`safetensors_header` on ``size`` bytes whose first 8 are ``head`` (``read(n)``
     gives the next ``n``)."""
+    if size == 0:
+        raise DataError(f"{name} is empty (0 bytes); pass a safetensors file")
     try:
         header, n = read_header(head, read, size, MAX_HEADER_BYTES)
     except HeaderProblem as err:
-        raise DataError(f"{name} is not a safetensors file ({err})") from None
+        raise DataError(
+            f"{name} is not a safetensors file, or is corrupt or truncated ({err})"
+        ) from None
     shapes: dict[str, tuple[int, ...]] = {}
     body = size - 8 - n
     for key, info in header.items():
@@ -102,11 +107,17 @@ def _parse_header(
             begin, end = info["data_offsets"]
             width = DTYPE_SIZES[info["dtype"]]
             ok = all(is_int(v) and v >= 0 for v in (*shape, begin, end))
-            ok = ok and 0 <= begin <= end <= body and end - begin == width * math.prod(shape)
+            ok = ok and 0 <= begin <= end and end - begin == width * math.prod(shape)
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
             raise DataError(f"{name} is not a valid safetensors file (tensor {_short(key)})")
+        if end > body:  # a well-formed entry whose bytes lie past the end of the file
+            raise DataError(
+                f"{name} is not a valid safetensors file: truncated or corrupt (tensor "
+                f"{_short(key)} ends at byte {8 + n + end:,} but the file holds {size:,} "
+                "bytes); replace the file"
+            )
         shapes[key] = shape
     meta = header.get("__metadata__") or {}
     return shapes, meta if isinstance(meta, dict) else {}
@@ -133,19 +144,7 @@ def load_state_file(
         except (SafetensorError, OSError) as err:
             raise DataError(f"{path} is not a readable safetensors file: {err}") from None
     if path.suffix in {".pt", ".pth", ".bin", ".ckpt"}:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe pickle"
-            raise UnsafeFileError(
-                f"refused to load {path}: it holds pickled objects beyond tensors, which could run "
-                f"code ({first[:160]}); re-save its state_dict as safetensors in a trusted "
-                "environment"
-            ) from None
-        except Exception as err:  # noqa: BLE001 - weights_only parsing ran no code; any failure
-            # of the restricted unpickler (IndexError, KeyError, ...) means an unreadable file
-            msg = " ".join(str(err).split())[:160] or type(err).__name__
-            raise DataError(f"{path} is not a readable PyTorch weights file: {msg}") from None
+        obj = _torch_load(path)
         obj = unwrap_state_dict(obj, path)
         if check_shapes is not None:
             check_shapes({k: tuple(v.shape) for k, v in obj.items()})
@@ -153,6 +152,28 @@ def load_state_file(
     raise ParamError(
         f"unsupported weights file {path.name!r}; use .safetensors (or .pt/.pth state_dicts)"
     )
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``; a refused file is one line naming the
+    real cause (:func:`~eviltwins.io.pickles.refusal`, which reads it without running it), and
+    the warnings torch gives while refusing it are dropped (those of a file it accepts are
+    passed on)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - weights_only parsing runs no code; any failure
+            # of the restricted unpickler (UnpicklingError, EOFError, RuntimeError, ...) is a
+            # refusal whose cause is read from the file itself
+            refused: BaseException | None = err
+        else:
+            refused = None
+    if refused is not None:
+        raise refusal(path, refused) from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return obj
 
 
 #: Keys under which training scripts commonly save the state dict inside a checkpoint.

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from eviltwins.io import write_json
+from eviltwins.paths import make_folder
 from eviltwins.report.cells import CellLike, detector_labels, shown_detectors
 from eviltwins.report.claims import Claim, claims
 from eviltwins.report.documents import unreadable_line, write_documents
@@ -98,7 +99,7 @@ def build_report(
     dataset's class names."""
     ok = [c for c in cells if c.ok]
     failed = [c for c in cells if not c.ok]
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out)
     rows = [flatten(c) for c in ok]
     write_csv(rows, out / "cells.csv")
     det = detector_labels(ok)

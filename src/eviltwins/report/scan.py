@@ -15,6 +15,7 @@ from pathlib import Path
 from eviltwins.detectors import InspectionReport
 from eviltwins.detectors.scan import ScanReport, display_name, measure_name
 from eviltwins.io import write_json
+from eviltwins.paths import make_folder
 from eviltwins.report.documents import STYLE, html_table
 
 SCAN_FILE = "scan.json"
@@ -105,8 +106,7 @@ def write_scan(scan: ScanReport, out: str | os.PathLike[str]) -> Path:
     (a report read back from a file has no reversed triggers: none are written) and
     ``scan.html``; returns ``out``. Check ``out`` first (:func:`eviltwins.paths.prepare_out`,
     kind ``scan``)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out)
     write_json(out / SCAN_FILE, scan.to_dict())
     for name, rep in scan.reports.items():
         if rep.masks.numel():

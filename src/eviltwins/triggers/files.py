@@ -96,10 +96,15 @@ def check_header(prefix: bytes, read: Any, size: int, source: object) -> None:
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in offsets)
-            or not 0 <= offsets[0] <= offsets[1] <= size - 8 - n
+            or not 0 <= offsets[0] <= offsets[1]
             or offsets[1] - offsets[0] != c * h * w * TRIGGER_TENSORS[name][dtype]
         ):
             raise bad(f"tensor {name!r} has data offsets that do not match its shape and the file")
+        if offsets[1] > size - 8 - n:
+            raise DataError(
+                f"{source} is truncated or corrupt (tensor {name!r} ends at byte "
+                f"{8 + n + offsets[1]:,} but the file holds {size:,} bytes); replace the file"
+            )
         end = max(end, offsets[1])
     if shapes["mask"][0] != 1 or shapes["mask"][1:] != shapes["pattern"][1:]:
         raise bad(f"mask {shapes['mask']} and pattern {shapes['pattern']} do not match")

@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from eviltwins.data.base import unreadable
 from eviltwins.errors import DataError, ParamError
 from eviltwins.metrics import mask_l1
+from eviltwins.paths import publish_mode
 from eviltwins.triggers.files import check_header, trigger_path
 from eviltwins.triggers.images import image_trigger
 from eviltwins.triggers.shapes import (
@@ -200,6 +202,7 @@ class Trigger:
         base.parent.mkdir(parents=True, exist_ok=True)
         out = base.with_suffix(".safetensors")
         save_file(self._tensors(), str(out))
+        publish_mode(out)  # safetensors writes its file with mode 0600
         if preview:
             grey = torch.full((1, *self.shape), 0.5)
             img = self.stamp(grey)[0]
@@ -232,7 +235,7 @@ class Trigger:
                 f.seek(0)
                 blob = f.read(size + 1)
         except OSError as err:
-            raise DataError(f"trigger file {path} cannot be read: {one_line(err)}") from None
+            raise DataError(f"trigger file {path} {unreadable(err)}") from None
         if len(blob) != size:
             raise DataError(f"trigger file {path} changed while it was read; try again")
         return cls._from_blob(blob, path)

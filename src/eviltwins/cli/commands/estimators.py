@@ -10,8 +10,10 @@ import click
 
 from eviltwins import api
 from eviltwins.attacks import ATTACKS
+from eviltwins.base import N_CLEAN
 from eviltwins.cli.common import (
     PathType,
+    check_config,
     common_options,
     config_option,
     data_options,
@@ -20,6 +22,7 @@ from eviltwins.cli.common import (
     loading,
     model_folder_option,
     model_source,
+    must,
     options,
     overwrite_option,
     resolve,
@@ -49,6 +52,8 @@ def _invoke(
     assert isinstance(cmd, EstimatorCommand)
     flags, rest = cmd.split(values)
     opts, params = resolve(rest["config"], flags)
+    registry = ATTACKS if verb is api.attack else DETECTORS
+    check_config(rest["config"], flags, params, lambda p: registry.build(cmd.key, p))
     more = {k: opts[k] for k in passed if k in opts}
     res = verb(cmd.key, model_source(opts), opts["dataset"], params=params, **more, **loading(opts))
     return opts, res
@@ -103,7 +108,7 @@ FILTER_OPTIONS = (
         type=int,
         default=1000,
         show_default=True,
-        help="Held-out clean images to fit on (and as many to test).",
+        help=f"Held-out clean images to fit on (and as many to test). {must(N_CLEAN)}",
     ),
     click.Option(
         ["--protocol"],

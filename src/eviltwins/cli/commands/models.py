@@ -14,6 +14,7 @@ from eviltwins.cli.common import (
     NOT_IN_CONFIG,
     TRIGGER_ARGS,
     PathType,
+    check_config,
     common_options,
     config_option,
     data_options,
@@ -23,6 +24,7 @@ from eviltwins.cli.common import (
     json_option,
     model_folder_option,
     model_source,
+    must,
     overwrite_option,
     resolve,
     test_limit_option,
@@ -31,11 +33,15 @@ from eviltwins.cli.common import (
     trusted,
 )
 from eviltwins.cli.estimators import signature_option
+from eviltwins.config import validate
 from eviltwins.data import DATASETS
 from eviltwins.detectors import DETECTORS
 from eviltwins.errors import ParamError
 from eviltwins.models import MODELS
+from eviltwins.training import TrainConfig, check_limits
 
+#: The rules of ``train``'s number options, checked by ``api.train`` before any work.
+RULES = TrainConfig._constraints
 #: The options of ``train`` that are parameters of ``api.train`` (passed on when given).
 TRAIN_PARAMS = (
     "dataset",
@@ -51,6 +57,12 @@ TRAIN_PARAMS = (
 )
 
 
+def _check_train(params: dict[str, Any]) -> None:
+    """The training options among ``params`` (one ParamError line), before any work."""
+    validate(TrainConfig, **{k: v for k, v in params.items() if k in RULES})
+    check_limits(params.get("train_limit"), params.get("test_limit"))
+
+
 @click.command()
 @signature_option(
     api.train,
@@ -61,14 +73,19 @@ TRAIN_PARAMS = (
 @signature_option(
     api.train, "model", "Architecture ('eviltwins list models') or package.module:Class."
 )
-@click.option("--epochs", type=int, default=None, help="Epochs [default: the dataset's].")
-@signature_option(api.train, "batch_size", "Batch size.", type=int)
-@signature_option(api.train, "lr", "Learning rate.", type=float)
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help=f"Epochs [default: the dataset's]. {must(RULES['epochs'])}",
+)
+@signature_option(api.train, "batch_size", f"Batch size. {must(RULES['batch_size'])}", type=int)
+@signature_option(api.train, "lr", f"Learning rate. {must(RULES['lr'])}", type=float)
 @signature_option(api.train, "optimizer", "sgd or adam.")
 @click.option(
     "--augment/--no-augment", default=None, help="Training augmentation [default: the dataset's]."
 )
-@signature_option(api.train, "seed", "Random seed.", type=int)
+@signature_option(api.train, "seed", f"Random seed. {must(RULES['seed'])}", type=int)
 @train_limit_option
 @test_limit_option
 @config_option("any of these options")
@@ -91,6 +108,7 @@ def train(config: Path | None, **values: Any) -> None:
             f"unknown option {unknown[0]!r} in config {config}; known: "
             f"{', '.join(sorted(known | set(opts) - NOT_IN_CONFIG))}"
         )
+    check_config(config, flags, params, _check_train)
     data = dataset_options(opts, params.pop("dataset_options", None))
     res = api.train(
         **params,

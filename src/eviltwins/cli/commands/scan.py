@@ -10,6 +10,7 @@ import click
 from eviltwins import api
 from eviltwins.cli.common import (
     PathType,
+    check_config,
     common_options,
     config_option,
     data_options,
@@ -23,7 +24,7 @@ from eviltwins.cli.common import (
     test_limit_option,
 )
 from eviltwins.cli.estimators import ListOf
-from eviltwins.detectors.scan import DEFAULT_DETECTORS, inspector_names
+from eviltwins.detectors.scan import DEFAULT_DETECTORS, inspector_names, inspectors
 from eviltwins.errors import ParamError
 
 #: The exit code of ``scan --fail-on-detect`` when an inspector flags a label.
@@ -74,6 +75,7 @@ def scan(config: Path | None, **values: Any) -> int:
                 f"config {config}: {key!r} is neither an option of scan nor a model inspector "
                 f"({', '.join(known)}) whose parameters it would hold"
             )
+    check_config(config, {}, params, lambda p: inspectors(opts["detectors"], p))
     report = api.scan(
         model_source(opts),
         opts["dataset"],

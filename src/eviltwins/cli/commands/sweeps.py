@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from eviltwins import api
+from eviltwins.base import SEED_RANGE
 from eviltwins.cli.common import (
     PathType,
     common_options,
@@ -16,10 +17,12 @@ from eviltwins.cli.common import (
     emit,
     jobs_option,
     json_option,
+    must,
     quiet_option,
 )
 from eviltwins.data import is_path_dataset
-from eviltwins.experiments import RunOptions, cells, check_run_folder, load_spec
+from eviltwins.experiments import RunOptions, cells, check_run_folder, load_spec, spec_reads
+from eviltwins.experiments.options import WORKERS
 from eviltwins.experiments.spec import user_models
 
 
@@ -68,7 +71,7 @@ def _check_text(spec: Any, as_json: bool) -> None:
     type=int,
     default=None,
     help="Torch threads per cell [default: all cores / jobs; 1 on Ray]. Keep it fixed to "
-    "reproduce numbers exactly.",
+    f"reproduce numbers exactly. {must(WORKERS)}",
 )
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report.")
 @click.option("--check", is_flag=True, help="Only validate CONFIG and list its cells.")
@@ -87,7 +90,8 @@ def sweep(
     retried; Ctrl-C keeps every finished cell. Exits with 2 when any cell failed."""
     run = _run_options(values)  # checked before the spec is read
     spec = load_spec(config)
-    check_run_folder(out if out is not None else Path("runs") / spec.name)
+    reads = spec_reads(spec, config, run.data_root)
+    check_run_folder(out if out is not None else Path("runs") / spec.name, reads)
     if download:
         for ds in spec.datasets:
             if not is_path_dataset(ds):  # a path has nothing to fetch
@@ -120,7 +124,9 @@ def report_(run_dir: Path, out: Path | None, as_json: bool) -> None:
 @click.option(
     "--out", type=PathType, default=Path("runs/demo"), show_default=True, help="Output folder."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help=f"Random seed. {must(SEED_RANGE)}"
+)
 @jobs_option("Worker processes.")
 @device_option
 @quiet_option
