@@ -106,6 +106,15 @@ def test_a_boolean_option_in_a_config_takes_only_true_or_false(tmp_path, capsys,
         )
 
 
+def test_a_flag_on_the_command_line_does_not_hide_a_bad_config_value(tmp_path, capsys, no_work):
+    """The flag wins over the file, but the file is still checked: `-q` beside `quiet: maybe`
+    is refused, not a 30-epoch run."""
+    cfg = _yaml(tmp_path, "q.yaml", "quiet: maybe\nepochs: 1\n")
+    code, err = _cli(capsys, "train", "--config", cfg, "--out", tmp_path / "o", *CPU)
+    _refused(code, err, "option 'quiet' in config", "must be true or false")
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_list_option_in_a_config_takes_only_a_list(small_model, tmp_path, capsys, no_work):
     cfg = _yaml(tmp_path, "d.yaml", "detectors: abs\n")
     code, err = _cli(capsys, "scan", "--model", small_model, "--config", cfg, *CPU)

@@ -409,9 +409,9 @@ def resolve(config: Path | None, flags: dict[str, Any]) -> tuple[dict[str, Any],
         if param is None or key in flags:
             params.setdefault(key, value)  # callee's parameter (flag wins when given)
             continue
-        if ctx.get_parameter_source(key) in given:
-            continue
-        opts[key] = None if value is None else _cast(ctx, param, key, value, config)
+        cast = None if value is None else _cast(ctx, param, key, value, config)
+        if ctx.get_parameter_source(key) not in given:  # a flag wins, but the file is checked
+            opts[key] = cast
     if config is not None and opts.get("out") is not None:  # never write beside the config
         check_apart(opts["out"], {"the config file": config})
     return opts, params
