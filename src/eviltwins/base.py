@@ -141,18 +141,31 @@ CLASS_INDEX = Interval(int, 0, MAX_CLASSES - 1)
 N_CLEAN = Interval(int, 1, MAX_N_CLEAN)
 #: A random subset of a dataset split (train_limit / test_limit; None keeps every image).
 SUBSET_SIZE = Interval(int, 1, MAX_IMAGES, allow_none=True)
-#: A number among an architecture's constructor options (arch_kwargs: widths, rates, ...).
-ARCH_NUMBER = Interval(float, -MAX_MAGNITUDE, MAX_MAGNITUDE)
+#: A real of at most MAX_MAGNITUDE in size: a number among an architecture's constructor
+#: options (arch_kwargs: widths, rates, ...), a channel's normalisation mean or std.
+BOUNDED_REAL = Interval(float, -MAX_MAGNITUDE, MAX_MAGNITUDE)
+#: The side a path dataset's images may be resized to (image_size, --image-size).
+IMAGE_SIZE = Interval(int, 1, MAX_IMAGE_SIZE)
+#: What a model's input (C, H, W) may be at most, as refusals and --help say it.
+INPUT_LIMITS = (
+    f"at most {MAX_CHANNELS} channels, {MAX_SIDE} pixels a side and {MAX_INPUT_VALUES:,} values"
+)
+
+
+def input_fits(c: int, h: int, w: int) -> bool:
+    """Whether an input of ``c`` channels and ``h`` x ``w`` pixels is within
+    :data:`INPUT_LIMITS` (a received card's, or ``--input-shape``)."""
+    return c <= MAX_CHANNELS and max(h, w) <= MAX_SIDE and c * h * w <= MAX_INPUT_VALUES
 
 
 def check_numbers(options: dict[str, Any], what: str) -> None:
-    """Each number among ``options`` (an ``arch_kwargs`` mapping) within :data:`ARCH_NUMBER`,
+    """Each number among ``options`` (an ``arch_kwargs`` mapping) within :data:`BOUNDED_REAL`,
     else one :class:`ParamError` line naming it; other values are left to their consumer."""
     for key, value in options.items():
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if number and not ARCH_NUMBER.ok(value):
+        if number and not BOUNDED_REAL.ok(value):
             raise ParamError(
-                f"{what} option {key!r} must be {ARCH_NUMBER.describe()}; got {value!r}"[:300]
+                f"{what} option {key!r} must be {BOUNDED_REAL.describe()}; got {value!r}"[:300]
             )
 
 

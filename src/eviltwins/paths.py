@@ -79,10 +79,19 @@ def why_unreadable(path: Path) -> str | None:
         with open(path, "rb"):
             pass
     except OSError as err:
-        if err.errno in (errno.EACCES, errno.EPERM):
-            return "cannot be read (permission denied)"
-        return f"cannot be read ({err.strerror or err})"
+        return unreadable(err)
     return None
+
+
+def unreadable(err: OSError) -> str:
+    """What an :class:`OSError` from opening or reading a received file says about it:
+    "cannot be read (permission denied)", "does not exist", "cannot be read (<reason>)"."""
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "cannot be read (permission denied)"
+    if err.errno == errno.ENOENT:
+        return "does not exist"
+    reason = err.strerror or " ".join(str(err).split()) or type(err).__name__
+    return f"cannot be read ({reason.lower()})"
 
 
 def readable_file(path: str | os.PathLike[str], what: str = "file") -> Path:
@@ -292,4 +301,5 @@ __all__ = [
     "readable_file",
     "resolve_path",
     "shown_path",
+    "unreadable",
 ]

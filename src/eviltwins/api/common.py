@@ -4,6 +4,7 @@ and a given trigger."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from eviltwins.base import check_numbers
@@ -11,6 +12,7 @@ from eviltwins.data import DatasetSpec, check_dataset_options, dataset_location
 from eviltwins.errors import ParamError
 from eviltwins.io import ModelCard, ModelSource, TrustArch, open_model
 from eviltwins.models import Classifier, is_keyword_mapping
+from eviltwins.paths import check_apart
 from eviltwins.training import get_dataset
 from eviltwins.triggers import load_trigger
 from eviltwins.utils import is_int, resolve_device
@@ -39,6 +41,14 @@ def reads(
         "the input model": ModelSource.of(model).path,
         "the dataset": dataset_location(dataset, data_root),
     }
+
+
+def apart_from_card(out: Path | None, card: ModelCard, dataset: Any, data_root: Any) -> None:
+    """Keep ``out`` (resolved by :func:`~eviltwins.paths.prepare_out`) apart from the dataset
+    the model's card names, when no ``dataset`` was given: a received card may name any path,
+    and it is known only once the card is read (before any data is loaded)."""
+    if out is not None and dataset is None:
+        check_apart(out, {"the dataset": dataset_location(card.dataset, data_root)})
 
 
 def open_source(

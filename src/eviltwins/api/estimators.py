@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from eviltwins.api.common import (
+    apart_from_card,
     given_trigger,
     matching_dataset,
     open_source,
@@ -18,7 +19,7 @@ from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.scan import DEFAULT_DETECTORS, ScanReport
 from eviltwins.errors import ParamError
 from eviltwins.io import ModelSource, TrustArch
-from eviltwins.paths import check_apart, prepare_out
+from eviltwins.paths import prepare_out
 from eviltwins.triggers import refuse_without_trigger
 
 
@@ -58,8 +59,7 @@ def attack(
     net, card, data = open_source(
         model, device, trust_arch, dataset, data_root, download, dataset_options
     )
-    if out is not None:
-        check_apart(out, reads(model, dataset or card.dataset, data_root))
+    apart_from_card(out, card, dataset, data_root)
     spec = matching_dataset(
         card, dataset, data_root, download, train_limit, test_limit, 0, dataset_options, loaded=data
     )
@@ -129,8 +129,7 @@ def detect(
     net, card, data = open_source(
         model, device, trust_arch, dataset, data_root, download, dataset_options
     )
-    if out is not None:
-        check_apart(out, reads(model, dataset or card.dataset, data_root))
+    apart_from_card(out, card, dataset, data_root)
     if is_filter:  # the trigger is checked before the dataset is loaded
         if trigger is None:
             refuse_without_trigger(
@@ -202,8 +201,7 @@ def scan(
     net, card, data = open_source(
         model, device, trust_arch, dataset, data_root, download, dataset_options
     )
-    if out is not None:
-        check_apart(out, reads(model, dataset or card.dataset, data_root))
+    apart_from_card(out, card, dataset, data_root)
     spec = matching_dataset(
         card, dataset, data_root, download, None, test_limit, 0, dataset_options, loaded=data
     )

@@ -17,12 +17,10 @@ from click.core import ParameterSource
 
 from eviltwins.base import (
     CLASS_INDEX,
-    MAX_CHANNELS,
+    IMAGE_SIZE,
+    INPUT_LIMITS,
     MAX_CLASSES,
-    MAX_IMAGE_SIZE,
-    MAX_INPUT_VALUES,
     MAX_MAGNITUDE,
-    MAX_SIDE,
     SUBSET_SIZE,
     Interval,
 )
@@ -104,8 +102,7 @@ weights_file_options = options(
         "--input-shape",
         type=Numbers(int, "C,H,W"),
         default=None,
-        help=f"Input of a weights file: at most {MAX_CHANNELS} channels, {MAX_SIDE} pixels a "
-        f"side and {MAX_INPUT_VALUES} values (C x H x W) [default: the dataset's].",
+        help=f"Input of a weights file: {INPUT_LIMITS} (C x H x W) [default: the dataset's].",
     ),
     click.option(
         "--num-classes",
@@ -176,8 +173,6 @@ dataset_of_model_option = click.option(
     default=None,
     help="Dataset: a registered name, a .npz file or an image folder [default: the model's own].",
 )
-#: The side a path dataset's images may be resized to (``--image-size``).
-IMAGE_SIZE = Interval(int, 1, MAX_IMAGE_SIZE)
 #: Options of a dataset named by path, passed on as ``dataset_options`` (see ``data_options``).
 DATA_OPTIONS = ("image_size", "channels", "normalize")
 data_options = options(

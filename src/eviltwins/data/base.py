@@ -8,7 +8,6 @@ batched by tensor indexing; large ones (ImageFolder trees) stream through a ``Da
 
 from __future__ import annotations
 
-import errno
 import os
 import warnings
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from torch.utils.data import Dataset, Subset
 
 from eviltwins.batches import AUGMENTATIONS, BatchSource, augment_batch, iter_batches  # noqa: F401
 from eviltwins.errors import DataError, ParamError
-from eviltwins.paths import why_unreadable
+from eviltwins.paths import unreadable, why_unreadable
 from eviltwins.utils import one_line
 
 
@@ -370,16 +369,6 @@ def read_image(
         f"{what} {path} declares {w}x{h} pixels, more than the limit "
         f"{_limit(max_side, max_pixels)}; pass a smaller image"
     )
-
-
-def unreadable(err: OSError) -> str:
-    """What an :class:`OSError` from opening or reading a received file says about it:
-    "cannot be read (permission denied)", "does not exist", "cannot be read (<reason>)"."""
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return "cannot be read (permission denied)"
-    if err.errno == errno.ENOENT:
-        return "does not exist"
-    return f"cannot be read ({(err.strerror or one_line(err)).lower()})"
 
 
 def _limit(max_side: int | None, max_pixels: int) -> str:

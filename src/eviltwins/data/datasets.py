@@ -27,9 +27,9 @@ from eviltwins.data.base import (
     missing_dataset,
     read_image,
     resolve_data_root,
-    unreadable,
 )
 from eviltwins.errors import DataError, ParamError
+from eviltwins.paths import unreadable
 from eviltwins.registry import Registry
 from eviltwins.utils import one_line
 

@@ -26,11 +26,11 @@ from numpy.lib import format as npy_format
 from torch import Tensor
 from torch.nn import functional as F
 
-from eviltwins.base import MAX_CLASSES, MAX_IMAGE_SIZE
-from eviltwins.data.base import DatasetSpec, TensorImageDataset, unreadable
+from eviltwins.base import IMAGE_SIZE, MAX_CLASSES, MAX_IMAGE_SIZE
+from eviltwins.data.base import DatasetSpec, TensorImageDataset
 from eviltwins.data.datasets import IMAGENET_MEAN, IMAGENET_STD, _mean_std
 from eviltwins.errors import DataError, ParamError
-from eviltwins.paths import why_unreadable
+from eviltwins.paths import unreadable, why_unreadable
 from eviltwins.utils import is_int, one_line
 
 #: The arrays of a dataset ``.npz`` (the Keras convention), and the optional class names.
@@ -65,7 +65,7 @@ def check_dataset_options(options: Any) -> dict[str, Any]:
             f"unknown dataset option {unknown[0]!r}; known: {', '.join(DATASET_OPTIONS)}"
         )
     size, channels, norm = (out.get(k) for k in DATASET_OPTIONS)
-    if size is not None and not (is_int(size) and 1 <= size <= MAX_IMAGE_SIZE):
+    if size is not None and not IMAGE_SIZE.ok(size):
         raise ParamError(f"image_size must be an integer in [1, {MAX_IMAGE_SIZE}]; got {size!r}")
     if channels is not None and not (is_int(channels) and channels in (1, 3)):
         raise ParamError(f"channels must be 1 (grey) or 3 (colour); got {channels!r}")

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from eviltwins.data.base import DatasetSpec, TensorImageDataset, read_image, unreadable
+from eviltwins.data.base import DatasetSpec, TensorImageDataset, read_image
 from eviltwins.data.files import MAX_DATA_BYTES, check_dataset_options, path_spec
 from eviltwins.errors import DataError
+from eviltwins.paths import unreadable
 from eviltwins.utils import progress
 
 #: Files of an image tree that are read (others, such as ``.DS_Store``, are ignored).

@@ -8,13 +8,10 @@ tensors and plain containers (such a file raises :class:`~eviltwins.errors.Unsaf
 A saved model is a folder with ``model.safetensors`` and ``model.json`` (its :class:`ModelCard`).
 """
 
+from eviltwins.base import MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_VALUES, MAX_SIDE
 from eviltwins.io.cards import (
     CARD_FILE,
     CARD_SCHEMA,
-    MAX_CHANNELS,
-    MAX_CLASSES,
-    MAX_INPUT_VALUES,
-    MAX_SIDE,
     WEIGHTS_FILE,
     ModelCard,
     TrustArch,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from eviltwins.base import MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_VALUES, MAX_SIDE
+from eviltwins.base import INPUT_LIMITS, MAX_CLASSES, input_fits
 from eviltwins.errors import DataError, UnsafeFileError
 from eviltwins.models import (
     MODELS,
@@ -122,12 +122,8 @@ class ModelCard:
         ):
             raise bad("input_shape", "[channels, height, width] of positive integers")
         c, h, w = shape
-        if c > MAX_CHANNELS or max(h, w) > MAX_SIDE or c * h * w > MAX_INPUT_VALUES:
-            raise bad(
-                "input_shape",
-                f"at most {MAX_CHANNELS} channels, {MAX_SIDE} pixels a side and "
-                f"{MAX_INPUT_VALUES:,} values",
-            )
+        if not input_fits(c, h, w):
+            raise bad("input_shape", INPUT_LIMITS)
         n = d["num_classes"]
         if not (is_int(n) and 2 <= n <= MAX_CLASSES):
             raise bad("num_classes", f"an integer in [2, {MAX_CLASSES:,}]")

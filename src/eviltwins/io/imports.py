@@ -17,22 +17,17 @@ from typing import Any
 
 import torch
 
-from eviltwins.base import MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_VALUES, MAX_MAGNITUDE, MAX_SIDE
+from eviltwins.base import BOUNDED_REAL, INPUT_LIMITS, MAX_CLASSES, MAX_MAGNITUDE, input_fits
 from eviltwins.data import DatasetSpec
 from eviltwins.errors import DataError, ParamError
 from eviltwins.io.cards import CARD_FILE, ModelCard, TrustArch
 from eviltwins.io.state import load_model, read_card, save_model
 from eviltwins.models import Classifier, is_architecture
 from eviltwins.paths import why_unreadable
-from eviltwins.utils import is_int, is_real, one_line
+from eviltwins.utils import is_int, one_line
 
 #: Flags that describe a bare weights file; a model folder's model.json sets them itself.
 FILE_FLAGS = ("input_shape", "num_classes", "mean", "std", "arch_kwargs")
-
-
-def _normaliser(x: Any) -> bool:
-    """A finite number of at most MAX_MAGNITUDE in size (a mean or std of one channel)."""
-    return is_real(x) and abs(x) <= MAX_MAGNITUDE  # NaN and inf too: not <= it
 
 
 @dataclass(frozen=True)
@@ -70,12 +65,8 @@ class ModelSource:
                 raise ParamError(
                     f"--input-shape must be C,H,W (three positive integers); got {self.input_shape!r}"
                 )
-            c, h, w = shape
-            if c > MAX_CHANNELS or max(h, w) > MAX_SIDE or c * h * w > MAX_INPUT_VALUES:
-                raise ParamError(
-                    f"--input-shape must have at most {MAX_CHANNELS} channels, {MAX_SIDE} pixels "
-                    f"a side and {MAX_INPUT_VALUES:,} values; got {shape!r}"[:300]
-                )
+            if not input_fits(*shape):
+                raise ParamError(f"--input-shape must have {INPUT_LIMITS}; got {shape!r}"[:300])
             object.__setattr__(self, "input_shape", shape)
         if self.num_classes is not None and not (
             is_int(self.num_classes) and 2 <= self.num_classes <= MAX_CLASSES
@@ -86,7 +77,7 @@ class ModelSource:
         for name in ("mean", "std"):
             v = getattr(self, name)
             if v is not None:
-                if not isinstance(v, list | tuple) or not all(_normaliser(x) for x in v):
+                if not isinstance(v, list | tuple) or not all(BOUNDED_REAL.ok(x) for x in v):
                     raise ParamError(
                         f"--{name} must be numbers in [-{MAX_MAGNITUDE}, {MAX_MAGNITUDE}], one "
                         f"per channel; got {v!r}"[:300]

@@ -9,9 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from eviltwins.data.base import unreadable
 from eviltwins.errors import DataError
-from eviltwins.paths import make_folder, publish_mode, readable_file
+from eviltwins.paths import make_folder, publish_mode, readable_file, unreadable
 
 
 def jsonable(data: Any) -> Any:

@@ -21,8 +21,8 @@ from typing import IO, Any
 
 import torch
 
-from eviltwins.data.base import unreadable
 from eviltwins.errors import DataError, EviltwinsError, UnsafeFileError
+from eviltwins.paths import unreadable
 
 #: Most pickle bytes walked (torch.save's ``data.pkl`` of a large model is a few MB).
 MAX_PICKLE_BYTES = 64 * 2**20

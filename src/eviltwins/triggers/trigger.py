@@ -11,10 +11,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from eviltwins.data.base import unreadable
 from eviltwins.errors import DataError, ParamError
 from eviltwins.metrics import mask_l1
-from eviltwins.paths import publish_mode
+from eviltwins.paths import publish_mode, unreadable
 from eviltwins.triggers.files import check_header, trigger_path
 from eviltwins.triggers.images import image_trigger
 from eviltwins.triggers.shapes import (
