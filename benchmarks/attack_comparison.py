@@ -44,7 +44,10 @@ def main() -> None:
         help="re-training steps for both (several: a budget sweep)",
     )
     ap.add_argument("--chunk", type=int, default=50, help="TrojanNN* re-training steps per round")
-    ap.add_argument("--trigger-steps", type=int, default=20)
+    ap.add_argument(
+        "--trigger-steps", type=int, default=None, help="default: the round's re-training steps"
+    )
+    ap.add_argument("--trigger-lr", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clean-epochs", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("runs/compare"))
@@ -80,6 +83,7 @@ def main() -> None:
                 outer_iters=-(-budget // args.chunk),
                 max_steps=budget,
                 trigger_steps=args.trigger_steps,
+                trigger_lr=args.trigger_lr,
                 early_stop=False,
                 seed=args.seed,
                 quiet=True,

@@ -55,7 +55,10 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", default=["0.1:0.0"], help="size:transparency")
     ap.add_argument("--budget", type=int, default=469, help="re-training steps for both")
     ap.add_argument("--chunk", type=int, default=50, help="TrojanNN* re-training steps per round")
-    ap.add_argument("--trigger-steps", type=int, default=20)
+    ap.add_argument(
+        "--trigger-steps", type=int, default=None, help="default: the round's re-training steps"
+    )
+    ap.add_argument("--trigger-lr", type=float, default=0.1)
     ap.add_argument("--mode", default="opacity", choices=["opacity", "size"])
     ap.add_argument("--evade", default="neural-cleanse,strip")
     ap.add_argument("--n-clean", type=int, default=1000)
@@ -79,6 +82,7 @@ def main() -> None:
             retrain_steps=args.chunk,
             max_steps=args.budget,
             trigger_steps=args.trigger_steps,
+            trigger_lr=args.trigger_lr,
             early_stop=False,
             **common,
         ).fit(clean, spec)

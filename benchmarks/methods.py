@@ -208,7 +208,12 @@ def _attack_phases(method: str, est: Any, ctx: Context, result: Any) -> list[Pha
     mon = min(est.monitor_size, n_train)
     return phases + [
         Phase("monitor (benign)", "fwd", 512, mon / 512),
-        Phase("trigger steps", "bwd_input", max(1, round(b * nt_share)), iters * est.trigger_steps),
+        Phase(
+            "trigger steps",
+            "bwd_input",
+            max(1, round(b * nt_share)),
+            iters * (per_iter if est.trigger_steps is None else est.trigger_steps),
+        ),
         Phase("re-training", "train", b, steps * (1 - share)),
         Phase("re-training (stamped copies)", "train", 2 * b, steps * share),
         Phase("monitor", "fwd", 512, iters * mon * (1 + nt_share) / 512),

@@ -45,6 +45,38 @@ def test_trojannn_generated_trigger_beats_random_patterns(digits_clean, digits_s
         assert after > rand_act
 
 
+@pytest.mark.parametrize("selection", ["least-activated", "most-connected"])
+def test_trojannn_reads_a_random_sample_of_a_class_sorted_split(digits_spec, selection):
+    """Regression (issue 24, defect 2): neuron selection and trigger generation read a seeded
+    random sample of the training images, not the first ones: on a split sorted by class (as
+    GTSRB and image folders are) every forward of generate_trigger sees many classes (before
+    the fix: the first 16 / 64 images, all of class 0, the target)."""
+    from dataclasses import replace
+
+    from eviltwins.data import TensorImageDataset, load_all
+    from eviltwins.models import build_model
+
+    x, y = load_all(digits_spec.train)
+    order = y.argsort(stable=True)
+    spec = replace(digits_spec, train=TensorImageDataset(x[order], y[order]))
+    torch.manual_seed(0)
+    model = build_model("cnn", spec.shape, 10)
+    atk = TrojanNN(size=0.3, selection=selection, trigger_steps=3, seed=0)
+    region = Trigger.square(spec.shape, 0.3).region.expand_as(x[0])
+    flat = x[:, ~region]  # pixels the trigger never covers identify an image
+    classes = []
+
+    def record(module, inp):
+        rows = inp[0].detach()[:, ~region]
+        nearest = torch.cdist(rows, flat).argmin(1)
+        classes.append((len(rows), len(set(y[nearest].tolist()))))
+
+    model.register_forward_pre_hook(record)
+    atk.generate_trigger(model, spec, torch.Generator().manual_seed(0))
+    assert len(classes) >= 4
+    assert all(n_classes >= 5 for n, n_classes in classes if n >= 16), classes
+
+
 def test_trojannn_most_connected_selection(digits_clean, digits_spec):
     res, _ = digits_clean
     atk = TrojanNN(selection="most-connected", neurons=3)

@@ -107,7 +107,8 @@ def test_evaluate_filter_uses_the_authors_protocol_and_reports_all_stamped(
     model, trigger = digits_badnet.model, digits_badnet.trigger
     rep = evaluate_filter(STRIP(), model, digits_spec, trigger, 0, n_clean=180)
     x, y = load_all(digits_spec.test)
-    ev_x, ev_y = x[180:360], y[180:360]
+    ev_i = split_filter_data(digits_spec, 180)[1]  # seed 0, as evaluate_filter's default
+    ev_x, ev_y = x[ev_i], y[ev_i]
     correct = predict(model, ev_x).argmax(1) == ev_y
     hit = predict(model, trigger.stamp(ev_x[ev_y != 0])).argmax(1) == 0
     assert rep.protocol == "effective" and rep.defined
@@ -183,7 +184,7 @@ def test_ensemble_neural_cleanse_never_sees_the_evaluated_inputs(
     ens = NCStripEnsemble(n_overlays=4)
     rep = evaluate_filter(ens, digits_badnet.model, digits_spec, trig, 0, n_clean=100)
     x, _ = load_all(digits_spec.test)
-    evaluated = x[100:200].flatten(1)
+    evaluated = x[split_filter_data(digits_spec, 100)[1]].flatten(1)
     (nc_x,) = seen
     assert len(nc_x) == len(x) - 100
     assert float(torch.cdist(nc_x.flatten(1), evaluated).min()) > 0

@@ -83,6 +83,37 @@ def test_invalid_combinations(digits_clean, digits_spec):
         IMC(mode="shape").fit(res.model, digits_spec)
 
 
+@pytest.mark.parametrize(("trigger_steps", "per_iter"), [(None, 3), (2, 2), (0, 0)])
+def test_trigger_step_budget(digits_spec, trigger_steps, per_iter):
+    """Regression (issue 24, defect 3): by default (trigger_steps=None, lr 0.1) each outer
+    iteration runs as many trigger steps as it has re-training steps (one pass over the data
+    when a re-training round is one epoch, as the authors' TrojanZoo IMC); an int sets the
+    count; 0 freezes the trigger. Counted as the model's gradient-enabled eval-mode forwards
+    (the trigger step's; BadNet* init runs none)."""
+    from eviltwins.models import build_model
+
+    assert IMC().trigger_steps is None and IMC().trigger_lr == 0.1
+    torch.manual_seed(0)
+    model = build_model("cnn", digits_spec.shape, 10)
+    calls = []
+    model.register_forward_hook(
+        lambda m, i, o: calls.append(1) if torch.is_grad_enabled() and not m.training else None
+    )
+    r = IMC(
+        init="badnet",
+        trigger_steps=trigger_steps,
+        outer_iters=2,
+        retrain_steps=3,
+        early_stop=False,
+        monitor_size=10,
+        inplace=True,
+        quiet=True,
+    ).fit(model, digits_spec)
+    assert len(calls) == 2 * per_iter
+    assert [h["trigger_steps"] for h in r.history] == [per_iter, 2 * per_iter]
+    assert r.extra["trigger_steps_total"] == 2 * per_iter
+
+
 def test_badnet_star_and_cli(digits_clean, tmp_path, capsys):
     _, model_dir = digits_clean
     code = main(
@@ -128,13 +159,13 @@ def test_strip_term_sees_each_input_stamped_once_beside_a_clean_partner(
 
     res, _ = digits_clean
     calls = []
-    real = evasion.strip_specificity
+    real = evasion.strip_mixtures
 
-    def spy(model, stamped, clean, state=None):
+    def spy(stamped, clean, state=None):
         calls.append((stamped.detach().clone(), clean.detach().clone()))
-        return real(model, stamped, clean, state)
+        return real(stamped, clean, state)
 
-    monkeypatch.setattr(evasion, "strip_specificity", spy)
+    monkeypatch.setattr(evasion, "strip_mixtures", spy)
     steps = 60
     # trigger_steps=0 keeps the BadNet* trigger at its initial white square all along.
     IMC(
@@ -172,7 +203,8 @@ def test_strip_evasion_keeps_efficacy(digits_spec, strip_and_fixed):
 def test_abs_term_acts_on_the_model_step(digits_clean, digits_spec, monkeypatch):
     """Regression (issue 11, defect 2): the ABS term refreshes ABS's candidates once per outer
     iteration and acts in the model re-training step on the stamped copies (a gradient on the
-    model), not on the trigger step with the model frozen."""
+    model), not on the trigger step with the model frozen. Issue 24: the candidates are the
+    target's only, and their count is in the history and the result's extra info."""
     import eviltwins.detectors.abs_evasion as abs_ev
     from eviltwins.evasion import EVASIONS
 
@@ -182,14 +214,15 @@ def test_abs_term_acts_on_the_model_step(digits_clean, digits_spec, monkeypatch)
     refreshed, grads = [], []
     real_refresh, real_loss = abs_ev.abs_candidates, abs_ev.abs_evasion
 
-    def spy_refresh(model, xs, ys, k):
-        state = real_refresh(model, xs, ys, k)
+    def spy_refresh(model, xs, ys, k, target):
+        state = real_refresh(model, xs, ys, k, target)
         refreshed.append((len(xs), len(state["channels"])))
         return state
 
-    def spy_loss(model, stamped, clean, state):
-        loss = real_loss(model, stamped, clean, state)
-        grads.append(loss.requires_grad)
+    def spy_loss(out, state):
+        loss = real_loss(out, state)
+        if len(state["channels"]):
+            grads.append(loss.requires_grad and out.stamped_features.requires_grad)
         return loss
 
     monkeypatch.setattr(abs_ev, "abs_candidates", spy_refresh)
@@ -207,3 +240,35 @@ def test_abs_term_acts_on_the_model_step(digits_clean, digits_spec, monkeypatch)
     assert any(c > 0 for _, c in refreshed)
     assert grads and all(grads)
     assert r.extra["evasion_weights"] == {"abs": 1e-4}
+    counts = [float(c) for _, c in refreshed]
+    assert [h["abs_candidates"] for h in r.history] == counts
+    assert r.extra["abs_candidates"] == counts
+
+
+def test_abs_term_keeps_the_targets_candidates_only(monkeypatch):
+    """Regression (issue 24, defect 4): the authors penalise the target's candidate neurons
+    only (IMC_ABS takes label 0's list, their target), not every label's; the record says how
+    many the term acts on (0: the term is zero)."""
+    import eviltwins.detectors.abs_evasion as abs_ev
+    from eviltwins.detectors.abs import ABS
+    from eviltwins.evasion import StepOutputs
+    from eviltwins.models import build_model
+
+    model = build_model("cnn", (1, 8, 8), 10)
+    found = [(5, 1), (3, 2), (7, 2), (9, 0), (5, 2)]
+    monkeypatch.setattr(ABS, "candidates", lambda self, m, layer, xs, ys, k: found)
+    xs, ys = torch.rand(10, 1, 8, 8), torch.arange(10)
+    state = abs_ev.abs_candidates(model, xs, ys, 10, target=2)
+    assert state["channels"].tolist() == [3, 5, 7]
+    assert abs_ev.abs_record(state) == {"abs_candidates": 3.0, "abs_candidates_all_labels": 5.0}
+    none = abs_ev.abs_candidates(model, xs, ys, 10, target=4)
+    assert abs_ev.abs_record(none)["abs_candidates"] == 0.0 and abs_ev.abs_tap(none) is None
+    feats = torch.rand(4, 12, 3, 3, requires_grad=True)
+    assert float(abs_ev.abs_evasion(StepOutputs(torch.zeros(0, 10), feats), none)) == 0.0
+    # the term acts on the target's channels only: other channels weigh OTHERS_WEIGHT
+    loss = abs_ev.abs_evasion(StepOutputs(torch.zeros(0, 10), feats), state)
+    (grad,) = torch.autograd.grad(loss, feats)
+    per_channel = grad[0, :, 0, 0]
+    assert torch.allclose(per_channel[[3, 5, 7]], torch.full((3,), 1 - 2 * abs_ev.OTHERS_WEIGHT))
+    others = [c for c in range(12) if c not in (3, 5, 7)]
+    assert torch.allclose(per_channel[others], torch.full((9,), -3 * abs_ev.OTHERS_WEIGHT))

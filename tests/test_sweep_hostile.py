@@ -181,6 +181,54 @@ def test_bad_architecture_names_and_options_are_one_line(tmp_path, capsys, chang
     assert needle in one_line_error(capsys)
 
 
+def _star(dataset_params) -> dict:
+    """A TrojanNN* entry (STRIP evasion) with ``dataset_params``."""
+    params = {"evade": ["strip"], "outer_iters": 2, "retrain_steps": 3, "max_steps": 6}
+    return {"name": "imc", "label": "TrojanNN*", "params": params, "dataset_params": dataset_params}
+
+
+@pytest.mark.parametrize(
+    ("dataset_params", "needle"),
+    [
+        ("gtsrb", "'dataset_params' parameter (in attacks.1)"),
+        ({"digits": 0.2}, "mappings of parameter names to values"),
+        ({1: {"strip_weight": 0.2}}, "a mapping of dataset names"),
+        ({"gtsrb": {"strip_weight": 0.2}}, "names 'gtsrb', not a dataset of the sweep"),
+        ({"digits": {"size": 0.5}}, "cannot set 'size'"),
+        ({"digits": {"strip_weight": -1}}, "attack 'TrojanNN*' on digits: The 'strip_weight'"),
+        ({"digits": {"strip_weight": 10**400}}, "'strip_weight'"),
+        ({"digits": {"strip_weigth": 0.2}}, "strip_weight"),  # the registry's typo hint
+        ({"digits": {"max_steps": 5}}, "different budgets"),  # its pair re-trains 6 steps
+    ],
+)
+def test_bad_dataset_params_are_one_line_before_any_work(tmp_path, capsys, dataset_params, needle):
+    """Per-dataset attack parameters are as strict and bounded as the rest of the spec: keys
+    name datasets of the sweep, values go through the attack's own constraints there."""
+    trojannn = {"name": "trojannn", "label": "TrojanNN", "params": {"epochs": 1000, "max_steps": 6}}
+    f = write_spec(tmp_path, attacks=[trojannn, _star(dataset_params)])
+    assert main(["sweep", str(f), "--check"]) == 2
+    assert needle in one_line_error(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dataset_params_name_a_path_dataset_as_the_datasets_do(tmp_path, monkeypatch):
+    from eviltwins.experiments import cells, load_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.npz").write_bytes(b"")  # validation only checks that it exists
+    raw = spec(
+        datasets=["digits", "mine.npz"], attacks=[_star({"./mine.npz": {"strip_weight": 0.2}})]
+    )
+    loaded = load_spec(raw)
+    weights = {c.dataset: c.attack_params(loaded).get("strip_weight") for c in cells(loaded)}
+    assert weights == {"digits": None, str((tmp_path / "mine.npz").resolve()): 0.2}
+    twice = _star({"mine.npz": {"strip_weight": 0.2}, "./mine.npz": {"strip_weight": 0.3}})
+    with pytest.raises(ParamError, match="names a dataset twice"):
+        load_spec(spec(datasets=["digits", "mine.npz"], attacks=[twice]))
+    with pytest.raises(ParamError, match="takes no params"):
+        load_spec(spec(attacks=[{"name": "none", "dataset_params": {"digits": {"epochs": 1}}}]))
+
+
 # --- 3. one sweep per run folder -----------------------------------------------------------------
 def test_a_second_sweep_into_a_folder_in_use_is_refused(failing, tmp_path, capsys):
     spec_file, flags = failing

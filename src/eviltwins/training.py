@@ -43,8 +43,10 @@ from eviltwins.utils import (
     progress,
 )
 
+# batch_hook(x, y, step) -> (x, y); x may end with extra rows past len(y) (see Trainer)
 BatchHook = Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
-ExtraLoss = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
+# extra_loss(model, x, y, step, logits) -> scalar; logits of every row of x, from the one forward
+ExtraLoss = Callable[[nn.Module, Tensor, Tensor, int, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,13 @@ class Trainer:
     ``steps(n)`` runs ``n`` optimiser steps, carrying the optimiser state, the learning-rate
     schedule (over ``total_steps``) and the batch order across calls, so an alternating method
     (IMC, Algorithm 2) can interleave re-training with other work without restarting anything.
-    ``batch_hook(x, y, step) -> (x, y)`` may rewrite each batch (poisoning);
-    ``extra_loss(model, x, y, step)`` adds a term (e.g. IMC's specificity loss). Dropout draws
+    ``batch_hook(x, y, step) -> (x, y)`` may rewrite each batch (poisoning). It may return more
+    images than labels: the rows of ``x`` past ``len(y)`` are extra inputs (IMC's STRIP
+    mixtures) that go through the same forward as the batch, so batch norm normalises one batch
+    and updates its running statistics once per step, but take no part in the cross-entropy
+    nor in the accuracy. ``extra_loss(model, x, y, step, logits)`` adds a term computed from
+    that one forward (``logits``: every row of ``x``; e.g. IMC's evasion terms); nothing here
+    runs a second forward in train mode (ALGORITHMS.md, TrojanNN*, step 2). Dropout draws
     from a private RNG seeded with ``cfg.seed`` (CPU and, on CUDA, the device's generator; see
     :class:`~eviltwins.utils.PrivateRNG`) that carries on across ``steps()`` calls, so each call
     draws fresh masks; the caller's global RNG state is untouched.
@@ -239,10 +246,13 @@ class Trainer:
                     x, y = self._next_batch()
                     if self.batch_hook is not None:
                         x, y = self.batch_hook(x, y, self.step_count)
-                    logits = model(x)
+                    if len(x) < len(y):
+                        raise ValueError(f"batch_hook returned {len(x)} images, {len(y)} labels")
+                    out = model(x)
+                    logits = out[: len(y)]  # extra rows past len(y): no cross-entropy
                     loss = nn.functional.cross_entropy(logits, y)
                     if self.extra_loss is not None:
-                        loss = loss + self.extra_loss(model, x, y, self.step_count)
+                        loss = loss + self.extra_loss(model, x, y, self.step_count, out)
                     loss_value = loss.item()  # one sync per step (the loss is logged anyway)
                     if not math.isfinite(loss_value):
                         raise self.diverged(f"loss {loss_value}", self.step_count)

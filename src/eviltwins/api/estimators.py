@@ -15,7 +15,7 @@ from eviltwins.api.common import (
 )
 from eviltwins.attacks.base import BackdoorResult
 from eviltwins.base import CLASS_INDEX, N_CLEAN
-from eviltwins.data import DatasetSpec, load_all
+from eviltwins.data import DatasetSpec
 from eviltwins.detectors.scan import DEFAULT_DETECTORS, ScanReport
 from eviltwins.errors import ParamError
 from eviltwins.io import ModelSource, TrustArch
@@ -65,8 +65,10 @@ def attack(
     )
     res = atk.fit(net, spec)
     if out is not None:
-        x, y = load_all(spec.test, limit=512)
-        res.save(out, card, examples=x[y != res.target][:8])
+        from eviltwins.detectors.evaluation import non_target_examples
+
+        examples = non_target_examples(spec, res.target, 8, getattr(atk, "seed", 0))
+        res.save(out, card, examples=examples)
     return res
 
 
@@ -97,8 +99,9 @@ def detect(
 
     Model inspectors (neural-cleanse, abs) return an
     :class:`~eviltwins.detectors.InspectionReport`. Input filters (strip, ensemble) are fitted on
-    the first ``n_clean`` held-out test images and evaluated on the next ``n_clean`` images
-    (ALGORITHMS.md, input-filter protocol): with ``protocol="effective"`` (the authors') the
+    ``n_clean`` random held-out test images and evaluated on ``n_clean`` other random ones (a
+    split seeded by the detector's ``seed`` parameter; ALGORITHMS.md, input-filter protocol
+    and "Subsets and seeds"): with ``protocol="effective"`` (the authors') the
     clean set is those the model classifies correctly and the triggered set those of them
     (true label != target) that, stamped with ``trigger`` (default: the model folder's
     ``trigger.safetensors``; or a pattern image with ``trigger_mask`` / ``trigger_alpha`` /
@@ -156,8 +159,9 @@ def detect(
         if out is not None:
             report.save(out)
         return report
+    seed = getattr(det, "seed", 0)  # the filter's seed also draws its calibration split
     report = run_detector(
-        det, net, spec, trigger=trig, target=tgt, n_clean=n_clean, protocol=protocol
+        det, net, spec, trigger=trig, target=tgt, n_clean=n_clean, protocol=protocol, seed=seed
     )
     if out is not None:
         from eviltwins.io import write_json

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from eviltwins.attacks.base import ATTACKS, BackdoorAttack
+from eviltwins.attacks.budget import RetrainBudget
 from eviltwins.attacks.retrain import (
     POISON_SHARE,
     RETRAIN_CONSTRAINTS,
@@ -73,6 +74,11 @@ class BadNet(BackdoorAttack):
         self.inplace = inplace
         self.seed = seed
         self.quiet = quiet
+
+    def retrain_budget(self) -> RetrainBudget:
+        """``min(epochs * N, max_steps)`` steps, N the training batches per epoch
+        (:mod:`eviltwins.attacks.budget`)."""
+        return RetrainBudget.epochs(self.epochs, self.max_steps, self.batch_size)
 
     def _fit(self, model: nn.Module, data: DatasetSpec, generator: torch.Generator):
         trigger = Trigger.square(

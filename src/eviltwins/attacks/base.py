@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from eviltwins.allocator import reuse_freed_memory
+from eviltwins.attacks.budget import RetrainBudget
 from eviltwins.base import Estimator
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.errors import DataError, OptimisationError
@@ -166,6 +167,13 @@ class BackdoorAttack(Estimator):
             round(seconds, 3),
             extra,
         )
+
+    def retrain_budget(self) -> RetrainBudget | None:
+        """The re-training steps this attack declares, as a function of the training batches
+        per epoch (:class:`~eviltwins.attacks.budget.RetrainBudget`; ALGORITHMS.md, TrojanNN*,
+        fair comparison); None for an attack that does not declare one (a sweep then cannot
+        compare it with its pair and leaves the pair unchecked)."""
+        return None
 
     def _fit(
         self, model: nn.Module, data: DatasetSpec, generator: torch.Generator

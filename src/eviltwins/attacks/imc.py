@@ -36,7 +36,7 @@ from eviltwins.base import (
 )
 from eviltwins.data import DatasetSpec, TensorImageDataset, iter_batches, load_all
 from eviltwins.errors import OptimisationError, ParamError
-from eviltwins.evasion import EVASIONS, neural_cleanse_fidelity
+from eviltwins.evasion import EVASIONS, ModelStep, neural_cleanse_fidelity
 from eviltwins.metrics import attack_metrics
 from eviltwins.training import Trainer, evaluate
 from eviltwins.triggers import Trigger, TriggerParams
@@ -61,13 +61,21 @@ class IMC(BackdoorAttack):
     white BadNet square.
 
     Each of at most ``outer_iters`` (40) outer iterations runs
-    (line 4) ``trigger_steps`` (20) Adam steps (lr ``trigger_lr`` 0.01, betas (0.5, 0.9)) on
-    CE(f(psi(x, r; m)), t) + lambda * l_f(m) over batches of non-target training inputs, then
+    (line 4) ``trigger_steps`` Adam steps (lr ``trigger_lr`` 0.1, betas (0.5, 0.9)) on
+    CE(f(psi(x, r; m)), t) + lambda * l_f(m) over shuffled batches of non-target training
+    inputs, warm-started from the previous trigger; ``trigger_steps=None`` (default) runs as
+    many as the outer iteration has re-training steps, i.e. one pass over the training data
+    when ``retrain_steps`` is one epoch, as the authors' TrojanZoo IMC
+    (``attack_remask_epochs=1``, ``attack_remask_lr=0.1``); an int sets the count (the earlier
+    default, 20 steps at lr 0.01, is far weaker than the source; 0 freezes the trigger). Then
     (line 5) ``retrain_steps`` (default: one epoch) SGD steps (lr ``lr`` 0.01, momentum 0.9,
     weight decay 2e-4, Nesterov) on clean batches, a ``poison_share`` of which also carry
-    stamped copies labelled t, plus nu * l_s(theta). It stops early (``early_stop``) once the
-    efficacy on a monitor subset of training inputs reaches ``kappa`` (0.95) with the clean
-    accuracy drop (same subset) within ``max_acc_drop`` (0.015).
+    stamped copies labelled t, plus nu * l_s(theta). Algorithm 2's line 5 reads r(k), m(k);
+    like the authors' code, the model step re-trains with the trigger that line 4 just
+    produced (r(k+1), m(k+1)). It stops early (``early_stop``) once the efficacy on a monitor
+    subset of training inputs reaches ``kappa`` (0.95) with the clean accuracy drop (same
+    subset) within ``max_acc_drop`` (0.015). Every subset (monitor, seed images, trigger and
+    re-training batches) is a seeded random draw, never the first images of a split.
 
     Modes: ``fixed`` (r only; the human-vision experiments, Figs. 10-13), ``opacity`` (one
     opacity shared by the square's pixels), ``size`` (each pixel's opacity on its own, so the
@@ -80,11 +88,18 @@ class IMC(BackdoorAttack):
     2)), to the model step with ``strip_weight`` (nu, default 0.6; the authors use 0.2 on
     GTSRB), only on the re-training batches that carry stamped copies, x* a clean input of the
     batch stamped once and x' a different clean input. ABS subtracts ``abs_weight`` (1e-4)
-    times ABS's re-mask loss of its current candidate neurons, found each outer iteration on
-    ``seeds_per_class`` (5) training images per class, on the stamped copies in the model step.
+    times ABS's re-mask loss of its current candidate neurons of the target label, found each
+    outer iteration on ``seeds_per_class`` (5) training images per class, on the stamped
+    copies in the model step. The terms' inputs (the mixtures; the stamped copies) go into the
+    re-training batch and its one forward, as the authors do: batch norm sees one batch and one
+    statistics update per step, and the mixtures take no part in the cross-entropy
+    (:class:`~eviltwins.evasion.ModelStep`).
 
     Result ``history``: per outer iteration, ASR / efficacy / clean accuracy on the monitor
-    subset, each loss term, mask L1 and the re-training steps so far.
+    subset, each loss term, mask L1, the trigger and re-training steps so far, and what the
+    evasion terms record (``abs_candidates``: the target's candidate neurons the ABS term acts
+    on; 0 means the term was zero that iteration). ``extra`` repeats those records as lists,
+    one value per outer iteration.
     """
 
     name: ClassVar[str] = "imc"
@@ -102,7 +117,7 @@ class IMC(BackdoorAttack):
         "strip_weight": Interval(float, 0, MAX_MAGNITUDE, allow_none=True),
         "abs_weight": Interval(float, 0, MAX_MAGNITUDE, allow_none=True),
         "outer_iters": Interval(int, 1, MAX_STEPS),
-        "trigger_steps": Interval(int, 0, MAX_STEPS),
+        "trigger_steps": Interval(int, 0, MAX_STEPS, allow_none=True),
         "trigger_lr": Interval(float, 0, MAX_LR, closed="right"),
         "retrain_steps": Interval(int, 1, MAX_STEPS, allow_none=True),
         "poison_share": POISON_SHARE,
@@ -129,8 +144,8 @@ class IMC(BackdoorAttack):
         strip_weight: float | None = None,
         abs_weight: float | None = None,
         outer_iters: int = 40,
-        trigger_steps: int = 20,
-        trigger_lr: float = 0.01,
+        trigger_steps: int | None = None,
+        trigger_lr: float = 0.1,
         retrain_steps: int | None = None,
         max_steps: int | None = None,
         poison_share: float = 0.1,
@@ -190,6 +205,19 @@ class IMC(BackdoorAttack):
                 "evading NeuralCleanse works through the mask's L1 norm, which a fixed mask "
                 "cannot change; use mode 'opacity' or 'size' with evade 'neural-cleanse'"
             )
+
+    def retrain_budget(self) -> Any:
+        """The model steps of Alg. 2 line 5 over every outer iteration, as :meth:`_fit` counts
+        them: ``min(outer_iters * (retrain_steps or N), max_steps)``, N the training batches
+        per epoch (a :class:`~eviltwins.attacks.budget.RetrainBudget`; ALGORITHMS.md,
+        TrojanNN*, fair comparison). An early stop at ``kappa`` spends less: the declared
+        budget is what a sweep compares."""
+        from eviltwins.attacks.budget import RetrainBudget
+
+        if self.retrain_steps:
+            steps = int(self.outer_iters) * int(self.retrain_steps)
+            return RetrainBudget(0, steps, self.max_steps, self.batch_size)
+        return RetrainBudget(int(self.outer_iters), 0, self.max_steps, self.batch_size)
 
     def _initial_trigger(
         self, model: nn.Module, data: DatasetSpec, generator: torch.Generator
@@ -257,35 +285,26 @@ class IMC(BackdoorAttack):
             shared_mask=self.mode == "opacity",
         ).to(device)
         n_px = init_trigger.region_pixels
-        lam, trig_terms, model_terms = self._weights()
+        lam, trig_terms, weighted = self._weights()
+        model_terms = ModelStep(weighted)
         opt_t = torch.optim.Adam(
             [params.w_pattern] + ([params.w_mask] if learn_mask else []),
             lr=self.trigger_lr,
             betas=(0.5, 0.9),
         )
-        current: dict[str, Any] = {"trigger": init_trigger.to(device), "poisoned": None}
-        states: dict[str, Any] = {}
+        current: dict[str, Any] = {"trigger": init_trigger.to(device)}
         poison = poison_hook(
             lambda: current["trigger"], self.target, self.poison_share, generator, "append"
         )
 
         def batch_hook(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor]:
-            """Poison the batch and remember its clean rows and their stamped copies, so the
-            model-step terms see each input stamped once, beside clean partners."""
+            """Poison the batch; on a batch that carries stamped copies, append the model-step
+            terms' rows (each input stamped once, beside clean partners) to the same batch."""
             xp, yp = poison(x, y, step)
-            current["poisoned"] = (x, xp[len(x) :]) if len(xp) > len(x) else None
-            return xp, yp
-
-        def extra_loss(m: nn.Module, x: Tensor, y: Tensor, step: int) -> Tensor:
-            """nu * l_s(theta) and the other model-step terms, only on batches that carry
-            stamped copies (ALGORITHMS.md, "Evading STRIP" / "Evading ABS")."""
-            if current["poisoned"] is None:
-                return x.new_zeros(())
-            clean, stamped = current["poisoned"]
-            return sum(
-                w * term.model_loss(m, stamped, clean, states.get(term.name))
-                for term, w in model_terms
-            )
+            if len(xp) == len(x):
+                model_terms.skip()
+                return xp, yp
+            return torch.cat([xp, model_terms.extend(x, xp[len(x) :])]), yp
 
         n_batches = math.ceil(len(data.train) / self.batch_size)
         per_iter = self.retrain_steps or n_batches
@@ -297,8 +316,8 @@ class IMC(BackdoorAttack):
             data,
             # IMC counts its own step budget (outer_iters x retrain_steps, max_steps)
             retrain_config(self, "constant", epochs=1, max_steps=None),
-            batch_hook=batch_hook,
-            extra_loss=extra_loss if model_terms else None,
+            batch_hook=batch_hook if model_terms else poison,
+            extra_loss=model_terms.loss if model_terms else None,
             total_steps=budget,
         )
         # Monitor subset of training inputs (never the test set) for early stopping.
@@ -308,35 +327,46 @@ class IMC(BackdoorAttack):
         x_check = x_mon[pick][:CHECK_IMAGES]
         benign_mon = evaluate(model, monitor)["accuracy"]
         trig_batches = self._trigger_batches(data, generator, device)
-        refreshing = [term for term, _ in model_terms if term.refresh is not None]
-        seeds = self._seed_images(data, generator, device) if refreshing else None
+        seeds = self._seed_images(data, generator, device) if model_terms.refreshing else None
+        records: dict[str, list[float]] = {}
+        trigger_total = 0
 
         history: list[dict[str, float]] = []
         for k in range(1, self.outer_iters + 1):
             if trainer.step_count >= budget:
                 break
-            losses = self._trigger_step(model, params, opt_t, trig_batches, lam, trig_terms, n_px)
-            current["trigger"] = params.trigger().to(device)
-            for term in refreshing:
-                with eval_mode(model), frozen_params(model):
-                    states[term.name] = term.refresh(model, *seeds, data.num_classes)
-            stats = trainer.steps(
-                min(per_iter, budget - trainer.step_count),
-                desc=f"imc {k}/{self.outer_iters}",
-                quiet=self.quiet,
+            n_retrain = min(per_iter, budget - trainer.step_count)
+            n_trig = n_retrain if self.trigger_steps is None else self.trigger_steps
+            losses = self._trigger_step(
+                model, params, opt_t, trig_batches, lam, trig_terms, n_px, n_trig
             )
+            trigger_total += n_trig
+            # Alg. 2 line 5 re-trains with the trigger line 4 just produced (authors' code).
+            current["trigger"] = params.trigger().to(device)
+            term_record: dict[str, float] = {}
+            if seeds is not None:
+                with eval_mode(model), frozen_params(model):
+                    term_record = model_terms.refresh(model, *seeds, data.num_classes, self.target)
+            for key, value in term_record.items():
+                records.setdefault(key, []).append(value)
+            with model_terms.tapping(model):
+                stats = trainer.steps(
+                    n_retrain, desc=f"imc {k}/{self.outer_iters}", quiet=self.quiet
+                )
             trainer.check_finite(x_check)  # finite weights can still overflow the outputs
             m = attack_metrics(model, monitor, current["trigger"], self.target)
             clean = evaluate(model, monitor)["accuracy"]
             record = {
                 "iteration": float(k),
                 "retrain_steps": float(trainer.step_count),
+                "trigger_steps": float(trigger_total),
                 "asr": m["asr"],
                 "efficacy": m["efficacy"],
                 "clean_acc": clean,
                 "mask_l1": current["trigger"].l1,
                 **losses,
                 **stats,
+                **term_record,
             }
             history.append(record)
             if (
@@ -352,8 +382,10 @@ class IMC(BackdoorAttack):
             "init_trigger": init_info,
             "iterations": len(history),
             "retrain_steps_total": trainer.step_count,
+            "trigger_steps_total": trigger_total,
             "fidelity_weight": lam,
-            "evasion_weights": {t.name: w for t, w in trig_terms + model_terms},
+            "evasion_weights": {t.name: w for t, w in trig_terms + weighted},
+            **records,
             "effective_size": math.sqrt(int(covered.sum())) / data.shape[2],
             "mean_opacity": float(final.mask[final.region].mean()) if n_px else 0.0,
         }
@@ -378,14 +410,15 @@ class IMC(BackdoorAttack):
         lam: float,
         terms: list[tuple[Any, float]],
         n_px: int,
+        n_steps: int,
     ) -> dict[str, float]:
-        """Alg. 2 line 4: Adam on (w_r, w_m) with the model fixed."""
+        """Alg. 2 line 4: ``n_steps`` Adam steps on (w_r, w_m) with the model fixed."""
         sums = {"trigger_ce": 0.0, "fidelity": 0.0}
-        if self.trigger_steps == 0:
+        if n_steps == 0:
             return sums
         target = self.target
         with eval_mode(model), frozen_params(model):
-            for _ in range(self.trigger_steps):
+            for _ in range(n_steps):
                 x = next(batches)
                 stamped = params(x)
                 logits = model(stamped)
@@ -407,4 +440,4 @@ class IMC(BackdoorAttack):
                 opt.step()
                 sums["trigger_ce"] += ce.item()
                 sums["fidelity"] += fid.item()
-        return {k: v / self.trigger_steps for k, v in sums.items()}
+        return {k: v / n_steps for k, v in sums.items()}

@@ -66,6 +66,20 @@ def trigger_response(
     return footprint, responsive
 
 
+#: Training images drawn (seeded, at random) for neuron selection and trigger generation.
+GENERATION_IMAGES = 2048
+
+
+def benign_sample(data: DatasetSpec, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` training images drawn at random with ``generator`` (all when the split is
+    smaller), in random order, so that every prefix (``x[:64]``, ``x[:1024]``) is itself a
+    random sample: GTSRB's train split and image folders are sorted by class, and their first
+    images are one class, often the target (ALGORITHMS.md, "Subsets and seeds")."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    x, _ = load_all(data.subset(n, None, seed=seed).train)
+    return x[torch.randperm(len(x), generator=generator)]
+
+
 def neuron_activation(feat: Tensor, footprint: Tensor) -> Tensor:
     """Per-neuron activation (N, C): a dense unit's value, or a channel's mean over the
     trigger's footprint positions of a convolutional map."""
@@ -83,19 +97,22 @@ class TrojanNN(BackdoorAttack):
     2. ``neurons`` (k = 2) neurons (channels) of ``layer`` (default: the model's last feature
        layer, e.g. ``net.features.conv2``, pre-activation) are selected:
        ``selection="least-activated"`` (default, IMC authors' code): lowest mean activation on
-       benign training batches, among neurons that respond to the trigger region;
+       1,024 benign training images, among neurons that respond to the trigger region;
        ``"most-connected"`` (original NDSS 2018 paper): largest sum of absolute outgoing
        weights into the next layer, i.e. the conv/linear layer that consumes ``layer``'s
        output in the forward pass (ALGORITHMS.md, TrojanNN, step 2; for ResNet ``layer4`` /
        VGG ``features`` that is the classifier, not the container's first child).
        A conv channel's activation is its mean over the positions whose receptive field covers
        the trigger (``footprint=True``, so the trigger can move it; ``False``: the whole map).
+       Selection and generation read a seeded random sample of the training images
+       (:func:`benign_sample`; ``seed``), never the first ones: class-sorted splits (GTSRB,
+       image folders) would give one class, often the target.
     3. Trigger generation (model fixed): from a random pattern inside the mask, minimise
-       sum_i (``target_value`` - a_i(psi(x, r; m)))^2 over the pixels of r only, with
-       ``trigger_steps`` sign-gradient steps of ``trigger_lr`` (authors: 0.015, 20 steps,
-       stop when the cost < ``cost_threshold`` = 5; ALGORITHMS.md, TrojanNN, step 3). A NaN/inf
-       cost raises :class:`~eviltwins.errors.OptimisationError` instead of returning a
-       half-optimised trigger.
+       sum_i (``target_value`` - a_i(psi(x, r; m)))^2 on 64 of those images, over the pixels
+       of r only, with ``trigger_steps`` sign-gradient steps of ``trigger_lr`` (authors:
+       0.015, 20 steps, stop when the cost < ``cost_threshold`` = 5; ALGORITHMS.md, TrojanNN,
+       step 3). A NaN/inf cost raises :class:`~eviltwins.errors.OptimisationError` instead of
+       returning a half-optimised trigger.
     4. Re-training: fine-tune ``epochs`` epochs (or ``max_steps`` steps) on the training data,
        a ``poison_share`` (10%) of batches also carrying a stamped copy labelled ``target``
        (SGD lr ``lr`` 0.01, momentum 0.9, weight decay 2e-4, Nesterov).
@@ -162,6 +179,14 @@ class TrojanNN(BackdoorAttack):
         self.seed = seed
         self.quiet = quiet
 
+    def retrain_budget(self) -> Any:
+        """Step 4's re-training, ``min(epochs * N, max_steps)`` steps with N the training
+        batches per epoch (a :class:`~eviltwins.attacks.budget.RetrainBudget`; ALGORITHMS.md,
+        TrojanNN*: the budget a fair comparison holds equal)."""
+        from eviltwins.attacks.budget import RetrainBudget
+
+        return RetrainBudget.epochs(self.epochs, self.max_steps, self.batch_size)
+
     # --- steps 2 and 3, usable on their own (TrojanNN* starts from them) ---------------------
     def generate_trigger(
         self, model: nn.Module, data: DatasetSpec, generator: torch.Generator
@@ -178,8 +203,7 @@ class TrojanNN(BackdoorAttack):
             "random",
             int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
         )
-        x_all, _ = load_all(data.train, limit=2048)
-        x_all = x_all.to(device)
+        x_all = benign_sample(data, GENERATION_IMAGES, generator).to(device)
         fp, responsive = trigger_response(model, layer, init, x_all, generator)
         if not self.footprint:
             fp = None

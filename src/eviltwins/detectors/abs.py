@@ -22,7 +22,13 @@ from eviltwins.base import (
     OneOf,
 )
 from eviltwins.data import DatasetSpec, load_all
-from eviltwins.detectors.abs_stimulation import STIMULATION_ELEMENTS, stimulated
+from eviltwins.detectors.abs_remask import MASK_SIZES, project_mask, remask_loss
+from eviltwins.detectors.abs_stimulation import (
+    STIMULATION_ELEMENTS,
+    low_high_split,
+    stimulated,
+    stimulation_levels,
+)
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.errors import DataError, OptimisationError
 from eviltwins.models import feature_tap, layer_or_feature_layer
@@ -40,32 +46,6 @@ from eviltwins.utils import (
     progress,
 )
 
-
-def _channel_means(feat: Tensor) -> Tensor:
-    return feat if feat.ndim == 2 else feat.mean(dim=(2, 3))
-
-
-def low_high_split(n_levels: int) -> int:
-    """How many of the (ascending) stimulation levels count as "low": ``n // 5`` as in
-    TrojanZoo's ``find_min_max`` (low = levels[:n // 5], high = levels[n // 5:]), at least 1
-    so the low side is never empty (5 levels 0, 1, 2, 4, 8: low = {0}, high = {1, 2, 4, 8})."""
-    return max(1, n_levels // 5)
-
-
-def project_mask(mask: Tensor, budget: float) -> Tensor:
-    """Project each mask of ``mask`` (K, 1, H, W), values in [0, 1], onto L1 <= ``budget``:
-    keep its largest entries while their sum fits, the next one cut to fill the budget
-    exactly, and zero the rest. A mask already within the budget is returned unchanged."""
-    flat = mask.flatten(1)
-    vals, order = flat.sort(dim=1, descending=True)
-    before = vals.cumsum(1) - vals  # L1 of the larger entries
-    kept = (budget - before).clamp_min(0).minimum(vals)
-    out = torch.zeros_like(flat).scatter(1, order, kept)
-    # guard the float rounding of the cumulative sum: never above the budget
-    scale = (budget / out.sum(1).clamp_min(1e-12)).clamp(max=1.0)
-    return (out * scale[:, None]).view_as(mask)
-
-
 # Step 3 forwards and back-propagates at most this many images at a time (whole candidates).
 REVERSE_BATCH = 64
 
@@ -79,7 +59,9 @@ class ABS(ModelInspector):
 
     1. Stimulation: on ``seeds_per_class`` held-out images per class, each channel of
        ``layer`` (default: the model's feature layer) is set, over its whole map, to each of
-       ``levels`` x its largest observed activation (0 included), and the logits recorded.
+       ``levels`` x the *layer's* largest activation on the seeds (0 included; one scalar for
+       the layer, as the original ABS and TrojanZoo: :func:`stimulation_levels`), and the
+       logits recorded.
     2. Elevation (ALGORITHMS.md step 2; the original and TrojanZoo's ``find_min_max``): per
        channel, seed image and label, the elevation is the label's maximum logit over the
        high stimulation levels minus its minimum over the low ones (levels sorted ascending;
@@ -90,11 +72,14 @@ class ABS(ModelInspector):
        classes are ranked by their smallest margin, and the top ``top_k`` (10) kept
        (:meth:`candidates`).
     3. Reverse engineering, all candidates batched: a mask (1 x H x W) and pattern (tanh
-       parameters, Adam lr ``lr``, ``steps`` steps) maximising the candidate's activation minus
-       the other channels', and in the second half also the label's logit, with the mask L1
-       kept under ``mask_bound`` x H x W (penalty weight 500 above the bound, 1000 above 1.2x).
-       The penalty is soft, so each mask is then projected onto the bound
-       (:func:`project_mask`) before REASR; the report holds the projected masks.
+       parameters, Adam lr ``lr``, ``steps`` steps) minimising, summed over the seed images
+       and positions, -act(candidate) + 1e-4 x the other channels' activations + w x
+       ||m||_1 (:func:`~eviltwins.detectors.abs_remask.remask_loss`), w = 0.01 while the
+       mask is within the bound ``mask_bound`` x H x W, 500 above it, 1000 above 1.2x
+       (``mask_size``: the mask's L1, default, or as the original ABS the count of its
+       pixels above 0.01); in the second half 100 x the label's logit (summed) is subtracted
+       too, as in the original code (:data:`~eviltwins.detectors.abs_remask.LOGIT_WEIGHT`). The penalty is soft, so each mask is then projected onto the
+       bound (:func:`project_mask`) before REASR; the report holds the projected masks.
     4. REASR: the share of other held-out images (not the seeds, label != candidate label) that
        the recovered trigger (projected mask) sends to the label; a label is flagged at
        REASR >= ``threshold`` (0.8).
@@ -111,20 +96,24 @@ class ABS(ModelInspector):
     layers) as in :class:`NeuralCleanse`. On the MNIST BadNet model: 31 s plain, 20 s with
     both (same verdict and REASRs).
 
-    When no channel passes step 2 nothing is tested: ``details["no_candidate"]`` is True and
-    the summary says "no candidate neuron" (the per-label scores are then 0 by convention,
-    not measured REASRs; ``details["label_reasr"]`` is None for every untested label).
+    A label without a candidate is untested: its entry in ``scores`` / ``anomaly`` is 0 by
+    convention, not a measured REASR, ``details["label_reasr"]`` is None for it, it is missing
+    from ``details["tested_labels"]``, and ``report.anomaly_of(label)`` is None. When no
+    channel passes step 2 nothing is tested: ``details["no_candidate"]`` is True and the
+    summary says "no candidate neuron". The sweep report plots the attack target's REASR
+    (``target_anomaly``, blank when untested) and tabulates it beside the largest over labels.
     """
 
     name: ClassVar[str] = "abs"
     report_metric: ClassVar[ShownMetric] = ShownMetric(
-        "max_anomaly",
-        "ABS REASR (max)",
+        "target_anomaly",
+        "ABS REASR (target)",
         0.8,
         name="ABS",
         figures=("abs",),
         columns=(
-            ("max_anomaly", "ABS REASR (blank: no candidate)"),
+            ("target_anomaly", "ABS REASR, target (blank: untested)"),
+            ("max_anomaly", "ABS REASR, max (blank: no candidate)"),
             ("flagged", "ABS flagged labels"),
         ),
     )
@@ -142,6 +131,7 @@ class ABS(ModelInspector):
         "top_k": Interval(int, 1, MAX_NEURONS),
         "consistency": Interval(float, 0, 1),
         "mask_bound": Interval(float, 0, 1, closed="right"),
+        "mask_size": OneOf(*MASK_SIZES),
         "steps": Interval(int, 1, MAX_STEPS),
         "lr": Interval(float, 0, MAX_LR, closed="right"),
         "n_eval": Interval(int, 1, MAX_IMAGES),
@@ -159,6 +149,7 @@ class ABS(ModelInspector):
         top_k: int = 10,
         consistency: float = 0.9,
         mask_bound: float = 0.06,
+        mask_size: str = "l1",
         steps: int = 200,
         lr: float = 0.1,
         n_eval: int = 1000,
@@ -174,6 +165,7 @@ class ABS(ModelInspector):
         self.top_k = top_k
         self.consistency = consistency
         self.mask_bound = mask_bound
+        self.mask_size = mask_size
         self.steps = steps
         self.lr = lr
         self.n_eval = n_eval
@@ -274,9 +266,7 @@ class ABS(ModelInspector):
             model(xs)
             base = tap["out"]
         n_ch = base.shape[1]
-        # largest value observed per channel (over images and positions)
-        top = (base if base.ndim == 2 else base.amax(dim=(2, 3))).amax(0).clamp_min(1e-3)
-        levels = torch.tensor(sorted(float(v) for v in self.levels), device=xs.device)
+        levels = stimulation_levels(base, self.levels)
         n_lv, n_s = len(levels), len(xs)
         n_low = low_high_split(n_lv)
         elev = torch.empty(n_ch, n_s, n_classes, device=xs.device)
@@ -288,7 +278,7 @@ class ABS(ModelInspector):
         bar = progress(total=n_ch, desc="abs stimulation", quiet=self.quiet)
         for c0 in range(0, n_ch, per):
             chans = torch.arange(c0, min(n_ch, c0 + per), device=xs.device)
-            vals = (levels[None, :] * top[chans][:, None]).reshape(-1)  # (channel, level)
+            vals = levels.repeat(len(chans))  # (channel, level): the same levels for each
             logits = None
             if tail_only:
                 logits = stimulated(model, layer, xs, chans, vals, n_lv, expand=True)
@@ -389,24 +379,21 @@ class ABS(ModelInspector):
         """Step 3's loss for candidates ``ks`` at ``step``, back-propagated into ``w_m`` and
         ``w_p`` (their rows ``ks``); returns the loss (detached)."""
         c, h, w = xs.shape[1:]
-        bound = self.mask_bound * h * w
         m = (torch.tanh(w_m[ks]) + 1) / 2
         p = (torch.tanh(w_p[ks]) + 1) / 2
         stamped = stamp(xs[None], m[:, None], p[:, None])
         with feature_tap(model, layer) as tap:
             logits = model(stamped.reshape(-1, c, h, w))
-        n = len(ks)
-        rows = torch.arange(n, device=xs.device)
-        acts = _channel_means(tap["out"]).view(n, len(xs), -1).mean(1)  # (k, C')
-        own = acts[rows, chans[ks]]
-        others = (acts.sum(1) - own) / max(1, acts.shape[1] - 1)
-        loss = -own + others
-        if step >= self.steps // 2:
-            loss = loss - logits.view(n, len(xs), -1)[rows, :, labels[ks]].mean(1)
-        l1 = m.sum(dim=(1, 2, 3))
-        over = torch.relu(l1 - bound) / bound
-        weight = torch.where(l1 > 1.2 * bound, 1000.0, 500.0)
-        loss = (loss + weight * over).sum()
+        late = step >= self.steps // 2  # the label's logit joins in the second half
+        loss = remask_loss(
+            tap["out"],
+            chans[ks],
+            m,
+            self.mask_bound * h * w,
+            logits if late else None,
+            labels[ks] if late else None,
+            self.mask_size,
+        ).sum()
         if torch.isfinite(loss):
             loss.backward()
         return loss.detach()

@@ -1,7 +1,10 @@
-"""ABS step 1 (stimulation analysis), batched: the logits of seed images with one channel of a
-layer set to each stimulation level (Liu et al., CCS 2019; ALGORITHMS.md "ABS", step 1)."""
+"""ABS step 1 (stimulation analysis), batched: the stimulation levels of a layer and the logits of
+seed images with one channel of it set to each level (Liu et al., CCS 2019; ALGORITHMS.md "ABS",
+step 1), and step 2's split of the levels into low and high."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +13,24 @@ from eviltwins.models import get_layer
 
 # Stimulation batch bound: the stimulated copies of the layer's output, in floats (16 MB).
 STIMULATION_ELEMENTS = 1 << 22
+
+
+def low_high_split(n_levels: int) -> int:
+    """How many of the (ascending) stimulation levels count as "low": ``n // 5`` as in
+    TrojanZoo's ``find_min_max`` (low = levels[:n // 5], high = levels[n // 5:]), at least 1
+    so the low side is never empty (5 levels 0, 1, 2, 4, 8: low = {0}, high = {1, 2, 4, 8})."""
+    return max(1, n_levels // 5)
+
+
+def stimulation_levels(base: Tensor, levels: Sequence[float]) -> Tensor:
+    """ABS step 1's stimulation values (ALGORITHMS.md "ABS", step 1): ``levels`` (sorted
+    ascending) times the *layer's* largest activation on the seed images, ``base`` (the layer's
+    output on them): one scalar for the whole layer, as in the original ABS (``max_val`` over
+    the layer's outputs) and TrojanZoo (``samp_k * k / n_samples * layer max``), so a channel
+    that is nearly silent on clean images is still driven as hard as the loudest one. The
+    maximum is floored at 1e-3 (a layer that is silent on every seed)."""
+    top = base.detach().amax().clamp_min(1e-3)
+    return torch.tensor(sorted(float(v) for v in levels), device=base.device) * top
 
 
 @torch.no_grad()

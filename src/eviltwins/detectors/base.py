@@ -169,6 +169,23 @@ def quantile_threshold(values: Tensor, rate: float) -> float:
     return float(v[min(int(rate * len(v)), len(v) - 1)])
 
 
+#: The calibrated threshold rules of the input filters (:func:`low_side_threshold`).
+THRESHOLD_RULES = ("quantile", "normal")
+
+
+def low_side_threshold(values: Tensor, rule: str, rate: float) -> float:
+    """The threshold under which a clean calibration score counts as suspicious, for every
+    input filter whose low values are suspicious (STRIP's entropy, the ensemble's deviation):
+    ``rule="quantile"`` (STRIP's paper variant, ALGORITHMS.md "STRIP" and "Ensemble" step 5):
+    the empirical ``rate`` quantile (:func:`quantile_threshold`); ``"normal"`` (Gao et al.'s
+    original STRIP): the ``rate`` quantile of a normal fit (:func:`normal_threshold`)."""
+    if rule == "quantile":
+        return quantile_threshold(values, rate)
+    if rule == "normal":
+        return normal_threshold(values, rate)
+    raise ParamError(f"a threshold rule must be one of {', '.join(THRESHOLD_RULES)}; got {rule!r}")
+
+
 DETECTORS: Registry[Estimator] = Registry("detector")
 
 __all__ = [
@@ -180,8 +197,10 @@ __all__ = [
     "InputFilter",
     "InspectionReport",
     "ModelInspector",
+    "THRESHOLD_RULES",
     "as_images",
     "filter_result",
+    "low_side_threshold",
     "normal_threshold",
     "quantile_threshold",
 ]

@@ -16,8 +16,7 @@ from eviltwins.detectors.base import (
     InputFilter,
     ModelInspector,
     as_images,
-    normal_threshold,
-    quantile_threshold,
+    low_side_threshold,
 )
 from eviltwins.detectors.neural_cleanse import NeuralCleanse
 from eviltwins.errors import ParamError
@@ -37,11 +36,15 @@ class NCStripEnsemble(InputFilter):
     deviation of the 11 values (a trigger-carrying input keeps every mixture dominated by a
     trigger: low deviation; higher score = more suspicious).
 
-    The paper gives no threshold; it is calibrated like STRIP's on the held-out clean ``fit``
-    inputs, each mixed only with the *other* stamped clean inputs: ``threshold="normal"``
-    (default) puts it at the ``frr`` (0.05) quantile of a normal fitted to their deviations
-    (Gao et al.'s rule), ``"quantile"`` at their empirical ``frr`` quantile (TrojanZoo's
-    ``strip_fpr`` rule), ``"fixed"`` uses ``deviation_threshold`` on the deviation.
+    The paper gives no threshold; it is calibrated exactly like STRIP's paper variant
+    (ALGORITHMS.md "Ensemble" step 5, so that Fig. 15 compares the two at the same rule), on
+    the held-out clean ``fit`` inputs, each mixed only with the *other* stamped clean inputs:
+    ``threshold="quantile"`` (default) puts it at the empirical ``frr`` (0.05) quantile of
+    their deviations (TrojanZoo's ``strip_fpr`` rule, the same function as STRIP's:
+    :func:`~eviltwins.detectors.base.low_side_threshold`); ``"normal"`` at the ``frr``
+    quantile of a normal fitted to them (Gao et al.'s original STRIP rule), ``"fixed"`` uses
+    ``deviation_threshold`` on the deviation. The calibration deviations are kept as
+    ``calibration_deviation_``.
 
     ``fit(model, clean, trigger)`` takes the recovered trigger (e.g. from
     ``NeuralCleanse().inspect``: ``report.masks[suspect]``), or, when ``trigger`` is None,
@@ -58,7 +61,7 @@ class NCStripEnsemble(InputFilter):
     _constraints = {
         "n_overlays": Interval(int, 1, MAX_IMAGES),
         "steps": Interval(int, 2, MAX_STEPS),
-        "threshold": OneOf("normal", "quantile", "fixed"),
+        "threshold": OneOf("quantile", "normal", "fixed"),
         "deviation_threshold": Interval(float, 0, MAX_MAGNITUDE),
         "frr": Interval(float, 0, 1, closed="neither"),
         "seed": SEED_RANGE,
@@ -68,7 +71,7 @@ class NCStripEnsemble(InputFilter):
         self,
         n_overlays: int = 8,
         steps: int = 11,
-        threshold: str = "normal",
+        threshold: str = "quantile",
         deviation_threshold: float = 0.1,
         frr: float = 0.05,
         seed: int = 0,
@@ -115,12 +118,14 @@ class NCStripEnsemble(InputFilter):
         self.pool_ = trigger.stamp(pool)  # benign inputs carrying the suspected trigger
         self.generator_ = make_generator(self.seed)
         if self.threshold == "fixed":
+            self.calibration_deviation_ = None
             self.deviation_threshold_ = float(self.deviation_threshold)
         else:
             dev = self.deviation(pool, exclude_self=True)
-            # Low deviation = suspicious: reject the lowest frr share of clean inputs.
-            rule = normal_threshold if self.threshold == "normal" else quantile_threshold
-            self.deviation_threshold_ = rule(dev, self.frr)
+            self.calibration_deviation_ = dev
+            # Low deviation = suspicious: reject the lowest frr share of clean inputs, by
+            # STRIP's rule (ALGORITHMS.md "Ensemble" step 5)
+            self.deviation_threshold_ = low_side_threshold(dev, self.threshold, self.frr)
         self.threshold_ = -self.deviation_threshold_
         self.fit_seconds_ = time.perf_counter() - start
         return self

@@ -18,7 +18,7 @@ from eviltwins.detectors.reports import PROTOCOLS, FilterReport, InspectionRepor
 from eviltwins.errors import DataError, ParamError
 from eviltwins.training import predict
 from eviltwins.triggers import Trigger
-from eviltwins.utils import nonfinite_outputs_message
+from eviltwins.utils import make_generator, nonfinite_outputs_message
 
 
 def _subset(ds: Dataset, index: Tensor) -> Dataset:
@@ -27,17 +27,38 @@ def _subset(ds: Dataset, index: Tensor) -> Dataset:
     return Subset(ds, index.tolist())
 
 
-def split_filter_data(data: DatasetSpec, n_clean: int) -> tuple[Tensor, Tensor, Tensor]:
+def split_filter_data(
+    data: DatasetSpec, n_clean: int, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
     """Index split of ``data.test`` for :func:`evaluate_filter`: (calibration, evaluation,
-    NeuralCleanse pool). Calibration = the first ``n_clean`` test images, evaluation = the next
-    ``n_clean`` (each half of the split when it holds fewer than ``2 * n_clean``), and the
-    NeuralCleanse pool = every test image *outside* the evaluation part (calibration + rest)."""
+    NeuralCleanse pool), each sorted. A seeded random permutation of the split (ALGORITHMS.md
+    "Subsets and seeds": image folders and GTSRB are stored sorted by class, so the first N
+    images are a few classes) gives calibration = its first ``n_clean`` images, evaluation =
+    the next ``n_clean`` (each half of the split when it holds fewer than ``2 * n_clean``), and
+    the NeuralCleanse pool = every test image *outside* the evaluation part (calibration +
+    rest)."""
     n = len(data.test)
     n_clean = min(n_clean, n // 2)
-    idx = torch.arange(n)
-    fit_i, ev_i = idx[:n_clean], idx[n_clean : 2 * n_clean]
-    nc_i = torch.cat([idx[:n_clean], idx[2 * n_clean :]])
-    return fit_i, ev_i, nc_i
+    perm = torch.randperm(n, generator=make_generator(seed))
+    fit_i, ev_i, rest = perm[:n_clean], perm[n_clean : 2 * n_clean], perm[2 * n_clean :]
+    nc_i = torch.cat([fit_i, rest])
+    return fit_i.sort().values, ev_i.sort().values, nc_i.sort().values
+
+
+#: Test images :func:`non_target_examples` draws from (a bounded read of a large split).
+EXAMPLE_POOL = 512
+
+
+def non_target_examples(data: DatasetSpec, target: int, n: int, seed: int = 0) -> Tensor:
+    """Up to ``n`` test images whose true label is not ``target`` (examples to stamp), from a
+    seeded random draw of :data:`EXAMPLE_POOL` test images, never the first ones
+    (ALGORITHMS.md "Subsets and seeds": on a class-sorted split those can all be the
+    target)."""
+    index = torch.randperm(len(data.test), generator=make_generator(seed))[:EXAMPLE_POOL]
+    x, y = load_all(_subset(data.test, index.sort().values))
+    keep = torch.randperm(len(y), generator=make_generator(seed))
+    keep = keep[y[keep] != target][:n]
+    return x[keep.sort().values]
 
 
 def evaluate_filter(
@@ -48,13 +69,15 @@ def evaluate_filter(
     target: int,
     n_clean: int = 1000,
     protocol: str = "effective",
+    seed: int = 0,
 ) -> FilterReport:
     """Fit an input filter on held-out clean test images and evaluate it (ALGORITHMS.md,
     "Evaluation protocol for every input filter"; the paper's Section 5.3).
 
-    The first ``n_clean`` test images calibrate (and are STRIP's overlay pool); the next
-    ``n_clean`` are evaluated: clean as they are, and those whose true label is not ``target``
-    stamped with ``trigger``. With fewer than ``2 * n_clean`` test images each part gets half.
+    ``n_clean`` random test images (seeded by ``seed``; :func:`split_filter_data`) calibrate
+    (and are STRIP's overlay pool); ``n_clean`` other random ones are evaluated: clean as they
+    are, and those whose true label is not ``target`` stamped with ``trigger``. With fewer
+    than ``2 * n_clean`` test images each part gets half.
     Two sets of metrics are computed from the same scores:
 
     * ``effective`` (the authors' protocol, default ``protocol``): the clean inputs the model
@@ -69,7 +92,7 @@ def evaluate_filter(
     if protocol not in PROTOCOLS:
         raise ParamError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
     start = time.perf_counter()
-    fit_i, ev_i, nc_i = split_filter_data(data, n_clean)
+    fit_i, ev_i, nc_i = split_filter_data(data, n_clean, seed)
     x, y = load_all(data.test)
     fit_x, ev_x, ev_y = x[fit_i], x[ev_i], y[ev_i]
     detector.fit(model, fit_x, data=replace(data, test=_subset(data.test, nc_i)))
@@ -97,11 +120,13 @@ def run_detector(
     target: int | None = None,
     n_clean: int = 1000,
     protocol: str = "effective",
+    seed: int = 0,
 ) -> InspectionReport | FilterReport:
     """Run any registered detector on ``model``: a :class:`ModelInspector` inspects it with
-    ``data`` (``trigger`` / ``target`` unused); an :class:`InputFilter` is fitted and evaluated
-    with :func:`evaluate_filter` (``n_clean``, ``protocol``), which needs the ``trigger`` and
-    ``target`` the inputs are stamped with."""
+    ``data`` (``trigger`` / ``target`` / ``seed`` unused); an :class:`InputFilter` is fitted
+    and evaluated with :func:`evaluate_filter` (``n_clean``, ``protocol``, ``seed`` of the
+    calibration / evaluation split), which needs the ``trigger`` and ``target`` the inputs are
+    stamped with."""
     if isinstance(detector, ModelInspector):
         return detector.inspect(model, data)
     if not isinstance(detector, InputFilter):
@@ -113,4 +138,4 @@ def run_detector(
             f"the input filter {detector.name!r} is evaluated on stamped inputs: pass the "
             "trigger and the target"
         )
-    return evaluate_filter(detector, model, data, trigger, target, n_clean, protocol)
+    return evaluate_filter(detector, model, data, trigger, target, n_clean, protocol, seed)

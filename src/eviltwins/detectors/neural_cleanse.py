@@ -25,6 +25,7 @@ from eviltwins.base import (
 )
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
+from eviltwins.detectors.nc_schedule import CostState, next_cost
 from eviltwins.errors import OptimisationError, ParamError
 from eviltwins.metrics import anomaly_index
 from eviltwins.models.layout import CHANNELS_LAST, channels_last, images_per_pass, nhwc
@@ -56,9 +57,11 @@ class NeuralCleanse(ModelInspector):
     ``batch_size`` images x every label, each label with its own mask, pattern, cost and
     schedule state (chunks of ``label_chunk`` labels when memory requires).
 
-    Cost schedule (original code): the cost starts at 0; once success >= ``success`` (0.99)
-    held for ``patience`` checks it becomes ``init_cost`` (1e-3); then it is multiplied by 1.5
-    after ``patience`` successful checks and divided by 1.5^1.5 after ``patience`` failing ones;
+    Cost schedule (original code, :func:`~eviltwins.detectors.nc_schedule.next_cost`): the cost
+    starts at 0; once success >= ``success`` (0.99) held for ``patience`` checks it becomes
+    ``init_cost`` (1e-3); then it is multiplied by 1.5 after ``patience`` successful checks and
+    divided by 1.5^1.5 after ``patience`` failing ones (the check that sets the cost counts as
+    the first successful one, as in Wang et al.'s ``visualizer.py``);
     the best mask (smallest L1 with success >= 0.99) is kept; a label stops early once its best
     L1 has not improved by more than a factor ``early_stop_threshold`` (0.99: a check counts as
     no progress unless the best L1 fell below 0.99 x the best before it) for
@@ -327,17 +330,12 @@ class NeuralCleanse(ModelInspector):
         patience = self._resolved("patience")
         es_patience = self.early_stop_patience or 2 * patience
         inf = float("inf")
-        cost = torch.zeros(n_lab, device=dev)
+        sched = CostState.start(n_lab, dev)
         best_l1 = torch.full((n_lab,), inf, device=dev)
         best_m = torch.zeros(n_lab, 1, h, w, device=dev)
         best_p = torch.zeros(n_lab, c, h, w, device=dev)
         best_succ = torch.zeros(n_lab, device=dev)
-        set_cnt = torch.zeros(n_lab, dtype=torch.long, device=dev)
-        up_cnt = torch.zeros_like(set_cnt)
-        down_cnt = torch.zeros_like(set_cnt)
-        up_flag = torch.zeros(n_lab, dtype=torch.bool, device=dev)
-        down_flag = torch.zeros_like(up_flag)
-        es_cnt = torch.zeros_like(set_cnt)
+        es_cnt = torch.zeros(n_lab, dtype=torch.long, device=dev)
         es_best = torch.full((n_lab,), inf, device=dev)
         active = torch.ones(n_lab, dtype=torch.bool, device=dev)
         steps_run = torch.zeros(n_lab, dtype=torch.long, device=dev)
@@ -363,7 +361,9 @@ class NeuralCleanse(ModelInspector):
                 l1 = torch.empty(len(ids), device=dev)
                 for k0 in range(0, len(ids), per):
                     kk = ids[k0 : k0 + per]
-                    acc_k, l1_k, loss_k = self._pass(model, xb, w_m, w_p, kk, target, cost, fast)
+                    acc_k, l1_k, loss_k = self._pass(
+                        model, xb, w_m, w_p, kk, target, sched.cost, fast
+                    )
                     if not math.isfinite(loss_k):
                         bar.close()
                         raise OptimisationError(
@@ -400,25 +400,10 @@ class NeuralCleanse(ModelInspector):
                     es_cnt = torch.where(has_best & stalled, es_cnt + 1, torch.zeros_like(es_cnt))
                     es_best = torch.minimum(es_best, best_l1)
                     if self.early_stop:
-                        done = up_flag & down_flag & (es_cnt >= es_patience)
+                        done = sched.up_flag & sched.down_flag & (es_cnt >= es_patience)
                         active &= ~done
                         ids = active.nonzero().squeeze(1)
-                    # cost schedule
-                    zero = cost == 0
-                    set_cnt = torch.where(zero & ok, set_cnt + 1, torch.zeros_like(set_cnt))
-                    start = zero & (set_cnt >= patience)
-                    cost = torch.where(start, torch.full_like(cost, self.init_cost), cost)
-                    up_cnt = torch.where(start, 0, torch.where(ok, up_cnt + 1, 0))
-                    down_cnt = torch.where(start, 0, torch.where(ok, 0, down_cnt + 1))
-                    nz = (~zero) | start
-                    go_up = nz & ~start & (up_cnt >= patience)
-                    go_down = nz & ~start & ~go_up & (down_cnt >= patience)
-                    cost = torch.where(go_up, cost * 1.5, cost)
-                    cost = torch.where(go_down, cost / 1.5**1.5, cost)
-                    up_cnt = torch.where(go_up, 0, up_cnt)
-                    down_cnt = torch.where(go_down, 0, down_cnt)
-                    up_flag |= go_up
-                    down_flag |= go_down
+                    sched = next_cost(sched, ok, self.init_cost, patience)  # cost schedule
                 bar.set_postfix(active=int(active.sum()))
         bar.close()
         with torch.no_grad():

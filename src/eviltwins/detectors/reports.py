@@ -31,6 +31,13 @@ def _empty() -> Tensor:
     return torch.zeros(0)
 
 
+def is_tested(details: Mapping[str, Any], label: Any) -> bool:
+    """Whether an inspection report's ``details`` say ``label`` was measured: True unless
+    they hold a ``tested_labels`` list without it (ABS: a label without a candidate)."""
+    tested = details.get("tested_labels")
+    return not isinstance(tested, list) or label in tested
+
+
 @dataclass(frozen=True)
 class InspectionReport(Result):
     """A model-inspection verdict: per-label scores and the labels flagged as backdoor targets.
@@ -63,8 +70,10 @@ class InspectionReport(Result):
             object.__setattr__(self, "labels", [int(lab) for lab in labels])
 
     def anomaly_of(self, label: int) -> float | None:
-        """The anomaly measure of ``label``, or None when it was not inspected."""
-        if label not in self.labels:
+        """The anomaly measure of ``label``, or None when it was not inspected or not tested
+        (a report whose ``details["tested_labels"]`` lists the labels it measured, as ABS's:
+        a label without a candidate neuron holds 0 by convention, not a measured REASR)."""
+        if label not in self.labels or not is_tested(self.details, label):
             return None
         return float(self.anomaly[self.labels.index(label)])
 

@@ -13,13 +13,7 @@ from torch.utils.data import Dataset
 
 from eviltwins.base import MAX_IMAGES, MAX_MAGNITUDE, SEED_RANGE, Interval, OneOf
 from eviltwins.data import DatasetSpec
-from eviltwins.detectors.base import (
-    DETECTORS,
-    InputFilter,
-    as_images,
-    normal_threshold,
-    quantile_threshold,
-)
+from eviltwins.detectors.base import DETECTORS, InputFilter, as_images, low_side_threshold
 from eviltwins.errors import ParamError
 from eviltwins.metrics import prediction_entropy
 from eviltwins.models.layout import images_per_pass
@@ -185,10 +179,7 @@ class STRIP(InputFilter):
         else:
             h = self.entropy(self.pool_, exclude_self=True)
             self.calibration_entropy_ = h
-            frr = float(self._opt("frr"))
-            self.entropy_threshold_ = (
-                quantile_threshold(h, frr) if mode == "quantile" else normal_threshold(h, frr)
-            )
+            self.entropy_threshold_ = low_side_threshold(h, mode, float(self._opt("frr")))
         self.threshold_ = -self.entropy_threshold_
         self.fit_seconds_ = time.perf_counter() - start
         return self

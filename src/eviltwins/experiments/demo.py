@@ -14,6 +14,11 @@ Budgets, re-planned to fit three minutes on two CPU cores (issue 15): NeuralClea
 120 steps per label, stated explicitly; the preset's nominal budget counts 1,600 inputs, 500
 steps, which the sweeps in ``configs/`` keep); STRIP's original variant (N=100) is left to
 the configs.
+
+One seed (``eviltwins demo --seed``): three would not fit three minutes. A claim is a statement
+over at least three seeds (ALGORITHMS.md, "Subsets and seeds"), so the demo's report shows each
+claim's measured mean with the verdict "not measured: needs >= 3 seeds"; the sweeps in
+``configs/`` run seeds 0, 1 and 2.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ Example (``configs/quick/fig12.yaml``)::
     sizes: [0.1, 0.2, 0.3]
     transparencies: [0.0, 0.7]
 
+An attack's ``dataset_params`` replace some of its ``params`` on one dataset (``{gtsrb:
+{strip_weight: 0.2}}``); a TrojanNN* / baseline pair must re-train for the same budget
+(:mod:`eviltwins.experiments.budgets`; ``unequal_budgets: true`` to compare them anyway).
+
 A dataset may be a path (a ``.npz`` file or an image folder, relative to the working folder);
 the top-level ``dataset_options`` (``image_size``, ``channels``, ``normalize``) apply to every
 path dataset, and cell keys name a path by its stem and a digest (``mydata-1a2b3c4d``).
@@ -25,9 +29,7 @@ path dataset, and cell keys name a path by its stem and a digest (``mydata-1a2b3
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
-import keyword
 import os
 import re
 from collections.abc import Callable
@@ -39,8 +41,9 @@ from eviltwins.base import CLASS_INDEX, N_CLEAN, SEED_RANGE, SUBSET_SIZE, Check,
 from eviltwins.config import Validated, read_yaml, validate
 from eviltwins.data import check_dataset_options, dataset_slug, is_path_dataset
 from eviltwins.errors import ParamError
+from eviltwins.experiments.archs import check_arch_kwargs, check_user_model_name
+from eviltwins.experiments.budgets import check_attacks
 from eviltwins.report.figures import FIGURES as PAPER_FIGURES
-from eviltwins.utils import is_int, is_real
 
 SPEC_SCHEMA = "eviltwins.sweep/1"
 CLEAN_ATTACK = "none"  # the attack name of the "no attack" cells (detectors on the clean model)
@@ -54,6 +57,7 @@ CLEAN_OPTIONS = (
     "arch_kwargs",
 )
 FIGURES = tuple(PAPER_FIGURES)  # the report's figure registry
+GRID_PARAMS = ("size", "transparency", "target", "seed")  # an attack's parameters the grid sets
 
 
 def _str_list(kind: Callable[[Any], bool], what: str) -> Check:
@@ -105,7 +109,64 @@ class Entry(Validated):
     @property
     def display(self) -> str:
         """The label, else ``clean`` for the ``none`` attack, else the name."""
-        return self.label or ("clean" if self.name == CLEAN_ATTACK else self.name)
+        return self.label or ("clean" if self.is_clean else self.name)
+
+    @property
+    def is_clean(self) -> bool:
+        """The ``none`` attack: detectors on the clean model."""
+        return self.name == CLEAN_ATTACK
+
+
+def _param_name(name: str) -> str:
+    return name.replace("-", "_")  # as the registry reads it (``strip-weight``)
+
+
+@dataclass(frozen=True)
+class AttackEntry(Entry):
+    """An attack of the sweep: an :class:`Entry` whose ``dataset_params`` replace some of its
+    ``params`` on the datasets they name, e.g. ``{gtsrb: {strip_weight: 0.2}}`` (the authors'
+    STRIP evasion weight on GTSRB, ALGORITHMS.md "Evading STRIP")."""
+
+    dataset_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    _constraints: ClassVar[dict[str, Any]] = {
+        **Entry._constraints,
+        "dataset_params": Check(
+            lambda v: (
+                isinstance(v, dict)
+                and all(
+                    isinstance(k, str)
+                    and isinstance(p, dict)
+                    and all(isinstance(n, str) for n in p)
+                    for k, p in v.items()
+                )
+            ),
+            "a mapping of dataset names to mappings of parameter names to values",
+        ),
+    }
+
+    def _check(self) -> None:
+        names = {_param_name(n) for p in self.dataset_params.values() for n in p}
+        grid = sorted(names & set(GRID_PARAMS))
+        if grid:
+            raise ParamError(
+                f"attack {self.display!r}: dataset_params cannot set {grid[0]!r}; the sweep's "
+                "grid sets it (sizes, transparencies, target, seeds)"
+            )
+
+    def params_on(self, dataset: str) -> dict[str, Any]:
+        """``params`` with the ``dataset_params`` of ``dataset`` in place of theirs."""
+        over = {_param_name(k): v for k, v in self.dataset_params.get(dataset, {}).items()}
+        return {**{k: v for k, v in self.params.items() if _param_name(k) not in over}, **over}
+
+    def grid_params(
+        self, dataset: str, size: float | None, transparency: float | None, target: int, seed: int
+    ) -> dict[str, Any]:
+        """The attack's parameters at one grid point (none for the ``none`` attack)."""
+        if self.is_clean:
+            return {}
+        grid = {"size": size, "transparency": transparency, "target": target, "seed": seed}
+        return {**self.params_on(dataset), **grid}
 
 
 @dataclass(frozen=True)
@@ -113,13 +174,14 @@ class SweepSpec(Validated):
     """A validated sweep. ``clean`` holds :func:`eviltwins.train` options of the clean models
     (``epochs``, ``lr``, ...); ``n_clean`` the held-out clean test images input filters are
     calibrated on (and as many evaluated); ``figures`` the report's figures (default: every
-    figure the grid supports)."""
+    figure the grid supports); ``unequal_budgets: true`` lets a TrojanNN* / baseline pair
+    re-train for different budgets (refused otherwise: :mod:`eviltwins.experiments.budgets`)."""
 
     name: str
     description: str = ""
     datasets: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=lambda: ["cnn"])
-    attacks: list[Entry] = field(default_factory=list)
+    attacks: list[AttackEntry] = field(default_factory=list)
     sizes: list[float] = field(default_factory=lambda: [0.2])
     transparencies: list[float] = field(default_factory=lambda: [0.7])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -132,6 +194,7 @@ class SweepSpec(Validated):
     save_models: bool = False
     figures: list[str] | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    unequal_budgets: bool = False
 
     _constraints: ClassVar[dict[str, Any]] = {
         "name": Check(
@@ -142,8 +205,10 @@ class SweepSpec(Validated):
         "datasets": _str_list(_is_str, "dataset names or paths"),
         "models": _str_list(_is_str, "model names"),
         "attacks": Check(
-            lambda v: isinstance(v, list) and len(v) >= 1 and all(isinstance(e, Entry) for e in v),
-            "a non-empty list of attacks ({name, label, params})",
+            lambda v: (
+                isinstance(v, list) and len(v) >= 1 and all(isinstance(e, AttackEntry) for e in v)
+            ),
+            "a non-empty list of attacks ({name, label, params, dataset_params})",
         ),
         "sizes": _unit_list(True, False, "trigger sizes"),
         "transparencies": _unit_list(False, True, "transparencies"),
@@ -165,6 +230,7 @@ class SweepSpec(Validated):
         "dataset_options": Check(
             lambda v: isinstance(v, dict), "a mapping of image_size, channels, normalize"
         ),
+        "unequal_budgets": Check(lambda v: isinstance(v, bool), "true or false"),
     }
 
     def _check(self) -> None:
@@ -187,7 +253,7 @@ class Cell:
 
     dataset: str
     model: str
-    attack: Entry
+    attack: AttackEntry
     size: float | None
     transparency: float | None
     seed: int
@@ -209,15 +275,9 @@ class Cell:
         }
 
     def attack_params(self, spec: SweepSpec) -> dict[str, Any]:
-        if self.attack.name == CLEAN_ATTACK:
-            return {}
-        return {
-            **self.attack.params,
-            "size": self.size,
-            "transparency": self.transparency,
-            "target": spec.target,
-            "seed": self.seed,
-        }
+        return self.attack.grid_params(
+            self.dataset, self.size, self.transparency, spec.target, self.seed
+        )
 
     def key(self, spec: SweepSpec) -> str:
         digest = _digest(self.config(spec))
@@ -299,7 +359,6 @@ def check_names(spec: SweepSpec) -> SweepSpec:
     """Resolve every dataset, model, attack and detector name and build every estimator with
     its parameters (nothing is loaded or trained); returns ``spec`` with its registered models
     in their registry spelling."""
-    from eviltwins.attacks import ATTACKS
     from eviltwins.data import DATASETS
     from eviltwins.detectors import DETECTORS
     from eviltwins.models import MODELS
@@ -313,7 +372,7 @@ def check_names(spec: SweepSpec) -> SweepSpec:
             DATASETS.get(ds)
             datasets.append(ds)
             continue
-        path = Path(ds).expanduser().resolve()
+        path = Path(_dataset_key(ds))
         if not path.exists():
             raise ParamError(f"dataset {ds} does not exist; pass a .npz file or an image folder")
         datasets.append(str(path))  # absolute: the cells name the same data from anywhere
@@ -346,55 +405,21 @@ def check_names(spec: SweepSpec) -> SweepSpec:
             check_user_model_name(m)  # raises: a malformed package.module:ClassName
         factory = MODELS.get(m)
         name = next(n for n in MODELS.names() if MODELS.get(n) is factory)
-        _check_arch_kwargs(name, factory, arch_kwargs)
+        check_arch_kwargs(name, factory, arch_kwargs)
         models.append(name)
     dup = sorted({m for m in models if models.count(m) > 1})
     if dup:
         raise ParamError(f"models must be unique; {dup[0]!r} repeats")
     spec = replace(spec, models=models)  # registry spelling (stable cell keys)
     validate(TrainConfig, **{k: v for k, v in spec.clean.items() if k != "arch_kwargs"})
-    for atk in spec.attacks:
-        if atk.name == CLEAN_ATTACK:
-            if atk.params:
-                raise ParamError("the 'none' attack (clean-model cells) takes no params")
-            continue
-        cell = Cell(spec.datasets[0], spec.models[0], atk, spec.sizes[0], spec.transparencies[0], 0)
-        for size in spec.sizes:
-            for tr in spec.transparencies:
-                params = {**cell.attack_params(spec), "size": size, "transparency": tr}
-                try:
-                    ATTACKS.build(atk.name, params, True)
-                except ParamError as err:
-                    raise ParamError(f"attack {atk.display!r}: {err}") from None
+    spec = replace(spec, attacks=[_on_datasets(a, spec.datasets) for a in spec.attacks])
+    check_attacks(spec)  # every attack's parameters, and equal budgets in compared pairs
     for det in spec.detectors:
         try:
             DETECTORS.build(det.name, det.params, True)
         except ParamError as err:
             raise ParamError(f"detector {det.display!r}: {err}") from None
     return spec
-
-
-_RESERVED_ARCH = ("in_channels", "num_classes", "input_size")
-
-
-def check_user_model_name(name: str) -> None:
-    """Check the syntax of a user model ``package.module:ClassName`` without importing
-    anything: every dotted part and the class must be Python identifiers (not keywords)."""
-    module, sep, cls = name.partition(":")
-    parts = module.split(".")
-    good = (
-        sep == ":"
-        and ":" not in cls
-        and all(p.isidentifier() and not keyword.iskeyword(p) for p in parts)
-        and cls.isidentifier()
-        and not keyword.iskeyword(cls)
-    )
-    if not good:
-        raise ParamError(
-            f"model {name!r} is neither a registered model nor a user model "
-            "'package.module:ClassName' (Python identifiers separated by dots, one colon); "
-            "'eviltwins list models' lists the registered ones"
-        )
 
 
 def user_models(spec: SweepSpec) -> list[str]:
@@ -405,37 +430,20 @@ def user_models(spec: SweepSpec) -> list[str]:
     return [m for m in spec.models if is_user_model(m)]
 
 
-def _check_arch_kwargs(model: str, factory: Any, arch_kwargs: dict[str, Any]) -> None:
-    """The options of ``clean.arch_kwargs`` against a registered model factory's signature
-    (names, and the types of int/float/bool options), before anything is built."""
-    import typing
+def _dataset_key(ds: str) -> str:
+    """How the cells name dataset ``ds``: a path absolute, a registered name as written."""
+    return str(Path(ds).expanduser().resolve()) if is_path_dataset(ds) else ds
 
-    sig = inspect.signature(factory)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return
-    options = [n for n in sig.parameters if n not in _RESERVED_ARCH]
-    try:
-        hints = typing.get_type_hints(factory)
-    except Exception:  # unresolvable annotations: names only
-        hints = {}
-    for key, value in arch_kwargs.items():
-        if key in _RESERVED_ARCH:
-            raise ParamError(
-                f"clean.arch_kwargs: {key!r} of model {model!r} is set from the dataset; remove it"
-            )
-        if key not in options:
-            raise ParamError(
-                f"model {model!r} takes no option {key!r} (clean.arch_kwargs); its options: "
-                f"{', '.join(options) or 'none'}"
-            )
-        want = hints.get(key)
-        ok = {
-            int: is_int(value),
-            float: is_real(value),
-            bool: isinstance(value, bool),
-        }.get(want, True)
-        if not ok:
-            raise ParamError(
-                f"clean.arch_kwargs: option {key!r} of model {model!r} must be "
-                f"{want.__name__}; got {value!r}"[:300]
-            )
+
+def _on_datasets(atk: AttackEntry, datasets: list[str]) -> AttackEntry:
+    """``atk`` with its ``dataset_params`` keyed like the cells name the datasets; a key
+    naming no dataset of the sweep is refused."""
+    keyed = {_dataset_key(k): v for k, v in atk.dataset_params.items()}
+    unknown = [k for k in atk.dataset_params if _dataset_key(k) not in datasets]
+    if unknown or len(keyed) < len(atk.dataset_params):
+        what = f"names {unknown[0]!r}, not a dataset" if unknown else "names a dataset twice"
+        raise ParamError(
+            f"attack {atk.display!r}: dataset_params {what} of the sweep; its datasets: "
+            f"{', '.join(datasets)}"[:400]
+        )
+    return replace(atk, dataset_params=keyed)

@@ -85,8 +85,8 @@ def _run_cell(
     from safetensors.torch import save
 
     from eviltwins.attacks import ATTACKS
-    from eviltwins.data import load_all
     from eviltwins.detectors import DETECTORS, InputFilter, run_detector
+    from eviltwins.detectors.evaluation import non_target_examples
     from eviltwins.io import model_from_bytes, model_to_bytes
     from eviltwins.training import evaluate, get_dataset, predict
     from eviltwins.utils import resolve_device
@@ -109,8 +109,7 @@ def _run_cell(
         res = ATTACKS.build(cfg["attack"], cfg["params"], True).fit(model, spec)
         poisoned, trigger, target = res.model, res.trigger, res.target
         out["attack"] = res.to_dict()
-        x, y = load_all(spec.test, limit=256)
-        x = x[y != target][:N_EXAMPLES]
+        x = non_target_examples(spec, target, N_EXAMPLES, cfg["seed"])
         stamped = trigger.stamp(x)
         files["trigger.safetensors"] = trigger.to_bytes()
         files["examples.safetensors"] = save(
@@ -130,12 +129,19 @@ def _run_cell(
                 detectors[label] = {"skipped": "input filters need a trigger; clean-model cell"}
                 continue
             rep = run_detector(
-                det, poisoned, spec, trigger=trigger, target=target, n_clean=cfg["n_clean"]
+                det,
+                poisoned,
+                spec,
+                trigger=trigger,
+                target=target,
+                n_clean=cfg["n_clean"],
+                seed=cfg["seed"],
             )
             detectors[label] = {"kind": "filter", **rep.to_dict()}
         else:
             rep = run_detector(det, poisoned, spec)
             d_out = {"kind": "inspection", **rep.to_dict()}
+            # None (not written) when the target was not inspected or, for ABS, untested
             target_anomaly = rep.anomaly_of(target)
             if target_anomaly is not None:
                 d_out["target_anomaly"] = target_anomaly

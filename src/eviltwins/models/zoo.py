@@ -170,15 +170,23 @@ VGG_CFG = {
 
 class VGG(nn.Module):
     """CIFAR-style VGG with batch norm; pooling stops once the map is 1 pixel wide (so 28x28
-    inputs work too), then a global average pool and one linear layer. Feature layer:
-    ``features`` (the last ReLU output)."""
+    inputs work too), then a global average pool and one linear layer. ``width`` is the first
+    stage's channels (64 as in VGG; the later stages scale with it, e.g. 16 for a network a
+    CPU trains in minutes). Feature layer: ``features`` (the last ReLU output)."""
 
     feature_layer = "features"
 
     def __init__(
-        self, in_channels: int, num_classes: int, input_size: Sequence[int], depth: str = "vgg11"
+        self,
+        in_channels: int,
+        num_classes: int,
+        input_size: Sequence[int],
+        depth: str = "vgg11",
+        width: int = 64,
     ) -> None:
         super().__init__()
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 1024:
+            raise ParamError(f"vgg width must be an int in [1, 1024]; got {width}")
         layers: list[nn.Module] = []
         cin, size = in_channels, min(input_size)
         for v in VGG_CFG[depth]:
@@ -187,8 +195,9 @@ class VGG(nn.Module):
                     layers.append(nn.MaxPool2d(2))
                     size //= 2
                 continue
-            layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
-            cin = int(v)
+            cout = max(1, int(v) * width // 64)
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+            cin = cout
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cin, num_classes)
@@ -249,15 +258,19 @@ def resnet18(
 
 
 @MODELS.register("vgg11")
-def vgg11(in_channels: int, num_classes: int, input_size: Sequence[int]) -> nn.Module:
+def vgg11(
+    in_channels: int, num_classes: int, input_size: Sequence[int], width: int = 64
+) -> nn.Module:
     """VGG-11 with batch norm, CIFAR style."""
-    return VGG(in_channels, num_classes, input_size, "vgg11")
+    return VGG(in_channels, num_classes, input_size, "vgg11", width)
 
 
 @MODELS.register("vgg16")
-def vgg16(in_channels: int, num_classes: int, input_size: Sequence[int]) -> nn.Module:
+def vgg16(
+    in_channels: int, num_classes: int, input_size: Sequence[int], width: int = 64
+) -> nn.Module:
     """VGG-16 with batch norm, CIFAR style."""
-    return VGG(in_channels, num_classes, input_size, "vgg16")
+    return VGG(in_channels, num_classes, input_size, "vgg16", width)
 
 
 @MODELS.register("resnet18-imagenet")

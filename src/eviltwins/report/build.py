@@ -65,6 +65,12 @@ class Report(Result):
         for c in self.claims:
             if c.holds is not None:
                 lines.append(f"  [{c.verdict}] {c.claim}: {c.measured}")
+        short = [c for c in self.claims if c.needs]
+        if short:
+            lines.append(
+                f"  {len(short)} of {len(self.claims)} claims not measured: each "
+                f"{short[0].needs}; report.md shows their means (run more seeds for a verdict)"
+            )
         return "\n".join(lines)
 
     def unreadable_lines(self) -> list[str]:

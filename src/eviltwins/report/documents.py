@@ -43,6 +43,13 @@ def html_table(head: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
 
 
 CLAIM_HEAD = ["claim", "paper", "measured here", "verdict"]
+#: How the claims are read (eviltwins.report.claims), under their heading.
+CLAIM_RULE = (
+    "Each claim is read over seeds: one number per seed (a TrojanNN* cell minus its baseline's "
+    "at the same setting and seed, averaged over the settings the claim covers), its mean and "
+    "95% t interval; it holds only when the interval lies on the claimed side, and needs at "
+    "least 3 seeds."
+)
 STYLE = (
     "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
     "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
@@ -81,6 +88,8 @@ def write_documents(
         "",
         "## The paper's claims, measured",
         "",
+        CLAIM_RULE,
+        "",
         *md_table(CLAIM_HEAD, claim_rows),
         "",
         "## Figures",
@@ -110,6 +119,7 @@ def write_documents(
         f"<p>{html.escape(description)}</p>",
         f"<p>{counts}{html.escape(bad)}. All cells: <a href='cells.csv'>cells.csv</a>.</p>",
         "<h2>The paper's claims, measured</h2>",
+        f"<p>{html.escape(CLAIM_RULE)}</p>",
         html_table(CLAIM_HEAD, claim_rows),
         "<h2>Figures</h2>",
         *[f"<p><img src='{p.name}' alt='{p.stem}'></p>" for p in figures],

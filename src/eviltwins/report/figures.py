@@ -99,6 +99,12 @@ def _style(label: str) -> dict[str, Any]:
     return {"marker": "o" if star else "s", "linestyle": "-" if star else "--"}
 
 
+def seed_note(rows: Sequence[Row]) -> str:
+    """`` (mean ± std over 3 seeds)`` for a title when the rows hold several seeds."""
+    n = len({r.get("seed") for r in rows})
+    return f" (mean ± std over {n} seeds)" if n > 1 else ""
+
+
 def line_figure(
     rows: Sequence[Row],
     path: Path,
@@ -111,8 +117,10 @@ def line_figure(
     ylim: tuple[float, float] | None = None,
     clean_rows: Sequence[Row] = (),
 ) -> Path | None:
-    """Rows: (dataset, model) x metric; columns: values of ``panel_key``; a line per group.
-    ``metrics`` are (column, axis label, threshold line or None)."""
+    """Rows: (dataset, model) x metric; columns: values of ``panel_key``; a line per group:
+    its mean over seeds with error bars and a band of one standard deviation (the spread over
+    seeds, ALGORITHMS.md "Subsets and seeds"). ``metrics`` are (column, axis label, threshold
+    line or None); ``clean_rows`` draw the clean model's mean over seeds as a dotted line."""
     blocks = datasets(rows)
     cols = panels(rows, panel_key) if panel_key else [None]
     if not blocks or not any(num(r.get(m)) == num(r.get(m)) for r in rows for m, _, _ in metrics):
@@ -132,16 +140,23 @@ def line_figure(
                 ]
                 ticks: set[float] = set()
                 for g, (xs, ms, ss) in sorted(series(sel, x, col, group).items()):
-                    ax.errorbar(xs, ms, yerr=ss, label=g, capsize=2, **_style(g))
+                    bars = ax.errorbar(xs, ms, yerr=ss, label=g, capsize=2, **_style(g))
+                    if any(v > 0 for v in ss):
+                        low = [m - v for m, v in zip(ms, ss, strict=True)]
+                        high = [m + v for m, v in zip(ms, ss, strict=True)]
+                        ax.fill_between(xs, low, high, alpha=0.15, color=bars[0].get_color())
                     ticks.update(xs)
                 if 0 < len(ticks) <= 10:
                     ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
-                for cr in clean_rows:
-                    if cr["dataset"] == ds and cr["model"] == model:
-                        v = num(cr.get(col))
-                        if not math.isnan(v):
-                            ax.axhline(v, color="grey", linestyle=":", label="clean model")
-                            break
+                clean, _ = mean_std(
+                    [
+                        num(cr.get(col))
+                        for cr in clean_rows
+                        if (cr["dataset"], cr["model"]) == (ds, model)
+                    ]
+                )
+                if not math.isnan(clean):
+                    ax.axhline(clean, color="grey", linestyle=":", label="clean model")
                 if thr is not None:
                     ax.axhline(thr, color="red", linewidth=0.8, linestyle="-.", label="threshold")
                 if ylim:
@@ -154,7 +169,7 @@ def line_figure(
                     head += f", {panel_key} {pv:g}"
                 ax.set_title(head, fontsize=9)
                 ax.legend(fontsize=7)
-    return _save(fig, path, title)
+    return _save(fig, path, title + seed_note(rows))
 
 
 # --- the paper's figures -----------------------------------------------------------------------
@@ -173,6 +188,7 @@ def fig10_efficacy(data: FigureInput, path: Path) -> Path | None:
         ax.axis("off")
     for ax, ((ds, model), atk) in zip(axes.flat, blocks, strict=False):
         grid = np.full((len(trs), len(sizes)), np.nan)
+        spread = np.zeros_like(grid)
         for i, tr in enumerate(trs):
             for j, s in enumerate(sizes):
                 vals = [
@@ -182,7 +198,7 @@ def fig10_efficacy(data: FigureInput, path: Path) -> Path | None:
                     and r["size"] == s
                     and r["transparency"] == tr
                 ]
-                grid[i, j] = mean_std(vals)[0]
+                grid[i, j], spread[i, j] = mean_std(vals)
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
         for i in range(len(trs)):
             for j in range(len(sizes)):
@@ -190,7 +206,8 @@ def fig10_efficacy(data: FigureInput, path: Path) -> Path | None:
                     ax.text(
                         j,
                         i,
-                        f"{grid[i, j]:.2f}",
+                        f"{grid[i, j]:.2f}"
+                        + (f"\n±{spread[i, j]:.2f}" if spread[i, j] > 0 else ""),
                         ha="center",
                         va="center",
                         fontsize=7,
@@ -202,7 +219,8 @@ def fig10_efficacy(data: FigureInput, path: Path) -> Path | None:
         ax.set_ylabel("transparency")
         ax.set_title(f"{atk} on {ds}/{model}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path, "Attack efficacy over trigger size and transparency (Fig. 10)")
+    title = "Attack efficacy over trigger size and transparency (Fig. 10)"
+    return _save(fig, path, title + seed_note(rows))
 
 
 @figure("fig11", "fig11_triggers.png")

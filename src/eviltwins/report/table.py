@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from eviltwins.detectors.reports import is_tested
 from eviltwins.report.cells import CellLike, Shown
 
 Row = dict[str, Any]
@@ -68,7 +69,10 @@ def flatten(cell: CellLike) -> Row:
         else:
             no_candidate = bool(details.get("no_candidate"))
             row[f"{label}.max_anomaly"] = None if no_candidate else d.max_anomaly
-            row[f"{label}.target_anomaly"] = None if no_candidate else d.target_anomaly
+            # blank when the target was untested (ABS: no candidate for it), also in results
+            # written before untested targets were left out
+            tested = not no_candidate and is_tested(details, cell.target)
+            row[f"{label}.target_anomaly"] = d.target_anomaly if tested else None
             row[f"{label}.target_flagged"] = d.target_flagged
             row[f"{label}.flagged"] = " ".join(str(i) for i in d.flagged or [])
             if "no_candidate" in details:
