@@ -33,10 +33,12 @@ class FirstSteps:
     """Detector runs with their first optimisation steps read off the optimiser
     (NeuralCleanse and ABS reverse-engineer triggers with ``torch.optim.Adam``).
 
-    Two ways of computing the same step (pass sizes, layouts, rewrites) differ only in float
-    summation order, which the optimisation then amplifies: Adam moves a parameter whose gradient
-    is near zero by up to lr on whichever side rounding puts it, and a gate (NeuralCleanse's 0.99
-    success rate, ABS's mask bound) turns one such difference into another schedule. Which of
+    Two ways of computing the same step (pass sizes, layouts, rewrites) differ in float
+    summation order, and so now and then in a max-pool window whose two largest inputs lie within
+    rounding of each other; the optimisation then amplifies that: Adam moves a parameter whose
+    gradient is near zero by up to lr on whichever side rounding puts it, and a gate
+    (NeuralCleanse's 0.99 success rate, ABS's mask bound) turns one such difference into another
+    schedule. Which of
     those happens depends on the CPU kernel (default, AVX2, AVX-512) and the thread count. So
     tests compare what the method guarantees: the first step's gradients (same parameters, same
     images) within a tolerance, the masks after a few steps on average, and the verdict; never
@@ -66,16 +68,21 @@ class FirstSteps:
         return report, grads, masks
 
     @staticmethod
-    def assert_close(one, other, rel: float = 1e-4, mask_mean: float = 1e-3) -> None:
-        """The first step's gradients of every row agree to ``rel`` of that row's largest
-        entry (measured: under 1e-6 on the default, AVX2 and AVX-512 kernels), and the masks
-        after each kept step agree to ``mask_mean`` on average (a rounding-flipped Adam step
-        moves one element by at most lr; measured: under 1e-6 after 5 steps)."""
+    def assert_close(one, other, rel: float = 1e-2, mask_mean: float = 1e-3) -> None:
+        """The first step's gradients of every row agree to ``rel`` in L2 norm relative to
+        the row's norm, and the masks after each kept step agree to ``mask_mean`` on average.
+
+        Measured: 2e-7 in most runs (summation order); 6e-5 where a max-pool window holds two
+        inputs within rounding of each other and the other one wins (1 of 513,000 windows on
+        the AVX-512 kernel with two threads, channels-last against NCHW), which routes that
+        window's gradient to its neighbour. A wrong chunking of labels is off by O(1). The masks
+        after 5 steps: under 1e-7 apart on average (a rounding-flipped Adam step moves one
+        element by at most lr)."""
         for ga, gb in zip(one[1][0], other[1][0], strict=True):
-            scale = gb.flatten(1).abs().amax(1)
-            assert (scale > 0).all()  # a real gradient for every row
-            worst = ((ga - gb).abs().flatten(1).amax(1) / scale).max()
-            assert worst <= rel, f"first-step gradients differ by {float(worst):.2e} of the max"
+            norm = gb.flatten(1).norm(dim=1)
+            assert (norm > 0).all()  # a real gradient for every row
+            worst = ((ga - gb).flatten(1).norm(dim=1) / norm).max()
+            assert worst <= rel, f"first-step gradients differ by {float(worst):.2e} (L2, relative)"
         for ma, mb in zip(one[2], other[2], strict=True):
             assert (ma - mb).abs().mean() < mask_mean
 
