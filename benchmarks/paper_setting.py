@@ -75,10 +75,17 @@ def write_tree(
 
 
 def sweep_spec(
-    tree: Path, model: str, width: int, seeds: list[int], sizes: list[float], steps: int
+    tree: Path,
+    model: str,
+    width: int,
+    seeds: list[int],
+    sizes: list[float],
+    steps: int,
+    detector_steps: int = 100,
 ) -> dict[str, Any]:
     """The sweep of one model on one tree: every attack at ``steps`` re-training steps (equal
-    budgets), every detector, the claims read over ``seeds``."""
+    budgets), every detector (NeuralCleanse, the ensemble's NeuralCleanse and ABS at
+    ``detector_steps`` optimisation steps), the claims read over ``seeds``."""
     per = max(1, steps // 4)
     imc = {"outer_iters": 4, "retrain_steps": per, "max_steps": steps, "early_stop": False}
     return {
@@ -107,13 +114,66 @@ def sweep_spec(
         "transparencies": [0.0],
         "seeds": seeds,
         "detectors": [
-            {"name": "neural-cleanse", "label": "NeuralCleanse", "params": {"steps": 150}},
+            {
+                "name": "neural-cleanse",
+                "label": "NeuralCleanse",
+                "params": {"steps": detector_steps},
+            },
             {"name": "strip", "label": "STRIP"},
-            {"name": "ensemble", "label": "ensemble", "params": {"nc_steps": 150}},
-            {"name": "abs", "label": "ABS", "params": {"steps": 100}},
+            {"name": "ensemble", "label": "ensemble", "params": {"nc_steps": detector_steps}},
+            {"name": "abs", "label": "ABS", "params": {"steps": detector_steps}},
         ],
         "n_clean": 500,
     }
+
+
+#: Columns of the summary table: (header, flattened cell column).
+COLUMNS = (
+    ("clean acc.", "clean_acc"),
+    ("ASR", "asr"),
+    ("efficacy", "efficacy"),
+    ("NC index (target)", "NeuralCleanse.target_anomaly"),
+    ("STRIP F1", "STRIP.f1"),
+    ("ensemble F1", "ensemble.f1"),
+    ("ABS REASR (target)", "ABS.target_anomaly"),
+)
+
+
+def _mean_std(values: list[float]) -> str:
+    v = [x for x in values if x is not None and x == x]
+    if not v:
+        return "-"
+    m = sum(v) / len(v)
+    sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+    return f"{m:.2f} ± {sd:.2f}" + ("" if len(v) == len(values) else f" ({len(v)})")
+
+
+def summarize(run: Path) -> str:
+    """A markdown table of a finished sweep: one row per (attack, size), each column the mean
+    ± std over seeds (a count in brackets where some seeds have no value: an untested ABS
+    target, a filter not run on the clean model), then the claims check's verdicts."""
+    from eviltwins.experiments import load_cells
+    from eviltwins.report.table import flatten
+
+    rows = [flatten(c) for c in load_cells(run) if c.status == "ok"]
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["attack"], r["size"]), []).append(r)
+    head = ["attack", "size", "seeds", *(h for h, _ in COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (attack, size), rs in groups.items():
+        cells = [_mean_std([r.get(c) for r in rs]) for _, c in COLUMNS]
+        lines.append(
+            f"| {attack} | {size if size is not None else '-'} | {len(rs)} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    report = run / "report" / "report.json"
+    if report.is_file():
+        lines.append("")
+        for c in json.loads(report.read_text()).get("claims", []):
+            lines.append(f"- {c['claim']}: **{c['verdict']}** ({c['measured']})")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,14 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/paper"))
     ap.add_argument("--datasets", nargs="+", default=["mnist"])
     ap.add_argument("--models", nargs="+", default=["resnet18", "vgg11"])
-    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sizes", type=float, nargs="+", default=[0.2, 0.3])
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--detector-steps", type=int, default=100)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--tree-only", action="store_true")
+    ap.add_argument("--summarize", action="store_true", help="print the tables of finished runs")
     args = ap.parse_args(argv)
     out = args.out.resolve()
+    if args.summarize:
+        for run in sorted(p.parent for p in out.glob("*/sweep.json")):
+            print(f"### {run.name}\n\n{summarize(run)}\n")
+        return 0
     summary: dict[str, Any] = {}
     for dataset in args.datasets:
         tree = out / f"{dataset}-tree"
@@ -137,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.tree_only:
             continue
         for model in args.models:
-            spec = sweep_spec(tree, model, args.width, args.seeds, args.sizes, args.steps)
+            spec = sweep_spec(
+                tree, model, args.width, args.seeds, args.sizes, args.steps, args.detector_steps
+            )
             path = out / f"{spec['name']}.yaml"
             path.write_text(yaml.safe_dump(spec, sort_keys=False))
             run = out / spec["name"]

@@ -177,3 +177,28 @@ def test_quick_run_end_to_end(tmp_path):
     assert "| cnn | STRIP (paper) | cpu |" in proc.stdout
     assert (tmp_path / "results.md").read_text().count("STRIP (paper)") == 1
     assert (tmp_path / "cnn" / "badnet" / "trigger.safetensors").is_file()
+
+
+def test_paper_setting_writes_a_class_sorted_colour_tree_and_a_valid_equal_budget_sweep(
+    tmp_path,
+):
+    """The paper's on-disk form (class-per-folder PNGs sorted by class, read as 3-channel
+    32x32) of real images, and the sweep it runs: valid, every pair at equal budgets, the
+    detectors at the given step count."""
+    from benchmarks import paper_setting as ps
+    from eviltwins.data import load_all, load_dataset
+    from eviltwins.experiments import load_spec
+
+    tree = ps.write_tree("digits", tmp_path / "digits-tree", train_per_class=3, test_per_class=2)
+    folders = sorted(p.name for p in (tree / "train").iterdir())
+    assert len(folders) == 10 and folders[0].startswith("00-") and folders[9].startswith("09-")
+    spec = load_dataset(str(tree), image_size=32, channels=3)
+    x, y = load_all(spec.test)
+    assert x.shape == (20, 3, 32, 32) and torch.equal(x[:, 0], x[:, 2])  # grey in RGB
+    assert y.tolist() == sorted(y.tolist()) and set(y.tolist()) == set(range(10))
+    sweep = ps.sweep_spec(tree, "vgg11", 4, [0, 1, 2], [0.2, 0.3], steps=40, detector_steps=7)
+    loaded = load_spec(sweep)  # refuses unequal TrojanNN / TrojanNN* budgets
+    assert loaded.seeds == [0, 1, 2]
+    params = {d["label"]: d.get("params", {}) for d in sweep["detectors"]}
+    assert params["NeuralCleanse"]["steps"] == params["ensemble"]["nc_steps"] == 7
+    assert ps._mean_std([0.5, 0.7, None]) == "0.60 ± 0.14 (2)"

@@ -18,6 +18,7 @@ from eviltwins.detectors.abs_remask import LOGIT_WEIGHT, MASK_EPS, mask_weight
 from eviltwins.detectors.base import quantile_threshold
 from eviltwins.detectors.evaluation import non_target_examples, split_filter_data
 from eviltwins.detectors.nc_schedule import COST_DOWN, COST_UP, CostState, next_cost
+from eviltwins.errors import ParamError
 from eviltwins.experiments.store import CELL_SCHEMA, CellResult
 from eviltwins.report.cells import Shown
 from eviltwins.report.table import flatten, summary_table
@@ -271,6 +272,14 @@ def test_ensemble_is_calibrated_by_strips_paper_rule():
     assert strip.entropy_threshold_ == quantile_threshold(h, 0.05)
     normal = NCStripEnsemble(n_overlays=4, threshold="normal").fit(model, pool, trigger=trig)
     assert normal.deviation_threshold_ != ens.deviation_threshold_  # still an explicit option
+
+
+def test_ensemble_passes_its_nc_steps_to_the_neural_cleanse_it_composes():
+    assert NCStripEnsemble().inspector().steps is None  # NeuralCleanse's preset
+    inspector = NCStripEnsemble(nc_steps=7, seed=3).inspector()
+    assert (inspector.steps, inspector.seed) == (7, 3)
+    with pytest.raises(ParamError, match="nc_steps"):
+        NCStripEnsemble(nc_steps=0).fit(Linear4(), torch.rand(8, 1, 4, 4), data=None)
 
 
 # --- NeuralCleanse's cost schedule (defect 4) ------------------------------------------------

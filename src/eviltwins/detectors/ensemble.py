@@ -48,7 +48,8 @@ class NCStripEnsemble(InputFilter):
 
     ``fit(model, clean, trigger)`` takes the recovered trigger (e.g. from
     ``NeuralCleanse().inspect``: ``report.masks[suspect]``), or, when ``trigger`` is None,
-    composes a model inspector (:meth:`inspector`: NeuralCleanse with the ensemble's seed),
+    composes a model inspector (:meth:`inspector`: NeuralCleanse with the ensemble's seed and,
+    when ``nc_steps`` is set, that many optimisation steps per label instead of its preset's),
     kept as ``inspector_``, and runs it on ``data.test``. Those inputs must be disjoint from the
     inputs the ensemble is evaluated on: :func:`~eviltwins.detectors.evaluate_filter` passes
     the test images outside its evaluated part.
@@ -64,6 +65,7 @@ class NCStripEnsemble(InputFilter):
         "threshold": OneOf("quantile", "normal", "fixed"),
         "deviation_threshold": Interval(float, 0, MAX_MAGNITUDE),
         "frr": Interval(float, 0, 1, closed="neither"),
+        "nc_steps": Interval(int, 1, MAX_STEPS, allow_none=True),
         "seed": SEED_RANGE,
     }
 
@@ -74,6 +76,7 @@ class NCStripEnsemble(InputFilter):
         threshold: str = "quantile",
         deviation_threshold: float = 0.1,
         frr: float = 0.05,
+        nc_steps: int | None = None,
         seed: int = 0,
     ) -> None:
         self.n_overlays = n_overlays
@@ -81,11 +84,12 @@ class NCStripEnsemble(InputFilter):
         self.threshold = threshold
         self.deviation_threshold = deviation_threshold
         self.frr = frr
+        self.nc_steps = nc_steps
         self.seed = seed
 
     def inspector(self) -> ModelInspector:
         """The model inspector whose suspected trigger the ensemble mixes (step (i))."""
-        return NeuralCleanse(seed=self.seed, quiet=True)
+        return NeuralCleanse(steps=self.nc_steps, seed=self.seed, quiet=True)
 
     def _fit(
         self,
