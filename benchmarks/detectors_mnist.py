@@ -2,7 +2,7 @@
 square of size 0.15, target 0, 1 epoch). Prints NeuralCleanse anomaly indices (and steps per
 label), STRIP F1/AUC (both variants) and the ensemble under the authors' input-filter protocol
 (with the all-stamped variant beside), and ABS REASR, with seconds per detector. Input filters
-are fitted on the first 1,000 test images and evaluated on the next 1,000
+are fitted on a seeded random 1,000 test images and evaluated on another 1,000
 (:func:`eviltwins.detectors.evaluate_filter`).
 
 Run: ``EVILTWINS_DATA=... python benchmarks/detectors_mnist.py [--dataset mnist]``.

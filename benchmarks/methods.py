@@ -156,10 +156,13 @@ def _abs_phases(est: Any, ctx: Context, result: Any) -> list[Phase]:
 
 
 def _strip_phases(est: Any, ctx: Context) -> list[Phase]:
-    y = ctx.test_labels
-    n_clean = min(STRIP_CLEAN[ctx.quick], len(y) // 2)
-    n_stamped = int((y[n_clean : 2 * n_clean] != TARGET).sum())
+    from eviltwins.detectors.evaluation import split_filter_data
     from eviltwins.detectors.strip import VARIANTS
+
+    y = ctx.test_labels
+    _, evaluated, _ = split_filter_data(ctx.spec, STRIP_CLEAN[ctx.quick])  # as evaluate_filter
+    n_clean = len(evaluated)
+    n_stamped = int((y[evaluated] != TARGET).sum())
 
     n = est.n_overlays or VARIANTS[est.variant]["n_overlays"]
     batch = max(1, 2048 // n) * n

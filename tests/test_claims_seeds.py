@@ -162,3 +162,47 @@ def test_line_figures_draw_the_spread_over_seeds_and_the_clean_mean(tmp_path, mo
     dotted = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
     assert [ln.get_ydata()[0] for ln in dotted] == [pytest.approx(0.15)]  # mean, not seed 0
     assert figs.seed_note(rows[:2]) == ""
+
+
+# --- claims read from sweep rows (moved beside the interval tests) --------------------------
+def test_claims_follow_the_numbers():
+    det = {"neural-cleanse": "nc", "strip": "strip"}
+    good = [
+        r
+        for seed, noise in ((0, 0.0), (1, 0.01), (2, -0.01))
+        for r in (
+            row("TrojanNN", 0.1, seed, 0.3, **{"nc.target_anomaly": 4.0, "strip.f1": 0.9}),
+            row("TrojanNN", 0.2, seed, 0.8, **{"nc.target_anomaly": 3.0, "strip.f1": 0.9}),
+            row("TrojanNN*", 0.1, seed, 0.9 + noise, **{"nc.target_anomaly": 1.0, "strip.f1": 0.1}),
+            row("TrojanNN*", 0.2, seed, 0.95 + noise, **{"nc.target_anomaly": 1.0, "strip.f1": 0.2}),
+        )
+    ]  # fmt: skip
+    verdicts = {c.id: c.holds for c in claims(good, det)}
+    assert verdicts["imc-asr-ge-trojannn"] is True
+    assert verdicts["efficacy-rises-with-size"] is True
+    assert all(v is not False for v in verdicts.values())
+    bad = [dict(r, asr=1 - r["asr"]) if r["attack_name"] == "imc" else r for r in good]
+    verdicts = {c.id: c.holds for c in claims(bad, det)}
+    assert verdicts["imc-asr-ge-trojannn"] is False
+
+
+def test_an_evasion_counts_only_when_the_verdict_is_clean():
+    """Regression (issue 11): a lower target index is not an evasion while NeuralCleanse still
+    flags other labels on the TrojanNN* model; the claim shows both, and efficacy beside."""
+    det = {"neural-cleanse": "nc"}
+    base = {"nc.target_anomaly": 3.0, "nc.target_flagged": True, "nc.flagged": "0"}
+    rows = [
+        r
+        for seed in (0, 1, 2)
+        for r in (
+            row("TrojanNN", 0.2, seed, 0.4, **base),
+            row("TrojanNN*", 0.2, seed, 0.8, **{"nc.target_anomaly": 0.1 * seed, "nc.flagged": "2 5 9"}),
+        )
+    ]  # fmt: skip
+    c = claim_by_id(claims(rows, det), "nc-evaded")
+    assert c.holds is False
+    assert "clean (no label flagged) in 0/3" in c.measured and "2 5 9" in c.measured
+    assert "efficacy" in c.measured
+    for r in rows[1::2]:
+        r["nc.flagged"] = ""
+    assert claim_by_id(claims(rows, det), "nc-evaded").holds is True

@@ -20,7 +20,7 @@ from eviltwins.errors import DataError, ParamError, UnknownNameError
 from eviltwins.experiments import cells, load_cells, load_spec, run_sweep
 from eviltwins.experiments.demo import DEMO_SPEC
 from eviltwins.experiments.reporting import write_sweep_report as write_report
-from eviltwins.report import claim_by_id, claims, pairs
+from eviltwins.report import pairs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -236,45 +236,6 @@ def test_report_writes_csv_figures_and_claims(tiny_run):
     assert len(pairs(rep.rows)) == 2
 
 
-def _row(attack, name, size, asr, seed=0, **extra):
-    return {
-        "key": f"{attack}{size}-{seed}",
-        "dataset": "d",
-        "model": "m",
-        "attack": attack,
-        "attack_name": name,
-        "init": "trojannn" if name == "imc" else "",
-        "size": size,
-        "transparency": 0.7,
-        "seed": seed,
-        "asr": asr,
-        "efficacy": asr,
-        "acc_drop": 0.001,
-        **extra,
-    }
-
-
-def test_claims_follow_the_numbers():
-    det = {"neural-cleanse": "nc", "strip": "strip"}
-    good = [
-        row
-        for seed, noise in ((0, 0.0), (1, 0.01), (2, -0.01))
-        for row in (
-            _row("TrojanNN", "trojannn", 0.1, 0.3, seed, **{"nc.target_anomaly": 4.0, "strip.f1": 0.9}),
-            _row("TrojanNN", "trojannn", 0.2, 0.8, seed, **{"nc.target_anomaly": 3.0, "strip.f1": 0.9}),
-            _row("TrojanNN*", "imc", 0.1, 0.9 + noise, seed, **{"nc.target_anomaly": 1.0, "strip.f1": 0.1}),
-            _row("TrojanNN*", "imc", 0.2, 0.95 + noise, seed, **{"nc.target_anomaly": 1.0, "strip.f1": 0.2}),
-        )
-    ]  # fmt: skip
-    verdicts = {c.id: c.holds for c in claims(good, det)}
-    assert verdicts["imc-asr-ge-trojannn"] is True
-    assert verdicts["efficacy-rises-with-size"] is True
-    assert all(v is not False for v in verdicts.values())
-    bad = [dict(r, asr=1 - r["asr"]) if r["attack_name"] == "imc" else r for r in good]
-    verdicts = {c.id: c.holds for c in claims(bad, det)}
-    assert verdicts["imc-asr-ge-trojannn"] is False
-
-
 # --- CLI ---------------------------------------------------------------------------------------
 def test_cli_sweep_check_and_report(tiny_run, tmp_path, capsys):
     spec_file = tmp_path / "s.yaml"
@@ -296,25 +257,3 @@ def test_cli_sweep_check_and_report(tiny_run, tmp_path, capsys):
 def test_report_refuses_a_folder_without_cells(tmp_path):
     with pytest.raises(DataError, match="eviltwins sweep"):
         write_report(tmp_path)
-
-
-def test_an_evasion_counts_only_when_the_verdict_is_clean():
-    """Regression (issue 11): a lower target index is not an evasion while NeuralCleanse still
-    flags other labels on the TrojanNN* model; the claim shows both, and efficacy beside."""
-    det = {"neural-cleanse": "nc"}
-    base = {"nc.target_anomaly": 3.0, "nc.target_flagged": True, "nc.flagged": "0"}
-    rows = [
-        row
-        for seed in (0, 1, 2)
-        for row in (
-            _row("TrojanNN", "trojannn", 0.2, 0.4, seed, **base),
-            _row("TrojanNN*", "imc", 0.2, 0.8, seed, **{"nc.target_anomaly": 0.1 * seed, "nc.flagged": "2 5 9"}),
-        )
-    ]  # fmt: skip
-    c = claim_by_id(claims(rows, det), "nc-evaded")
-    assert c.holds is False
-    assert "clean (no label flagged) in 0/3" in c.measured and "2 5 9" in c.measured
-    assert "efficacy" in c.measured
-    for r in rows[1::2]:
-        r["nc.flagged"] = ""
-    assert claim_by_id(claims(rows, det), "nc-evaded").holds is True

@@ -9,7 +9,7 @@ reference); the report compares them with the paper's claims. STRIP is the paper
 (N=8, 0.5/0.5, threshold at 5% FPR of held-out clean entropies), evaluated with the authors'
 protocol (triggered = stamped inputs that reach the target).
 
-Budgets, re-planned to fit three minutes on two CPU cores (issue 15): NeuralCleanse runs the
+Budgets, re-planned to fit three minutes on two CPU cores: NeuralCleanse runs the
 ``imc`` preset's 10 epochs over the 360 held-out digits (``NC_STEPS`` = 10 x ceil(360 / 32) =
 120 steps per label, stated explicitly; the preset's nominal budget counts 1,600 inputs, 500
 steps, which the sweeps in ``configs/`` keep); STRIP's original variant (N=100) is left to

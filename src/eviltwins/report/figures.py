@@ -352,7 +352,7 @@ def fig15_strip_vs_ensemble(data: FigureInput, path: Path) -> Path | None:
     )
 
 
-# ABS's REASR (its largest over labels), as its class declares
+# ABS's REASR of the attack's target label, as its class declares (``target_anomaly``)
 figure("abs", "abs_reasr_vs_size.png", _declared("abs"))(
     _declared_vs_size("abs", "ABS REASR vs trigger size (Appendix C)", (-0.02, 1.02))
 )

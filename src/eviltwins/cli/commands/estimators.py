@@ -108,7 +108,8 @@ FILTER_OPTIONS = (
         type=int,
         default=1000,
         show_default=True,
-        help=f"Held-out clean images to fit on (and as many to test). {must(N_CLEAN)}",
+        help=f"Held-out clean images to fit on (and as many to test), a seeded random draw "
+        f"of the test split. {must(N_CLEAN)}",
     ),
     click.Option(
         ["--protocol"],
