@@ -168,12 +168,23 @@ def summarize(run: Path) -> str:
             + " | ".join(cells)
             + " |"
         )
-    report = run / "report" / "report.json"
-    if report.is_file():
-        lines.append("")
-        for c in json.loads(report.read_text()).get("claims", []):
-            lines.append(f"- {c['claim']}: **{c['verdict']}** ({c['measured']})")
+    lines += claim_lines(run, rows)
     return "\n".join(lines)
+
+
+def claim_lines(run: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """The claims check read once per TrojanNN* variant of the sweep (each against TrojanNN
+    alone: the report's own check pools every variant that starts from TrojanNN)."""
+    from eviltwins.report import claims
+
+    spec = json.loads((run / "sweep.json").read_text())
+    det = {d["name"]: d.get("label") or d["name"] for d in spec["detectors"]}
+    out = []
+    for star in sorted({r["attack"] for r in rows if r["attack_name"] == "imc"}):
+        keep = [r for r in rows if r["attack_name"] != "imc" or r["attack"] == star]
+        out += ["", f"Claims, {star} against TrojanNN:", ""]
+        out += [f"- {c.claim}: **{c.verdict}** ({c.measured})" for c in claims(keep, det)]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

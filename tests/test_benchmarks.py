@@ -202,3 +202,31 @@ def test_paper_setting_writes_a_class_sorted_colour_tree_and_a_valid_equal_budge
     params = {d["label"]: d.get("params", {}) for d in sweep["detectors"]}
     assert params["NeuralCleanse"]["steps"] == params["ensemble"]["nc_steps"] == 7
     assert ps._mean_std([0.5, 0.7, None]) == "0.60 ± 0.14 (2)"
+
+
+def test_paper_setting_reads_the_claims_once_per_trojannn_star_variant(tmp_path):
+    from benchmarks import paper_setting as ps
+
+    (tmp_path / "sweep.json").write_text(json.dumps({"detectors": [{"name": "strip"}]}))
+
+    def row(attack, name, seed, asr):
+        return {"key": f"{attack}{seed}", "dataset": "d", "model": "m", "attack": attack,
+                "attack_name": name, "init": "trojannn" if name == "imc" else "", "size": 0.2,
+                "transparency": 0.0, "seed": seed, "asr": asr, "efficacy": asr,
+                "acc_drop": 0.0}  # fmt: skip
+
+    rows = [
+        r
+        for seed in (0, 1, 2)
+        for r in (
+            row("TrojanNN", "trojannn", seed, 0.5),
+            row("fixed", "imc", seed, 0.9 + 0.01 * seed),
+            row("evading", "imc", seed, 0.1 + 0.01 * seed),
+        )
+    ]
+    text = "\n".join(ps.claim_lines(tmp_path, rows))
+    evading, fixed = text.split("Claims, evading against TrojanNN:")[1].split(
+        "Claims, fixed against TrojanNN:"
+    )
+    assert "**holds** (fixed vs TrojanNN: mean ASR gain +0.410" in fixed
+    assert "**does not hold** (evading vs TrojanNN: mean ASR gain -0.390" in evading
