@@ -257,3 +257,33 @@ def test_cli_sweep_check_and_report(tiny_run, tmp_path, capsys):
 def test_report_refuses_a_folder_without_cells(tmp_path):
     with pytest.raises(DataError, match="eviltwins sweep"):
         write_report(tmp_path)
+
+
+def test_a_finished_pool_lets_its_workers_exit_instead_of_terminating_them(monkeypatch):
+    """When every task is done the idle workers exit on their own (exit code 0); terminating
+    them (SIGTERM) left their queues' semaphores to a resource-tracker warning after a
+    ``--jobs 2`` sweep."""
+    import operator
+
+    from eviltwins.experiments import executors
+
+    pools = []
+
+    class Recorded(executors.ProcessPoolExecutor):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            pools.append(self)
+
+        def shutdown(self, *a, **kw):
+            self.seen = list(self._processes.values())
+            super().shutdown(*a, **kw)
+
+    monkeypatch.setattr(executors, "ProcessPoolExecutor", Recorded)
+    args = [(1, 2), (3, 4), (5, 6)]
+    assert sorted(executors.LocalExecutor(jobs=2).imap(operator.add, args)) == [
+        (0, 3), (1, 7), (2, 11)
+    ]  # fmt: skip
+    (pool,) = pools
+    for proc in pool.seen:
+        proc.join(timeout=30)
+    assert [proc.exitcode for proc in pool.seen] == [0, 0]

@@ -100,14 +100,18 @@ class LocalExecutor:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     yield futures[f], f.result()
-        finally:
-            # On Ctrl-C or an error: drop queued tasks and stop the workers; finished results
-            # were already handed to the driver (and written).
+        except BaseException:
+            # On Ctrl-C, an error or an abandoned iteration: drop queued tasks and stop the
+            # workers; finished results were already handed to the driver (and written).
             procs = list((getattr(pool, "_processes", None) or {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
             for proc in procs:
                 if proc.is_alive():
                     proc.terminate()
+            raise
+        # all done: the idle workers exit on their own and release their queues' semaphores
+        # (terminating them leaked three per sweep, reported by the resource tracker)
+        pool.shutdown(wait=True)
 
     def close(self) -> None:
         pass
