@@ -9,8 +9,11 @@ folder loader are the paper's kind. Budgets fit 2 CPU cores: a few thousand imag
 hundred re-training steps, networks of reduced width (``--width``), NeuralCleanse and ABS with
 fewer optimisation steps than their papers' (the values are in the written sweep specs).
 
-Run: ``EVILTWINS_DATA=... python -m benchmarks.paper_setting --out runs/paper``
-(``--models resnet18 vgg11 --seeds 0 1 2``; ``--tree-only`` just writes the image trees).
+Run: ``EVILTWINS_DATA=... python -m benchmarks.paper_setting --out runs/paper --jobs 2``
+(``--models resnet18 vgg11 --width 8 --sizes 0.2 0.3 --seeds 0 1 2 --steps 200
+--detector-steps 100`` are the defaults; ``--tree-only`` just writes the image trees;
+``--summarize`` prints a table per finished run and the claims check once per TrojanNN*
+variant).
 """
 
 from __future__ import annotations
