@@ -84,7 +84,10 @@ class IMC(BackdoorAttack):
     Evasion (``evade``, any of ``neural-cleanse``, ``strip``, and ``abs`` once the ABS detector
     is installed; ALGORITHMS.md, "Evading ..."): NeuralCleanse adds l_f(m) = ||m||_1 / trigger
     pixels to the trigger step with weight ``fidelity_weight`` (lambda, default 1; it needs a
-    learnable mask: mode opacity or size). STRIP adds nu * l_s(theta), l_s = -H(f((x* + x') /
+    learnable mask: mode opacity or size; Adam at ``trigger_lr`` 0.1 takes full steps along
+    its steady gradient and can erase a small mask in the first round, before the model has
+    learned the trigger: ``mask_l1`` and efficacy in the history show it, and a lower
+    ``trigger_lr`` keeps the mask). STRIP adds nu * l_s(theta), l_s = -H(f((x* + x') /
     2)), to the model step with ``strip_weight`` (nu, default 0.6; the authors use 0.2 on
     GTSRB), only on the re-training batches that carry stamped copies, x* a clean input of the
     batch stamped once and x' a different clean input. ABS subtracts ``abs_weight`` (1e-4)
