@@ -156,9 +156,11 @@ def summarize(run: Path) -> str:
     ± std over seeds (a count in brackets where some seeds have no value: an untested ABS
     target, a filter not run on the clean model), then the claims check's verdicts."""
     from eviltwins.experiments import load_cells
+    from eviltwins.report.cells import detector_labels
     from eviltwins.report.table import flatten
 
-    rows = [flatten(c) for c in load_cells(run) if c.status == "ok"]
+    ok = [c for c in load_cells(run) if c.ok]
+    rows = [flatten(c) for c in ok]
     groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["attack"], r["size"]), []).append(r)
@@ -171,17 +173,16 @@ def summarize(run: Path) -> str:
             + " | ".join(cells)
             + " |"
         )
-    lines += claim_lines(run, rows)
+    lines += claim_lines(rows, detector_labels(ok))
     return "\n".join(lines)
 
 
-def claim_lines(run: Path, rows: list[dict[str, Any]]) -> list[str]:
+def claim_lines(rows: list[dict[str, Any]], det: dict[str, str]) -> list[str]:
     """The claims check read once per TrojanNN* variant of the sweep (each against TrojanNN
-    alone: the report's own check pools every variant that starts from TrojanNN)."""
+    alone: the report's own check pools every variant that starts from TrojanNN); ``det``
+    maps a detector's name to its label, as the report's (``detector_labels``)."""
     from eviltwins.report import claims
 
-    spec = json.loads((run / "sweep.json").read_text())
-    det = {d["name"]: d.get("label") or d["name"] for d in spec["detectors"]}
     out = []
     for star in sorted({r["attack"] for r in rows if r["attack_name"] == "imc"}):
         keep = [r for r in rows if r["attack_name"] != "imc" or r["attack"] == star]
