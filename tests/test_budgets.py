@@ -15,6 +15,7 @@ from eviltwins.attacks import ATTACKS
 from eviltwins.attacks.budget import RetrainBudget, compared_with
 from eviltwins.cli import main
 from eviltwins.errors import ParamError
+from eviltwins.evasion import evasion_weights
 from eviltwins.experiments import cells, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,11 +167,11 @@ def test_dataset_params_override_an_attack_on_their_dataset_only():
     spec = pair(datasets=["digits", "mnist"])
     spec["attacks"][1]["params"]["evade"] = ["strip"]
     before = load_spec(spec)
-    spec["attacks"][1]["dataset_params"] = {"mnist": {"strip_weight": 0.2}}
+    spec["attacks"][1]["dataset_params"] = {"mnist": {"evade": {"strip": 0.2}}}
     after = load_spec(spec)
     star = {c.dataset: c for c in cells(after) if c.attack.name == "imc"}
-    assert star["mnist"].attack_params(after)["strip_weight"] == 0.2
-    assert "strip_weight" not in star["digits"].attack_params(after)
+    assert star["mnist"].attack_params(after)["evade"] == {"strip": 0.2}
+    assert star["digits"].attack_params(after)["evade"] == ["strip"]
     # only the overridden cells get new keys: the others' results stay valid
     old, new = {c.key(before) for c in cells(before)}, {c.key(after) for c in cells(after)}
     assert old - new == {
@@ -183,7 +184,7 @@ def test_the_full_strip_configs_use_the_authors_weight_on_gtsrb():
     for name in ("fig14", "fig15"):
         spec = load_spec(REPO / "configs" / "full" / f"{name}.yaml")
         weights = {
-            c.dataset: c.attack_params(spec).get("strip_weight")
+            c.dataset: evasion_weights(c.attack_params(spec)["evade"]).get("strip")
             for c in cells(spec)
             if c.attack.name == "imc"
         }

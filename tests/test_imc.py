@@ -144,7 +144,8 @@ def test_badnet_star_and_cli(digits_clean, tmp_path, capsys):
     assert code == 0, captured.err
     d = json.loads(captured.out)
     assert d["attack"] == "imc" and d["extra"]["init"] == "badnet"
-    assert d["extra"]["evasion_weights"] == {"strip": 0.6} and d["extra"]["fidelity_weight"] == 1
+    assert d["extra"]["evasion_weights"] == {"neural-cleanse": 1.0, "strip": 0.6}
+    assert {"neural-cleanse_loss", "strip_loss", "evasion_batches"} <= set(d["history"][-1])
     assert len(d["history"]) <= 3 and (tmp_path / "imc" / "trigger.png").is_file()
 
 
@@ -154,7 +155,7 @@ def test_strip_term_sees_each_input_stamped_once_beside_a_clean_partner(
     """Regression (issue 11, defect 1): the STRIP term runs only on re-training batches that
     carry stamped copies, on clean rows stamped once, mixed with *different clean* rows; it
     never stamps an input twice nor pairs two stamped inputs."""
-    import eviltwins.evasion as evasion
+    import eviltwins.detectors.strip as evasion
     from eviltwins.triggers import Trigger
 
     res, _ = digits_clean

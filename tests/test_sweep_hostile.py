@@ -192,12 +192,13 @@ def _star(dataset_params) -> dict:
     [
         ("gtsrb", "'dataset_params' parameter (in attacks.1)"),
         ({"digits": 0.2}, "mappings of parameter names to values"),
-        ({1: {"strip_weight": 0.2}}, "a mapping of dataset names"),
-        ({"gtsrb": {"strip_weight": 0.2}}, "names 'gtsrb', not a dataset of the sweep"),
+        ({1: {"evade": {"strip": 0.2}}}, "a mapping of dataset names"),
+        ({"gtsrb": {"evade": {"strip": 0.2}}}, "names 'gtsrb', not a dataset of the sweep"),
         ({"digits": {"size": 0.5}}, "cannot set 'size'"),
-        ({"digits": {"strip_weight": -1}}, "attack 'TrojanNN*' on digits: The 'strip_weight'"),
-        ({"digits": {"strip_weight": 10**400}}, "'strip_weight'"),
-        ({"digits": {"strip_weigth": 0.2}}, "strip_weight"),  # the registry's typo hint
+        ({"digits": {"evade": {"strip": -1}}}, "attack 'TrojanNN*' on digits: The 'evade'"),
+        ({"digits": {"evade": {"strip": 10**400}}}, "'evade'"),
+        ({"digits": {"evade": {"strp": 0.2}}}, "did you mean 'strip'"),  # the registry's hint
+        ({"digits": {"trigger_rl": 0.2}}, "trigger_lr"),  # the registry's typo hint
         ({"digits": {"max_steps": 5}}, "different budgets"),  # its pair re-trains 6 steps
     ],
 )
@@ -217,12 +218,12 @@ def test_dataset_params_name_a_path_dataset_as_the_datasets_do(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.npz").write_bytes(b"")  # validation only checks that it exists
     raw = spec(
-        datasets=["digits", "mine.npz"], attacks=[_star({"./mine.npz": {"strip_weight": 0.2}})]
+        datasets=["digits", "mine.npz"], attacks=[_star({"./mine.npz": {"trigger_lr": 0.2}})]
     )
     loaded = load_spec(raw)
-    weights = {c.dataset: c.attack_params(loaded).get("strip_weight") for c in cells(loaded)}
-    assert weights == {"digits": None, str((tmp_path / "mine.npz").resolve()): 0.2}
-    twice = _star({"mine.npz": {"strip_weight": 0.2}, "./mine.npz": {"strip_weight": 0.3}})
+    lrs = {c.dataset: c.attack_params(loaded).get("trigger_lr") for c in cells(loaded)}
+    assert lrs == {"digits": None, str((tmp_path / "mine.npz").resolve()): 0.2}
+    twice = _star({"mine.npz": {"trigger_lr": 0.2}, "./mine.npz": {"trigger_lr": 0.3}})
     with pytest.raises(ParamError, match="names a dataset twice"):
         load_spec(spec(datasets=["digits", "mine.npz"], attacks=[twice]))
     with pytest.raises(ParamError, match="takes no params"):

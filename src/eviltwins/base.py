@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from eviltwins.errors import ParamError
@@ -239,6 +239,27 @@ class Estimator:
     """Base of attacks and detectors: parameters in ``__init__``, work in the verb."""
 
     _constraints: ClassVar[dict[str, Constraint]] = {}
+    #: The smallest configuration that runs the estimator end to end on a few hundred small
+    #: images in seconds (what the common checks run every registered estimator with; merged
+    #: over the defaults, with ``seed`` and ``quiet`` set by the caller).
+    fast_params: ClassVar[dict[str, Any]] = {}
+    #: ``(parameter naming a preset, {preset: {parameter: value}})``: a parameter left
+    #: ``None`` runs with the chosen preset's value (:meth:`resolved`); None: no presets.
+    _presets: ClassVar[tuple[str, Mapping[str, Mapping[str, Any]]] | None] = None
+
+    def resolved(self, name: str) -> Any:
+        """The value parameter ``name`` runs with: its own, or where it is ``None`` the
+        chosen preset's (a preset may also fix values that are not parameters)."""
+        value = getattr(self, name, None)
+        if value is None and self._presets is not None:
+            key, table = self._presets
+            return table[getattr(self, key)].get(name)
+        return value
+
+    def resolved_params(self) -> dict[str, Any]:
+        """Every parameter with the preset's values filled in: what the estimator runs with,
+        as its reports record it."""
+        return {n: self.resolved(n) for n in init_param_names(type(self))}
 
     def get_params(self) -> dict[str, Any]:
         return {n: getattr(self, n) for n in init_param_names(type(self))}

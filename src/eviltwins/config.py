@@ -15,11 +15,12 @@ import functools
 import os
 import re
 import typing
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-from eviltwins.base import Constraint
+from eviltwins.base import Check, Constraint
 from eviltwins.errors import DataError, ParamError
 from eviltwins.paths import readable_file
 from eviltwins.results import hint_members, plain
@@ -192,3 +193,30 @@ def parse_yaml(text: str | bytes, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataError(f"{what} must hold a mapping of option: value pairs")
     return data
+
+
+def grid_list(kind: Callable[[Any], bool], what: str) -> Check:
+    """A non-empty list of ``what`` without repeats (each is a grid axis)."""
+
+    def ok(v: Any) -> bool:
+        return (
+            isinstance(v, list)
+            and len(v) >= 1
+            and all(kind(x) for x in v)
+            and len(set(v)) == len(v)
+        )
+
+    return Check(ok, f"a non-empty list of {what} without repeats (each is a grid axis)")
+
+
+def unit_grid_list(low_open: bool, high_open: bool, what: str) -> Check:
+    """A non-empty list of floats in the unit interval, open or closed at each end, without
+    repeats (a sweep's sizes and transparencies)."""
+
+    def ok(v: Any) -> bool:
+        return grid_list(lambda x: isinstance(x, float), "").ok(v) and all(
+            (x > 0 if low_open else x >= 0) and (x < 1 if high_open else x <= 1) for x in v
+        )
+
+    lb, rb = "(" if low_open else "[", ")" if high_open else "]"
+    return Check(ok, f"a non-empty list of {what} in {lb}0, 1{rb} without repeats")

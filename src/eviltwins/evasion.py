@@ -1,8 +1,9 @@
 """Evasion terms that IMC (Algorithm 2) can add to its losses, by detector name.
 
-This is the small, explicit interface between attacks and detectors (ARCHITECTURE.md): an
-attack asks for a term by name; a detector module may register one (``abs`` is registered by
-:mod:`eviltwins.detectors.abs_evasion`). The attack never imports a detector.
+This is the small, explicit interface between attacks and detectors (ARCHITECTURE.md): each
+detector's term lives beside the detector, which registers it here (``EVASIONS``); an attack
+asks for terms by name with weights (:func:`evasion_weights`: ``{"strip": 0.2}``, or names
+alone for the terms' default weights) and never imports a detector.
 
 A term may act on the trigger-perturbation step (``trigger_loss``: added to the loss minimised
 over r, m with the model fixed) and/or on the model-perturbation step. Following the authors'
@@ -24,20 +25,22 @@ A term whose model loss depends on the current model's state (ABS's candidate ne
 declares ``refresh``: IMC calls it once per outer iteration, before the model step, on seed
 images from the training split, and passes what it returns as ``state``; ``record(state)``
 gives numbers IMC writes into its history (e.g. how many candidates the term acts on, so a term
-that does nothing is visible).
+that does nothing is visible). ``needs_learned_mask``: the term acts only through the mask's
+opacity, so a fixed mask leaves it nothing to change (IMC refuses that pairing).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from eviltwins.metrics import prediction_entropy
+from eviltwins.base import Constraint
+from eviltwins.errors import ParamError
 from eviltwins.models import feature_tap
 from eviltwins.registry import Registry
 
@@ -87,33 +90,82 @@ class EvasionTerm:
 
 EVASIONS: Registry[EvasionTerm] = Registry("evasion term")
 
-
-def neural_cleanse_fidelity(
-    model: nn.Module, stamped: Tensor, benign: Tensor, mask: Tensor, n_pixels: int
-) -> Tensor:
-    """l_f(m) = ||m||_1 / (pixels covered by the trigger) (Pang et al., Section 5.3.2: "we set
-    lambda as the number of pixels covered by the trigger"; the authors' code divides by it)."""
-    return mask.abs().sum() / max(1, n_pixels)
+#: How an attack's ``evade`` parameter may be spelled (for its constraint and ``--help``).
+EVADE_FORMS = (
+    "evasion terms: names (neural-cleanse,strip), name=weight pairs (neural-cleanse,strip=0.2) "
+    "or a mapping of names to weights (None: the term's default)"
+)
 
 
-def strip_mixtures(stamped: Tensor, clean: Tensor, state: Any = None) -> Tensor | None:
-    """STRIP's rows of the re-training batch: the mixtures (x* + x') / 2 of each clean input
-    stamped once, x* = psi(x, r; m) (``stamped[i] = psi(clean[i])``), with a *different, clean*
-    input x' of the same batch (``clean`` rolled by one place) (Pang et al., Section 5.3.2;
-    ALGORITHMS.md, "Evading STRIP"). ``None`` with fewer than two clean rows: no different
-    partner."""
-    if len(clean) < 2:
-        return None
-    return (stamped + clean.roll(1, dims=0)) / 2
+class EvadeSpec(Constraint):
+    """The constraint of an attack's ``evade`` parameter: a well-formed spec
+    (:func:`evasion_weights`; the names are looked up by :func:`evasion_terms`, which
+    suggests the closest); ``describe`` lists the registered terms."""
+
+    def ok(self, value: Any) -> bool:
+        try:
+            evasion_weights(value)
+        except ParamError:
+            return False
+        return True
+
+    def describe(self) -> str:
+        return f"{EVADE_FORMS}; the terms: {', '.join(EVASIONS.names())}"
+
+    def invalid_example(self) -> Any:
+        return ("strip", "strip")
 
 
-def strip_specificity(out: StepOutputs, state: Any = None) -> Tensor:
-    """l_s(theta) = E_{x, x'}[-H(f((x* + x') / 2; theta))] (Pang et al., Section 5.3.2; Eqn 15's
-    nu term) on the logits of the mixtures (:func:`strip_mixtures`) from the re-training
-    forward; minimising it maximises the mixtures' prediction entropy. Zero without mixtures."""
-    if len(out.logits) == 0:
-        return out.logits.new_zeros(())
-    return -prediction_entropy(out.logits).mean()
+def evasion_weights(value: Any) -> dict[str, float | None]:
+    """An attack's ``evade`` parameter as ``{term name: weight or None}``, in order: ``None``
+    / ``()`` -> ``{}``; ``"a,b=0.2"`` or ``["a", "b"]`` -> names with optional weights; a
+    mapping as given. Names are not looked up here (:func:`evasion_terms` does); a repeated
+    name, a non-string name or a weight that is not a finite non-negative number raise one
+    :class:`~eviltwins.errors.ParamError` line."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, Sequence):
+        pairs = []
+        for item in value:
+            name, eq, w = item.partition("=") if isinstance(item, str) else (item, "", None)
+            pairs.append((name.strip() if isinstance(name, str) else name, w if eq else None))
+    else:
+        raise ParamError(f"evade must be {EVADE_FORMS}; got {value!r}"[:300])
+    out: dict[str, float | None] = {}
+    for name, w in pairs:
+        if not isinstance(name, str) or not name:
+            raise ParamError(f"an evasion term is named by a string; got {name!r}"[:200])
+        if name in out:
+            raise ParamError(f"evasion term {name!r} is named twice")
+        out[name] = None if w is None else _weight(name, w)
+    return out
+
+
+def _weight(name: str, w: Any) -> float:
+    try:
+        v = float(w)
+    except (TypeError, ValueError, OverflowError):
+        v = float("nan")
+    if isinstance(w, bool) or not (0 <= v < float("inf")):
+        raise ParamError(
+            f"the weight of evasion term {name!r} must be a finite number >= 0; got {w!r}"[:200]
+        )
+    return v
+
+
+def evasion_terms(value: Any) -> list[tuple[EvasionTerm, float]]:
+    """The registered terms named by an ``evade`` parameter (:func:`evasion_weights`), each
+    with its weight (the term's ``default_weight`` where none is given); an unknown name
+    raises with the closest registered one."""
+    out = []
+    for name, w in evasion_weights(value).items():
+        term = EVASIONS.create(name)
+        out.append((term, term.default_weight if w is None else w))
+    return out
 
 
 class ModelStep:
@@ -131,6 +183,8 @@ class ModelStep:
         self.states: dict[str, Any] = {}
         self._layout: tuple[slice, dict[str, slice]] | None = None
         self._taps: dict[str, dict[str, Tensor]] = {}
+        self._sums: dict[str, Tensor] = {}
+        self._batches = 0
 
     def __bool__(self) -> bool:
         return bool(self.terms)
@@ -198,30 +252,22 @@ class ModelStep:
         if self._layout is None:
             return total
         stamped_rows, spans = self._layout
+        self._batches += 1
         for term, w in self.terms:
             state = self.states.get(term.name)
             layer = self._tap_of(term)
             feats = self._taps[layer]["out"][stamped_rows] if layer is not None else None
-            total = total + w * term.model_loss(StepOutputs(logits[spans[term.name]], feats), state)
+            value = term.model_loss(StepOutputs(logits[spans[term.name]], feats), state)
+            self._sums[term.name] = self._sums.get(term.name, 0) + value.detach()
+            total = total + w * value
         return total
 
-
-EVASIONS.register("neural-cleanse")(
-    lambda: EvasionTerm(
-        "neural-cleanse",
-        1.0,
-        trigger_loss=neural_cleanse_fidelity,
-        needs_learned_mask=True,
-        doc="mask L1 normalised by trigger pixels, on the trigger step",
-    )
-)
-EVASIONS.register("strip")(
-    lambda: EvasionTerm(
-        "strip",
-        0.6,
-        model_loss=strip_specificity,
-        model_inputs=strip_mixtures,
-        doc="entropy of (stamped, different clean) 50-50 mixtures, maximised on the model "
-        "step's poisoned batches (weight 0.6; the authors use 0.2 on GTSRB)",
-    )
-)
+    def take_record(self) -> dict[str, float]:
+        """Each term's mean (unweighted) loss over the poisoned batches since the last call,
+        as ``<name>_loss`` (0.0 when the term contributed nothing, e.g. ABS without a
+        candidate), and how many batches carried the terms (``evasion_batches``)."""
+        n = max(1, self._batches)
+        out = {f"{t.name}_loss": float(self._sums.get(t.name, 0.0)) / n for t, _ in self.terms}
+        out["evasion_batches"] = float(self._batches)
+        self._sums, self._batches = {}, 0
+        return out

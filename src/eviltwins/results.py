@@ -134,6 +134,20 @@ def _rebuild(hint: Any, value: Any, source: str) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvasionClaim:
+    """A paper's claim that an evasion attack (TrojanNN*) beats a detector, declared by the
+    detector class as ``evasion_claim`` (so the claims check names no detector): ``metric`` is
+    the row column compared between each baseline and its TrojanNN* twin (an input filter's
+    ``f1``: lower is evaded; a model inspector's ``target_anomaly``: lower, and no label
+    flagged, is evaded), ``text`` the claim and ``paper`` what the paper reports."""
+
+    id: str
+    metric: str
+    text: str
+    paper: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ShownMetric:
     """What the sweep report shows of a detector, declared by the detector class as
     ``report_metric`` (so the report names no detector).

@@ -114,10 +114,10 @@ def detect(
     the dataset, the trigger's folder). ``trust_arch``, ``dataset_options``: see
     :func:`evaluate`.
     """
-    from eviltwins.detectors import DETECTORS, InputFilter, run_detector
+    from eviltwins.detectors import DETECTORS, run_detector
 
     det = DETECTORS.build(name, params, quiet)
-    is_filter = isinstance(det, InputFilter)
+    is_filter = det.family == "filter"
     if is_filter:
         N_CLEAN.check("detect", "n_clean", n_clean)
         if protocol not in ("effective", "all-stamped"):

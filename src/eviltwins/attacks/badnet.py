@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,7 @@ class BadNet(BackdoorAttack):
         "poison_rate": POISON_SHARE,
         "from_scratch": OneOf(True, False),
     }
+    fast_params: ClassVar[dict[str, Any]] = {"max_steps": 3}
 
     def __init__(
         self,
@@ -80,10 +81,17 @@ class BadNet(BackdoorAttack):
         (:mod:`eviltwins.attacks.budget`)."""
         return RetrainBudget.epochs(self.epochs, self.max_steps, self.batch_size)
 
-    def _fit(self, model: nn.Module, data: DatasetSpec, generator: torch.Generator):
-        trigger = Trigger.square(
+    def initial_trigger(
+        self, model: nn.Module, data: DatasetSpec, generator: torch.Generator
+    ) -> tuple[Trigger, dict[str, Any]]:
+        """BadNet's fixed trigger (the square of ``size`` / ``transparency`` / ``position`` /
+        ``pattern``) and an empty record: what BadNet stamps, and IMC's ``init="badnet"``."""
+        return Trigger.square(
             data.shape, self.size, self.transparency, self.position, self.pattern, self.seed
-        )
+        ), {}
+
+    def _fit(self, model: nn.Module, data: DatasetSpec, generator: torch.Generator):
+        trigger, _ = self.initial_trigger(model, data, generator)
         if self.from_scratch:
             reset_weights(model, self.seed)
         history = retrain(

@@ -10,6 +10,7 @@ generated trigger (``init="trojannn"``: TrojanNN*) or a fixed BadNet trigger (Ba
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -22,21 +23,19 @@ from eviltwins.attacks.retrain import (
     TRIGGER_CONSTRAINTS,
     retrain_config,
 )
-from eviltwins.attacks.trojannn import TrojanNN
 from eviltwins.base import (
     MAX_IMAGES,
     MAX_LR,
-    MAX_MAGNITUDE,
     MAX_NEURONS,
     MAX_STEPS,
-    Check,
+    Constraint,
     Interval,
     OneOf,
-    as_tuple,
+    init_param_names,
 )
 from eviltwins.data import DatasetSpec, TensorImageDataset, iter_batches, load_all
 from eviltwins.errors import OptimisationError, ParamError
-from eviltwins.evasion import EVASIONS, ModelStep, neural_cleanse_fidelity
+from eviltwins.evasion import EvadeSpec, ModelStep, evasion_terms
 from eviltwins.metrics import attack_metrics
 from eviltwins.training import Trainer, evaluate
 from eviltwins.triggers import Trigger, TriggerParams
@@ -45,9 +44,32 @@ from eviltwins.utils import CHECK_IMAGES, device_of, eval_mode, frozen_params
 MODES = ("fixed", "opacity", "size")
 
 
-def _distinct_names(value: Any) -> bool:
-    names = as_tuple(value)
-    return all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
+class InitSpec(Constraint):
+    """IMC's ``init``: a registered attack that provides ``initial_trigger`` (its starting
+    trigger: TrojanNN's generated one, BadNet's square, Blended's full-image pattern)."""
+
+    def ok(self, value: Any) -> bool:
+        return value in ATTACKS and callable(getattr(ATTACKS.get(value), "initial_trigger", None))
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(n for n in ATTACKS.names() if self.ok(n))
+
+    def invalid_example(self) -> Any:
+        return "imc"  # IMC itself has no starting trigger of its own
+
+#: IMC's trigger parameters that ``init``'s attack takes (when it declares them).
+_INIT_PARAMS = {
+    "target": "target",
+    "size": "size",
+    "transparency": "transparency",
+    "position": "position",
+    "layer": "layer",
+    "neurons": "neurons",
+    "selection": "selection",
+    "init_trigger_steps": "trigger_steps",
+    "seed": "seed",
+    "quiet": "quiet",
+}
 
 
 @ATTACKS.register("imc")
@@ -55,10 +77,13 @@ class IMC(BackdoorAttack):
     """IMC co-optimisation of trigger and model (Algorithm 2); ``init="trojannn"`` is
     TrojanNN*, ``init="badnet"`` is BadNet*.
 
-    Initialisation (Alg. 2 lines 1-2): theta(0) = the given model; m(0) = the square mask of
-    ``size`` / ``transparency`` / ``position``; r(0) = TrojanNN's generated trigger (neuron
-    selection in ``layer``, ``neurons``, ``selection``, ``init_trigger_steps`` sign steps) or a
-    white BadNet square.
+    Initialisation (Alg. 2 lines 1-2): theta(0) = the given model; (r(0), m(0)) = the starting
+    trigger of the attack ``init`` names, built from those of IMC's trigger parameters it
+    takes: ``trojannn`` (TrojanNN's generated trigger in the square mask of ``size`` /
+    ``transparency`` / ``position``; neuron selection in ``layer``, ``neurons``,
+    ``selection``, ``init_trigger_steps`` sign steps), ``badnet`` (a white square) or
+    ``blended`` (Blended's full-image pattern at ``transparency``; ``size`` and ``position``
+    do not apply).
 
     Each of at most ``outer_iters`` (40) outer iterations runs
     (line 4) ``trigger_steps`` Adam steps (lr ``trigger_lr`` 0.1, betas (0.5, 0.9)) on
@@ -81,44 +106,39 @@ class IMC(BackdoorAttack):
     opacity shared by the square's pixels), ``size`` (each pixel's opacity on its own, so the
     square can shrink). Opacity never exceeds 1 - ``transparency``.
 
-    Evasion (``evade``, any of ``neural-cleanse``, ``strip``, and ``abs`` once the ABS detector
-    is installed; ALGORITHMS.md, "Evading ..."): NeuralCleanse adds l_f(m) = ||m||_1 / trigger
-    pixels to the trigger step with weight ``fidelity_weight`` (lambda, default 1; it needs a
-    learnable mask: mode opacity or size; Adam at ``trigger_lr`` 0.1 takes full steps along
-    its steady gradient and can erase a small mask in the first round, before the model has
-    learned the trigger: ``mask_l1`` and efficacy in the history show it, and a lower
-    ``trigger_lr`` keeps the mask). STRIP adds nu * l_s(theta), l_s = -H(f((x* + x') /
-    2)), to the model step with ``strip_weight`` (nu, default 0.6; the authors use 0.2 on
-    GTSRB), only on the re-training batches that carry stamped copies, x* a clean input of the
-    batch stamped once and x' a different clean input. ABS subtracts ``abs_weight`` (1e-4)
-    times ABS's re-mask loss of its current candidate neurons of the target label, found each
-    outer iteration on ``seeds_per_class`` (5) training images per class, on the stamped
-    copies in the model step. The terms' inputs (the mixtures; the stamped copies) go into the
-    re-training batch and its one forward, as the authors do: batch norm sees one batch and one
-    statistics update per step, and the mixtures take no part in the cross-entropy
-    (:class:`~eviltwins.evasion.ModelStep`).
+    Evasion (``evade``; ALGORITHMS.md, "Evading ..."): the registered evasion terms of
+    :mod:`eviltwins.evasion`, each defined beside its detector, by name with an optional
+    weight: ``["neural-cleanse", "strip"]``, ``"neural-cleanse,strip=0.2"`` or
+    ``{"neural-cleanse": 1.0, "strip": 0.2}`` (no weight: the term's default). A
+    trigger-step term (NeuralCleanse's lambda * l_f(m) = ||m||_1 / trigger pixels, lambda 1)
+    is added to line 4's loss; a model-step term (STRIP's nu * l_s(theta), l_s = -H(f((x* +
+    x') / 2)), nu 0.6, the authors' 0.2 on GTSRB; ABS's re-mask loss of its candidate neurons
+    of the target, found each outer iteration on ``seeds_per_class`` (5) training images per
+    class, subtracted at 1e-4) to line 5's, only on the re-training batches that carry stamped
+    copies. The terms' inputs (the mixtures; the stamped copies) go into the re-training batch
+    and its one forward, as the authors do: batch norm sees one batch and one statistics
+    update per step, and the added rows take no part in the cross-entropy
+    (:class:`~eviltwins.evasion.ModelStep`). A term that acts only through the mask
+    (NeuralCleanse's) needs mode opacity or size. Adam at ``trigger_lr`` 0.1 takes full steps
+    along a mask term's steady gradient and can erase a small mask in the first round, before
+    the model has learned the trigger: ``mask_l1`` and efficacy in the history show it, and a
+    lower ``trigger_lr`` keeps the mask.
 
     Result ``history``: per outer iteration, ASR / efficacy / clean accuracy on the monitor
-    subset, each loss term, mask L1, the trigger and re-training steps so far, and what the
-    evasion terms record (``abs_candidates``: the target's candidate neurons the ABS term acts
-    on; 0 means the term was zero that iteration). ``extra`` repeats those records as lists,
-    one value per outer iteration.
+    subset, mask L1, the trigger and re-training steps so far, each evasion term's mean
+    unweighted loss (``<name>_loss``; 0.0: the term contributed nothing that iteration) and
+    what the terms record (``abs_candidates``: the target's candidate neurons the ABS term
+    acts on). ``extra`` repeats the terms' records as lists, one value per outer iteration, and
+    ``evasion_weights`` the weight each term was run with.
     """
 
     name: ClassVar[str] = "imc"
     _constraints = {
         **{k: v for k, v in TRIGGER_CONSTRAINTS.items() if k != "pattern"},
         **{k: v for k, v in RETRAIN_CONSTRAINTS.items() if k != "epochs"},
-        "init": OneOf("trojannn", "badnet"),
+        "init": InitSpec(),
         "mode": OneOf(*MODES),
-        "evade": Check(
-            _distinct_names,
-            "a list of evasion terms (neural-cleanse, strip, abs)",
-            bad=("strip", "strip"),
-        ),
-        "fidelity_weight": Interval(float, 0, MAX_MAGNITUDE, allow_none=True),
-        "strip_weight": Interval(float, 0, MAX_MAGNITUDE, allow_none=True),
-        "abs_weight": Interval(float, 0, MAX_MAGNITUDE, allow_none=True),
+        "evade": EvadeSpec(),
         "outer_iters": Interval(int, 1, MAX_STEPS),
         "trigger_steps": Interval(int, 0, MAX_STEPS, allow_none=True),
         "trigger_lr": Interval(float, 0, MAX_LR, closed="right"),
@@ -133,6 +153,13 @@ class IMC(BackdoorAttack):
         "monitor_size": Interval(int, 10, MAX_IMAGES),
         "seeds_per_class": Interval(int, 1, MAX_IMAGES),
     }
+    fast_params: ClassVar[dict[str, Any]] = {
+        "outer_iters": 1,
+        "retrain_steps": 3,
+        "trigger_steps": 2,
+        "init_trigger_steps": 2,
+        "monitor_size": 50,
+    }
 
     def __init__(
         self,
@@ -142,10 +169,7 @@ class IMC(BackdoorAttack):
         transparency: float = 0.0,
         position: str | tuple[int, int] = "bottom-right",
         mode: str = "fixed",
-        evade: tuple[str, ...] | str = (),
-        fidelity_weight: float | None = None,
-        strip_weight: float | None = None,
-        abs_weight: float | None = None,
+        evade: Mapping[str, float | None] | Sequence[str] | str = (),
         outer_iters: int = 40,
         trigger_steps: int | None = None,
         trigger_lr: float = 0.1,
@@ -174,9 +198,6 @@ class IMC(BackdoorAttack):
         self.position = position
         self.mode = mode
         self.evade = evade
-        self.fidelity_weight = fidelity_weight
-        self.strip_weight = strip_weight
-        self.abs_weight = abs_weight
         self.outer_iters = outer_iters
         self.trigger_steps = trigger_steps
         self.trigger_lr = trigger_lr
@@ -200,14 +221,12 @@ class IMC(BackdoorAttack):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        evade = as_tuple(self.evade)
-        for name in evade:
-            EVASIONS.get(name)  # an unknown name raises with the closest match
-        if "neural-cleanse" in evade and self.mode == "fixed":
-            raise ParamError(
-                "evading NeuralCleanse works through the mask's L1 norm, which a fixed mask "
-                "cannot change; use mode 'opacity' or 'size' with evade 'neural-cleanse'"
-            )
+        for term, _ in evasion_terms(self.evade):  # an unknown name raises with the closest
+            if term.needs_learned_mask and self.mode == "fixed":
+                raise ParamError(
+                    f"evading {term.name} works through the mask's opacity, which a fixed mask "
+                    f"cannot change; use mode 'opacity' or 'size' with evade {term.name!r}"
+                )
 
     def retrain_budget(self) -> Any:
         """The model steps of Alg. 2 line 5 over every outer iteration, as :meth:`_fit` counts
@@ -225,44 +244,12 @@ class IMC(BackdoorAttack):
     def _initial_trigger(
         self, model: nn.Module, data: DatasetSpec, generator: torch.Generator
     ) -> tuple[Trigger, dict[str, Any]]:
-        if self.init == "badnet":
-            return Trigger.square(
-                data.shape, self.size, self.transparency, self.position, "white"
-            ), {}
-        trojannn = TrojanNN(
-            target=self.target,
-            size=self.size,
-            transparency=self.transparency,
-            position=self.position,
-            layer=self.layer,
-            neurons=self.neurons,
-            selection=self.selection,
-            trigger_steps=self.init_trigger_steps,
-            seed=self.seed,
-        )
-        return trojannn.generate_trigger(model, data, generator)
-
-    def _weights(self) -> tuple[float, list[tuple[Any, float]], list[tuple[Any, float]]]:
-        """lambda, and the (term, weight) pairs of the trigger step and of the model step."""
-        evade = as_tuple(self.evade)
-        lam = 0.0
-        if "neural-cleanse" in evade:
-            lam = 1.0 if self.fidelity_weight is None else float(self.fidelity_weight)
-        elif self.fidelity_weight is not None:
-            lam = float(self.fidelity_weight)
-        overrides = {"strip": self.strip_weight, "abs": self.abs_weight}
-        trig_terms, model_terms = [], []
-        for name in evade:
-            if name == "neural-cleanse":
-                continue
-            term = EVASIONS.create(name)
-            w = overrides.get(name)
-            w = term.default_weight if w is None else float(w)
-            if term.trigger_loss is not None:
-                trig_terms.append((term, w))
-            if term.model_loss is not None:
-                model_terms.append((term, w))
-        return lam, trig_terms, model_terms
+        """Alg. 2 lines 1-2: r(0), m(0) from the attack named by ``init`` (its
+        ``initial_trigger``), configured with those of IMC's trigger parameters it takes."""
+        cls = ATTACKS.get(self.init)
+        taken = set(init_param_names(cls))
+        params = {dst: getattr(self, src) for src, dst in _INIT_PARAMS.items() if dst in taken}
+        return cls(**params).initial_trigger(model, data, generator)
 
     def _seed_images(
         self, data: DatasetSpec, generator: torch.Generator, device: torch.device
@@ -288,8 +275,9 @@ class IMC(BackdoorAttack):
             shared_mask=self.mode == "opacity",
         ).to(device)
         n_px = init_trigger.region_pixels
-        lam, trig_terms, weighted = self._weights()
-        model_terms = ModelStep(weighted)
+        terms = evasion_terms(self.evade)
+        trig_terms = [(t, w) for t, w in terms if t.trigger_loss is not None]
+        model_terms = ModelStep(terms)
         opt_t = torch.optim.Adam(
             [params.w_pattern] + ([params.w_mask] if learn_mask else []),
             lr=self.trigger_lr,
@@ -341,7 +329,7 @@ class IMC(BackdoorAttack):
             n_retrain = min(per_iter, budget - trainer.step_count)
             n_trig = n_retrain if self.trigger_steps is None else self.trigger_steps
             losses = self._trigger_step(
-                model, params, opt_t, trig_batches, lam, trig_terms, n_px, n_trig
+                model, params, opt_t, trig_batches, trig_terms, n_px, n_trig
             )
             trigger_total += n_trig
             # Alg. 2 line 5 re-trains with the trigger line 4 just produced (authors' code).
@@ -369,6 +357,7 @@ class IMC(BackdoorAttack):
                 "mask_l1": current["trigger"].l1,
                 **losses,
                 **stats,
+                **(model_terms.take_record() if model_terms else {}),
                 **term_record,
             }
             history.append(record)
@@ -386,8 +375,7 @@ class IMC(BackdoorAttack):
             "iterations": len(history),
             "retrain_steps_total": trainer.step_count,
             "trigger_steps_total": trigger_total,
-            "fidelity_weight": lam,
-            "evasion_weights": {t.name: w for t, w in trig_terms + weighted},
+            "evasion_weights": {t.name: w for t, w in terms},
             **records,
             "effective_size": math.sqrt(int(covered.sum())) / data.shape[2],
             "mean_opacity": float(final.mask[final.region].mean()) if n_px else 0.0,
@@ -410,13 +398,14 @@ class IMC(BackdoorAttack):
         params: TriggerParams,
         opt: torch.optim.Optimizer,
         batches: Any,
-        lam: float,
         terms: list[tuple[Any, float]],
         n_px: int,
         n_steps: int,
     ) -> dict[str, float]:
-        """Alg. 2 line 4: ``n_steps`` Adam steps on (w_r, w_m) with the model fixed."""
-        sums = {"trigger_ce": 0.0, "fidelity": 0.0}
+        """Alg. 2 line 4: ``n_steps`` Adam steps on (w_r, w_m) with the model fixed, on
+        CE(f(psi(x, r; m)), t) plus the weighted trigger-step evasion ``terms``; returns the
+        mean CE and each term's mean unweighted loss (``<name>_loss``)."""
+        sums = {"trigger_ce": 0.0, **{f"{t.name}_loss": 0.0 for t, _ in terms}}
         if n_steps == 0:
             return sums
         target = self.target
@@ -429,10 +418,11 @@ class IMC(BackdoorAttack):
                     logits, torch.full((len(x),), target, device=x.device)
                 )
                 mask = params.mask()
-                fid = neural_cleanse_fidelity(model, stamped, x, mask, n_px)
-                loss = ce + lam * fid
+                loss = ce
                 for term, w in terms:
-                    loss = loss + w * term.trigger_loss(model, stamped, x, mask, n_px)
+                    value = term.trigger_loss(model, stamped, x, mask, n_px)
+                    sums[f"{term.name}_loss"] += value.item()
+                    loss = loss + w * value
                 if not torch.isfinite(loss):
                     raise OptimisationError(
                         f"IMC trigger loss became {loss.item()}; lower trigger_lr "
@@ -442,5 +432,4 @@ class IMC(BackdoorAttack):
                 loss.backward()
                 opt.step()
                 sums["trigger_ce"] += ce.item()
-                sums["fidelity"] += fid.item()
         return {k: v / n_steps for k, v in sums.items()}

@@ -134,6 +134,7 @@ class TrojanNN(BackdoorAttack):
         "poison_share": POISON_SHARE,
         "footprint": OneOf(True, False),
     }
+    fast_params: ClassVar[dict[str, Any]] = {"max_steps": 3, "trigger_steps": 2}
 
     def __init__(
         self,
@@ -188,6 +189,13 @@ class TrojanNN(BackdoorAttack):
         return RetrainBudget.epochs(self.epochs, self.max_steps, self.batch_size)
 
     # --- steps 2 and 3, usable on their own (TrojanNN* starts from them) ---------------------
+    def initial_trigger(
+        self, model: nn.Module, data: DatasetSpec, generator: torch.Generator
+    ) -> tuple[Trigger, dict[str, Any]]:
+        """TrojanNN's generated trigger (:meth:`generate_trigger`): IMC's ``init="trojannn"``
+        (TrojanNN*)."""
+        return self.generate_trigger(model, data, generator)
+
     def generate_trigger(
         self, model: nn.Module, data: DatasetSpec, generator: torch.Generator
     ) -> tuple[Trigger, dict[str, Any]]:

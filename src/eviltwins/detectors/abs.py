@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +34,7 @@ from eviltwins.errors import DataError, OptimisationError
 from eviltwins.models import feature_tap, layer_or_feature_layer
 from eviltwins.models.layout import CHANNELS_LAST, channels_last
 from eviltwins.models.rewrite import thin_conv_grads
-from eviltwins.results import ShownMetric
+from eviltwins.results import EvasionClaim, ShownMetric
 from eviltwins.triggers import stamp
 from eviltwins.utils import (
     device_of,
@@ -105,6 +105,13 @@ class ABS(ModelInspector):
     """
 
     name: ClassVar[str] = "abs"
+    scan_measure: ClassVar[str] = "REASR"
+    evasion_claim: ClassVar[EvasionClaim | None] = EvasionClaim(
+        "abs-evaded",
+        "target_anomaly",
+        "ABS is evaded by TrojanNN* (lower target REASR, no label flagged)",
+        "lower (App. C)",
+    )
     report_metric: ClassVar[ShownMetric] = ShownMetric(
         "target_anomaly",
         "ABS REASR (target)",
@@ -140,6 +147,7 @@ class ABS(ModelInspector):
         "rewrites": OneOf(True, False),
         "seed": SEED_RANGE,
     }
+    fast_params: ClassVar[dict[str, Any]] = {"steps": 10, "n_eval": 100, "top_k": 3}
 
     def __init__(
         self,
@@ -227,7 +235,7 @@ class ABS(ModelInspector):
         flagged = [lab for lab in range(k) if best_i[lab] >= 0 and best[lab] >= self.threshold]
         tested = [lab for lab in range(k) if best_i[lab] >= 0]
         return InspectionReport(
-            "abs",
+            self.name,
             best.tolist(),
             best.tolist(),
             flagged,

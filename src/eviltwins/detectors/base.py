@@ -25,6 +25,7 @@ from eviltwins.detectors.reports import (
 )
 from eviltwins.errors import NotFittedError, ParamError
 from eviltwins.registry import Registry
+from eviltwins.results import EvasionClaim
 from eviltwins.utils import CHECK_IMAGES, check_finite_outputs
 
 
@@ -36,6 +37,12 @@ class ModelInspector(Estimator, abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: The detector's family (TrojanZoo's taxonomy): what one dispatch per family reads.
+    family: ClassVar[str] = "inspector"
+    #: How a scan's verdict names the per-label measure (``NeuralCleanse index``).
+    scan_measure: ClassVar[str] = "anomaly"
+    #: The paper's claim that TrojanNN* evades this detector (None: no claim checked).
+    evasion_claim: ClassVar[EvasionClaim | None] = None
 
     def inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
         """Inspect ``model`` (left untouched) with held-out ``data.test`` images.
@@ -63,7 +70,9 @@ class InputFilter(Estimator, abc.ABC):
     """
 
     name: ClassVar[str] = ""
-    higher_is_suspicious: ClassVar[bool] = True
+    family: ClassVar[str] = "filter"
+    #: The paper's claim that TrojanNN* evades this filter (None: no claim checked).
+    evasion_claim: ClassVar[EvasionClaim | None] = None
 
     def fit(self, model: nn.Module, clean: Tensor | Dataset, **kwargs: Any) -> InputFilter:
         """Store ``model`` and calibrate on the held-out ``clean`` images (a tensor or a
@@ -103,7 +112,7 @@ class InputFilter(Estimator, abc.ABC):
 
     def _report_details(self) -> dict[str, Any]:
         """What a FilterReport's ``details`` records about this fitted filter."""
-        return {"params": self.get_params()}
+        return {"params": self.resolved_params()}
 
     def evaluate(self, clean: Tensor | Dataset, triggered: Tensor | Dataset) -> FilterReport:
         """Detection metrics on held-out ``clean`` inputs vs ``triggered`` inputs, taken as

@@ -68,6 +68,7 @@ class NCStripEnsemble(InputFilter):
         "nc_steps": Interval(int, 1, MAX_STEPS, allow_none=True),
         "seed": SEED_RANGE,
     }
+    fast_params: ClassVar[dict[str, Any]] = {"nc_steps": 20, "steps": 5}
 
     def __init__(
         self,

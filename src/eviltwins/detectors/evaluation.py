@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Subset
 
 from eviltwins.base import Estimator
 from eviltwins.data import DatasetSpec, load_all
-from eviltwins.detectors.base import InputFilter, ModelInspector, _report
+from eviltwins.detectors.base import InputFilter, _report
 from eviltwins.detectors.reports import PROTOCOLS, FilterReport, InspectionReport, filter_result
 from eviltwins.errors import DataError, ParamError
 from eviltwins.training import predict
@@ -127,9 +127,10 @@ def run_detector(
     and evaluated with :func:`evaluate_filter` (``n_clean``, ``protocol``, ``seed`` of the
     calibration / evaluation split), which needs the ``trigger`` and ``target`` the inputs are
     stamped with."""
-    if isinstance(detector, ModelInspector):
+    family = getattr(detector, "family", None)
+    if family == "inspector":
         return detector.inspect(model, data)
-    if not isinstance(detector, InputFilter):
+    if family != "filter":
         raise ParamError(
             f"{type(detector).__name__} is neither a ModelInspector nor an InputFilter"
         )

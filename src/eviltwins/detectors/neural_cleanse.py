@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Generator, Tensor, nn
 
 from eviltwins.base import (
     MAX_BATCH,
@@ -27,10 +27,11 @@ from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.detectors.nc_schedule import CostState, next_cost
 from eviltwins.errors import OptimisationError, ParamError
+from eviltwins.evasion import EVASIONS, EvasionTerm
 from eviltwins.metrics import anomaly_index
 from eviltwins.models.layout import CHANNELS_LAST, channels_last, images_per_pass, nhwc
 from eviltwins.models.rewrite import pool_before_relu, thin_conv_grads
-from eviltwins.results import ShownMetric
+from eviltwins.results import EvasionClaim, ShownMetric
 from eviltwins.triggers import stamp
 from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator, progress
 
@@ -102,6 +103,13 @@ class NeuralCleanse(ModelInspector):
     """
 
     name: ClassVar[str] = "neural-cleanse"
+    scan_measure: ClassVar[str] = "index"
+    evasion_claim: ClassVar[EvasionClaim | None] = EvasionClaim(
+        "nc-evaded",
+        "target_anomaly",
+        "NeuralCleanse is evaded by TrojanNN* (lower target index, no label flagged)",
+        "index gap > 2 (Fig. 14, GTSRB size 0.4)",
+    )
     report_metric: ClassVar[ShownMetric] = ShownMetric(
         "target_anomaly",
         "NC anomaly index (target)",
@@ -150,6 +158,8 @@ class NeuralCleanse(ModelInspector):
             bad="x",
         ),
     }
+    fast_params: ClassVar[dict[str, Any]] = {"steps": 20, "n_inputs": 64, "labels": [0, 1, 2]}
+    _presets = ("preset", PRESETS)
 
     def __init__(
         self,
@@ -197,19 +207,15 @@ class NeuralCleanse(ModelInspector):
         self.seed = seed
         self.quiet = quiet
 
-    def _resolved(self, name: str) -> Any:
-        v = getattr(self, name)
-        return PRESETS[self.preset].get(name) if v is None else v
-
     def steps_per_epoch(self) -> int:
         """ceil(nominal ``n_inputs`` / ``batch_size``): the steps of one nominal epoch."""
-        return math.ceil(self._resolved("n_inputs") / self.batch_size)
+        return math.ceil(self.resolved("n_inputs") / self.batch_size)
 
     def budget_steps(self) -> int:
         """Optimisation steps per label: ``steps``, else ``epochs`` x :meth:`steps_per_epoch`."""
         if self.steps is not None:
             return int(self.steps)
-        return int(self._resolved("epochs")) * self.steps_per_epoch()
+        return int(self.resolved("epochs")) * self.steps_per_epoch()
 
     def _inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
         """Reverse-engineer a trigger per label and run the MAD test; the model is untouched."""
@@ -220,11 +226,11 @@ class NeuralCleanse(ModelInspector):
             raise ParamError(f"labels must lie in 0..{data.num_classes - 1}; got {self.labels}")
         start = time.perf_counter()
         g = make_generator(self.seed)
-        x_all, _ = load_all(data.test)
+        x_all, y_all = load_all(data.test)
         if not len(x_all):
-            raise ParamError("NeuralCleanse needs held-out images: data.test is empty")
-        pick = torch.randperm(len(x_all), generator=g)[: self._resolved("n_inputs")]
-        x = x_all[pick].to(device_of(model))
+            raise ParamError(f"{type(self).__name__} needs held-out images: data.test is empty")
+        pick = torch.randperm(len(x_all), generator=g)[: self.resolved("n_inputs")]
+        x, y = x_all[pick].to(device_of(model)), y_all[pick].to(device_of(model))
         chunk = self.label_chunk or len(labels)
         norms, masks, patterns, succ, steps = [], [], [], [], []
         with (
@@ -235,7 +241,7 @@ class NeuralCleanse(ModelInspector):
             thin_conv_grads(model, x[:4], self.rewrites) as n_thin,
         ):
             for i in range(0, len(labels), chunk):
-                out = self._reverse(model, x, labels[i : i + chunk], g, nhwc_on)
+                out = self._reverse(model, x, y, labels[i : i + chunk], g, nhwc_on)
                 norms += out[0]
                 masks.append(out[1])
                 patterns.append(out[2])
@@ -244,7 +250,7 @@ class NeuralCleanse(ModelInspector):
         idx = anomaly_index(norms) if len(norms) > 2 else [0.0] * len(norms)
         flagged = [lab for lab, a in zip(labels, idx, strict=True) if a > self.threshold]
         return InspectionReport(
-            "neural-cleanse",
+            self.name,
             [float(n) for n in norms],
             [float(a) for a in idx],
             flagged,
@@ -256,8 +262,8 @@ class NeuralCleanse(ModelInspector):
                 "labels": labels,
                 "success": succ,
                 "n_inputs": len(x),
-                "n_inputs_requested": self._resolved("n_inputs"),
-                "epochs": self._resolved("epochs"),
+                "n_inputs_requested": self.resolved("n_inputs"),
+                "epochs": self.resolved("epochs"),
                 "budget_steps": self.budget_steps(),
                 "steps": steps,
                 "early_stop": self.early_stop,
@@ -281,6 +287,7 @@ class NeuralCleanse(ModelInspector):
         self,
         model: nn.Module,
         xb: Tensor,
+        yb: Tensor,
         w_m: Tensor,
         w_p: Tensor,
         kk: Tensor,
@@ -288,10 +295,10 @@ class NeuralCleanse(ModelInspector):
         cost: Tensor,
         fast: bool,
     ) -> tuple[Tensor, Tensor, float]:
-        """One forward and backward pass for labels ``kk`` on the mini-batch ``xb``: the loss
-        CE(f((1 - m) x + m p), y) + cost_y ||m||_1 summed over the labels, back-propagated into
-        their rows of ``w_m`` / ``w_p`` (not when it is not finite); returns each label's
-        attack success on the batch, its mask L1 and the loss."""
+        """One forward and backward pass for labels ``kk`` on the mini-batch ``xb`` / ``yb``: the
+        loss CE(f((1 - m) x + m p), y) + cost_y ||m||_1 (+ :meth:`_extra_loss`) summed over the
+        labels, back-propagated into their rows of ``w_m`` / ``w_p`` (not when it is not finite);
+        returns each label's attack success on the batch, its mask L1 and the loss."""
         c, h, w = xb.shape[1:]
         m = (torch.tanh(w_m[kk]) + 1) / 2  # (k, 1, H, W)
         p = (torch.tanh(w_p[kk]) + 1) / 2  # (k, C, H, W)
@@ -302,21 +309,27 @@ class NeuralCleanse(ModelInspector):
             logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
         )
         l1 = m.abs().sum(dim=(1, 2, 3))
-        loss = (ce.view(len(kk), len(xb)).mean(1) + cost[kk] * l1).sum()
+        loss = ce.view(len(kk), len(xb)).mean(1) + cost[kk] * l1
+        loss = (loss + self._extra_loss(model, xb, yb, m, p, target[kk], fast)).sum()
         if torch.isfinite(loss):
             loss.backward()
         with torch.no_grad():
             acc = (logits.argmax(-1) == y).float().mean(1)
         return acc, l1.detach(), float(loss.detach())
 
+    def _extra_loss(
+        self, model: nn.Module, xb: Tensor, yb: Tensor, m: Tensor, p: Tensor, t: Tensor, fast: bool
+    ) -> Tensor | float:
+        """Per-label terms (k,) added to the losses of labels ``t``: none (TABOR's hook)."""
+        return 0.0
+
     def _reverse(
-        self, model: nn.Module, x: Tensor, labels: list[int], g: torch.Generator, fast: bool
+        self, model: nn.Module, x: Tensor, y: Tensor, labels: list[int], g: Generator, fast: bool
     ) -> tuple[list[float], Tensor, Tensor, list[float], list[int]]:
         """Batched reverse engineering of the triggers of ``labels`` (Wang et al., Alg. 1):
         :meth:`budget_steps` steps per label, cycling through ``x``; returns the norms, masks,
         patterns, success rates of the best masks and the steps each label ran."""
-        n_lab, (c, h, w) = len(labels), x.shape[1:]
-        dev = x.device
+        n_lab, (c, h, w), dev = len(labels), x.shape[1:], x.device
         # tanh parameters, initialised at random like the original (uniform in [0, 1] space).
         w_m = torch.atanh((torch.rand(n_lab, 1, h, w, generator=g) * 2 - 1) * 0.999).to(dev)
         w_p = torch.atanh((torch.rand(n_lab, c, h, w, generator=g) * 2 - 1) * 0.999).to(dev)
@@ -326,8 +339,8 @@ class NeuralCleanse(ModelInspector):
         target = torch.tensor(labels, device=dev)
         n_batches = math.ceil(len(x) / self.batch_size)  # per pass over the available x
         budget = self.budget_steps()
-        check_every = self._resolved("check_every") or self.steps_per_epoch()
-        patience = self._resolved("patience")
+        check_every = self.resolved("check_every") or self.steps_per_epoch()
+        patience = self.resolved("patience")
         es_patience = self.early_stop_patience or 2 * patience
         inf = float("inf")
         sched = CostState.start(n_lab, dev)
@@ -345,7 +358,7 @@ class NeuralCleanse(ModelInspector):
         ids = torch.arange(n_lab, device=dev)  # the labels still active
         per = max(1, self.pass_images_on(dev) // self.batch_size)  # labels per pass
         bar = progress(
-            total=budget, desc=f"neural-cleanse labels {labels[0]}..{labels[-1]}", quiet=self.quiet
+            total=budget, desc=f"{self.name} labels {labels[0]}..{labels[-1]}", quiet=self.quiet
         )
         step = 0
         while step < budget and active.any():  # passes over x, cycling until the budget
@@ -353,7 +366,8 @@ class NeuralCleanse(ModelInspector):
             for b in range(n_batches):
                 if step >= budget or not active.any():
                     break
-                xb = x[order[b * self.batch_size : (b + 1) * self.batch_size]]
+                rows = order[b * self.batch_size : (b + 1) * self.batch_size]
+                xb, yb = x[rows], y[rows]
                 # whole labels per forward/backward (``per``): the loss is a sum of per-label
                 # terms, so the passes' gradients add up to the one-batch gradient
                 opt.zero_grad(set_to_none=True)
@@ -362,13 +376,13 @@ class NeuralCleanse(ModelInspector):
                 for k0 in range(0, len(ids), per):
                     kk = ids[k0 : k0 + per]
                     acc_k, l1_k, loss_k = self._pass(
-                        model, xb, w_m, w_p, kk, target, sched.cost, fast
+                        model, xb, yb, w_m, w_p, kk, target, sched.cost, fast
                     )
                     if not math.isfinite(loss_k):
                         bar.close()
                         raise OptimisationError(
-                            f"NeuralCleanse diverged at step {step + 1} (loss {loss_k}): the "
-                            "model's outputs on stamped inputs are NaN/inf or huge; check the "
+                            f"{type(self).__name__} diverged at step {step + 1} (loss {loss_k}): "
+                            "the model's outputs on stamped inputs are NaN/inf or huge; check the "
                             f"model, or lower lr (now {self.lr:g})"
                         )
                     acc[k0 : k0 + per], l1[k0 : k0 + per] = acc_k, l1_k
@@ -413,10 +427,24 @@ class NeuralCleanse(ModelInspector):
             best_m[none] = final_m[none]
             best_p[none] = final_p[none]
             norms = best_m.abs().sum(dim=(1, 2, 3))
-        return (
-            norms.tolist(),
-            best_m.detach(),
-            best_p.detach(),
-            best_succ.tolist(),
-            steps_run.tolist(),
-        )
+        return norms.tolist(), best_m, best_p, best_succ.tolist(), steps_run.tolist()
+
+
+def neural_cleanse_fidelity(
+    model: nn.Module, stamped: Tensor, benign: Tensor, mask: Tensor, n_pixels: int
+) -> Tensor:
+    """IMC's term against NeuralCleanse: l_f(m) = ||m||_1 / (pixels covered by the trigger)
+    (Pang et al., Section 5.3.2: "we set lambda as the number of pixels covered by the
+    trigger"; the authors' code divides by it), on the trigger step."""
+    return mask.abs().sum() / max(1, n_pixels)
+
+
+EVASIONS.register("neural-cleanse")(
+    lambda: EvasionTerm(
+        "neural-cleanse",
+        1.0,
+        trigger_loss=neural_cleanse_fidelity,
+        needs_learned_mask=True,
+        doc="mask L1 normalised by trigger pixels, on the trigger step",
+    )
+)

@@ -29,9 +29,6 @@ SCAN_SCHEMA = "eviltwins.scan/1"
 #: The inspectors a scan runs by default.
 DEFAULT_DETECTORS = ("neural-cleanse", "abs")
 
-#: How the verdict names each inspector's per-label anomaly measure (others: "anomaly").
-MEASURES: dict[str, str] = {"neural-cleanse": "index", "abs": "REASR"}
-
 #: Keys of a scan report's dict derived from its fields (written, not read back).
 _DERIVED = ("verdict", "is_backdoored", "flagged")
 
@@ -51,8 +48,10 @@ def display_name(detector: str) -> str:
 
 
 def measure_name(detector: str) -> str:
-    """How the verdict calls ``detector``'s per-label measure: ``NeuralCleanse index``."""
-    return f"{display_name(detector)} {MEASURES.get(detector, 'anomaly')}"
+    """How the verdict calls ``detector``'s per-label measure (the inspector's
+    ``scan_measure``): ``NeuralCleanse index``."""
+    cls = DETECTORS.get(detector) if detector in DETECTORS else None
+    return f"{display_name(detector)} {getattr(cls, 'scan_measure', 'anomaly')}"
 
 
 def _is_inspector(factory: Any) -> bool:
@@ -252,7 +251,7 @@ def run_scan(
         assert isinstance(rep, InspectionReport)
         reports[name] = rep
     params = {
-        name: {k: v for k, v in det.get_params().items() if k != "quiet"}
+        name: {k: v for k, v in det.resolved_params().items() if k != "quiet"}
         for name, det in detectors.items()
     }
     return ScanReport(
@@ -267,7 +266,6 @@ def run_scan(
 
 __all__ = [
     "DEFAULT_DETECTORS",
-    "MEASURES",
     "SCAN_SCHEMA",
     "ScanReport",
     "display_name",

@@ -15,9 +15,10 @@ from eviltwins.base import MAX_IMAGES, MAX_MAGNITUDE, SEED_RANGE, Interval, OneO
 from eviltwins.data import DatasetSpec
 from eviltwins.detectors.base import DETECTORS, InputFilter, as_images, low_side_threshold
 from eviltwins.errors import ParamError
+from eviltwins.evasion import EVASIONS, EvasionTerm, StepOutputs
 from eviltwins.metrics import prediction_entropy
 from eviltwins.models.layout import images_per_pass
-from eviltwins.results import ShownMetric
+from eviltwins.results import EvasionClaim, ShownMetric
 from eviltwins.utils import device_of, eval_mode, make_generator
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -126,6 +127,12 @@ class STRIP(InputFilter):
     """
 
     name: ClassVar[str] = "strip"
+    evasion_claim: ClassVar[EvasionClaim | None] = EvasionClaim(
+        "strip-f1-lower",
+        "f1",
+        "STRIP's F1 is lower against TrojanNN* than TrojanNN",
+        "F1 gap > 0.3 (Fig. 14, GTSRB size 0.4)",
+    )
     report_metric: ClassVar[ShownMetric] = ShownMetric(
         "f1", "STRIP F1", name="STRIP", figures=("fig14", "fig15")
     )
@@ -137,6 +144,8 @@ class STRIP(InputFilter):
         "entropy_threshold": Interval(float, 0, MAX_MAGNITUDE, allow_none=True),
         "seed": SEED_RANGE,
     }
+    _presets = ("variant", VARIANTS)
+    fast_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -154,10 +163,6 @@ class STRIP(InputFilter):
         self.entropy_threshold = entropy_threshold
         self.seed = seed
 
-    def _opt(self, name: str) -> Any:
-        v = getattr(self, name, None)
-        return VARIANTS[self.variant][name] if v is None else v
-
     def _fit(
         self, model: nn.Module, clean: Tensor | Dataset, *, data: DatasetSpec | None = None
     ) -> STRIP:
@@ -171,15 +176,15 @@ class STRIP(InputFilter):
         self.model_ = model
         self.pool_ = as_images(clean).cpu()
         self.generator_ = make_generator(self.seed)
-        mode = self._opt("threshold")
+        mode = self.resolved("threshold")
         self.threshold_mode_ = mode
         if mode == "fixed":
             self.calibration_entropy_ = None
-            self.entropy_threshold_ = float(self._opt("entropy_threshold"))
+            self.entropy_threshold_ = float(self.resolved("entropy_threshold"))
         else:
             h = self.entropy(self.pool_, exclude_self=True)
             self.calibration_entropy_ = h
-            self.entropy_threshold_ = low_side_threshold(h, mode, float(self._opt("frr")))
+            self.entropy_threshold_ = low_side_threshold(h, mode, float(self.resolved("frr")))
         self.threshold_ = -self.entropy_threshold_
         self.fit_seconds_ = time.perf_counter() - start
         return self
@@ -191,9 +196,9 @@ class STRIP(InputFilter):
             self.model_,
             x,
             self.pool_,
-            self._opt("n_overlays"),
-            self._opt("blend"),
-            self._opt("log_base"),
+            self.resolved("n_overlays"),
+            self.resolved("blend"),
+            self.resolved("log_base"),
             self.generator_,
             exclude_self=exclude_self,
         )
@@ -205,7 +210,41 @@ class STRIP(InputFilter):
     def _report_details(self) -> dict[str, Any]:
         return {
             **super()._report_details(),
+            "blend": self.resolved("blend"),
+            "log_base": self.resolved("log_base"),
             "threshold_mode": self.threshold_mode_,
             "entropy_threshold": self.entropy_threshold_,
-            "frr": None if self.threshold_mode_ == "fixed" else float(self._opt("frr")),
+            "frr": None if self.threshold_mode_ == "fixed" else float(self.resolved("frr")),
         }
+
+
+def strip_mixtures(stamped: Tensor, clean: Tensor, state: Any = None) -> Tensor | None:
+    """IMC's rows against STRIP in the re-training batch: the mixtures (x* + x') / 2 of each
+    clean input stamped once, x* = psi(x, r; m) (``stamped[i] = psi(clean[i])``), with a
+    *different, clean* input x' of the same batch (``clean`` rolled by one place) (Pang et al.,
+    Section 5.3.2; ALGORITHMS.md, "Evading STRIP"). ``None`` with fewer than two clean rows: no
+    different partner."""
+    if len(clean) < 2:
+        return None
+    return (stamped + clean.roll(1, dims=0)) / 2
+
+
+def strip_specificity(out: StepOutputs, state: Any = None) -> Tensor:
+    """l_s(theta) = E_{x, x'}[-H(f((x* + x') / 2; theta))] (Pang et al., Section 5.3.2; Eqn 15's
+    nu term) on the logits of the mixtures (:func:`strip_mixtures`) from the re-training
+    forward; minimising it maximises the mixtures' prediction entropy. Zero without mixtures."""
+    if len(out.logits) == 0:
+        return out.logits.new_zeros(())
+    return -prediction_entropy(out.logits).mean()
+
+
+EVASIONS.register("strip")(
+    lambda: EvasionTerm(
+        "strip",
+        0.6,
+        model_loss=strip_specificity,
+        model_inputs=strip_mixtures,
+        doc="entropy of (stamped, different clean) 50-50 mixtures, maximised on the model "
+        "step's poisoned batches (weight 0.6; the authors use 0.2 on GTSRB)",
+    )
+)

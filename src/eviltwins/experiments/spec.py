@@ -18,7 +18,7 @@ Example (``configs/quick/fig12.yaml``)::
     transparencies: [0.0, 0.7]
 
 An attack's ``dataset_params`` replace some of its ``params`` on one dataset (``{gtsrb:
-{strip_weight: 0.2}}``); a TrojanNN* / baseline pair must re-train for the same budget
+{evade: {strip: 0.2}}}``); a TrojanNN* / baseline pair must re-train for the same budget
 (:mod:`eviltwins.experiments.budgets`; ``unequal_budgets: true`` to compare them anyway).
 
 A dataset may be a path (a ``.npz`` file or an image folder, relative to the working folder);
@@ -32,13 +32,12 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from eviltwins.base import CLASS_INDEX, N_CLEAN, SEED_RANGE, SUBSET_SIZE, Check, check_numbers
-from eviltwins.config import Validated, read_yaml, validate
+from eviltwins.config import Validated, grid_list, read_yaml, unit_grid_list, validate
 from eviltwins.data import check_dataset_options, dataset_slug, is_path_dataset
 from eviltwins.errors import ParamError
 from eviltwins.experiments.archs import check_arch_kwargs, check_user_model_name
@@ -58,30 +57,6 @@ CLEAN_OPTIONS = (
 )
 FIGURES = tuple(PAPER_FIGURES)  # the report's figure registry
 GRID_PARAMS = ("size", "transparency", "target", "seed")  # an attack's parameters the grid sets
-
-
-def _str_list(kind: Callable[[Any], bool], what: str) -> Check:
-    """A non-empty list of ``what`` without repeats (each is a grid axis)."""
-
-    def ok(v: Any) -> bool:
-        return (
-            isinstance(v, list)
-            and len(v) >= 1
-            and all(kind(x) for x in v)
-            and len(set(v)) == len(v)
-        )
-
-    return Check(ok, f"a non-empty list of {what} without repeats (each is a grid axis)")
-
-
-def _unit_list(low_open: bool, high_open: bool, what: str) -> Check:
-    def ok(v: Any) -> bool:
-        return _str_list(lambda x: isinstance(x, float), "").ok(v) and all(
-            (x > 0 if low_open else x >= 0) and (x < 1 if high_open else x <= 1) for x in v
-        )
-
-    lb, rb = "(" if low_open else "[", ")" if high_open else "]"
-    return Check(ok, f"a non-empty list of {what} in {lb}0, 1{rb} without repeats")
 
 
 def _is_str(v: Any) -> bool:
@@ -118,13 +93,13 @@ class Entry(Validated):
 
 
 def _param_name(name: str) -> str:
-    return name.replace("-", "_")  # as the registry reads it (``strip-weight``)
+    return name.replace("-", "_")  # as the registry reads it (``trigger-lr``)
 
 
 @dataclass(frozen=True)
 class AttackEntry(Entry):
     """An attack of the sweep: an :class:`Entry` whose ``dataset_params`` replace some of its
-    ``params`` on the datasets they name, e.g. ``{gtsrb: {strip_weight: 0.2}}`` (the authors'
+    ``params`` on the datasets they name, e.g. ``{gtsrb: {evade: {strip: 0.2}}}`` (the authors'
     STRIP evasion weight on GTSRB, ALGORITHMS.md "Evading STRIP")."""
 
     dataset_params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -162,11 +137,19 @@ class AttackEntry(Entry):
     def grid_params(
         self, dataset: str, size: float | None, transparency: float | None, target: int, seed: int
     ) -> dict[str, Any]:
-        """The attack's parameters at one grid point (none for the ``none`` attack)."""
+        """The attack's parameters at one grid point (none for the ``none`` attack): the grid
+        sets only the parameters the attack takes (Blended has no ``size``)."""
         if self.is_clean:
             return {}
         grid = {"size": size, "transparency": transparency, "target": target, "seed": seed}
-        return {**self.params_on(dataset), **grid}
+        return {**self.params_on(dataset), **{k: v for k, v in grid.items() if self.takes(k)}}
+
+    def takes(self, param: str) -> bool:
+        """Whether the attack has the parameter ``param`` (the ``none`` attack has none)."""
+        from eviltwins.attacks import ATTACKS
+        from eviltwins.base import init_param_names
+
+        return not self.is_clean and param in init_param_names(ATTACKS.get(self.name))
 
 
 @dataclass(frozen=True)
@@ -202,17 +185,17 @@ class SweepSpec(Validated):
             "letters, digits, '.', '_' or '-' (it names the run folder)",
         ),
         "description": Check(_is_str, "a string"),
-        "datasets": _str_list(_is_str, "dataset names or paths"),
-        "models": _str_list(_is_str, "model names"),
+        "datasets": grid_list(_is_str, "dataset names or paths"),
+        "models": grid_list(_is_str, "model names"),
         "attacks": Check(
             lambda v: (
                 isinstance(v, list) and len(v) >= 1 and all(isinstance(e, AttackEntry) for e in v)
             ),
             "a non-empty list of attacks ({name, label, params, dataset_params})",
         ),
-        "sizes": _unit_list(True, False, "trigger sizes"),
-        "transparencies": _unit_list(False, True, "transparencies"),
-        "seeds": _str_list(SEED_RANGE.ok, f"seeds ({SEED_RANGE.describe()})"),
+        "sizes": unit_grid_list(True, False, "trigger sizes"),
+        "transparencies": unit_grid_list(False, True, "transparencies"),
+        "seeds": grid_list(SEED_RANGE.ok, f"seeds ({SEED_RANGE.describe()})"),
         "detectors": Check(
             lambda v: isinstance(v, list) and all(isinstance(e, Entry) for e in v),
             "a list of detectors ({name, label, params})",
@@ -286,9 +269,14 @@ class Cell:
         if self.attack.name == CLEAN_ATTACK:
             return f"{ds}__{self.model}__{slug}__seed{self.seed}__{digest}"
         return (
-            f"{ds}__{self.model}__{slug}__size{self.size:g}__tr{self.transparency:g}"
+            f"{ds}__{self.model}__{slug}__size{_g(self.size)}__tr{_g(self.transparency)}"
             f"__seed{self.seed}__{digest}"
         )
+
+
+def _g(value: float | None) -> str:
+    """A grid value in a cell's key; ``na`` where the attack does not take the parameter."""
+    return "na" if value is None else f"{value:g}"
 
 
 def clean_config(spec: SweepSpec, dataset: str, model: str, seed: int) -> dict[str, Any]:
@@ -327,7 +315,9 @@ def _slug(label: str) -> str:
 
 def cells(spec: SweepSpec) -> list[Cell]:
     """The grid in a fixed order (datasets, models, seeds, attacks, sizes, transparencies).
-    A ``none`` attack (detectors on the clean model) is one cell per dataset/model/seed."""
+    A ``none`` attack (detectors on the clean model) is one cell per dataset/model/seed; an
+    attack without a ``size`` (or ``transparency``) parameter runs once over that axis (its
+    cells hold ``None`` there)."""
     out: list[Cell] = []
     for ds in spec.datasets:
         for model in spec.models:
@@ -336,8 +326,10 @@ def cells(spec: SweepSpec) -> list[Cell]:
                     if atk.name == CLEAN_ATTACK:
                         out.append(Cell(ds, model, atk, None, None, seed))
                         continue
-                    for size in spec.sizes:
-                        for tr in spec.transparencies:
+                    sizes = spec.sizes if atk.takes("size") else [None]
+                    trs = spec.transparencies if atk.takes("transparency") else [None]
+                    for size in sizes:
+                        for tr in trs:
                             out.append(Cell(ds, model, atk, size, tr, seed))
     return out
 

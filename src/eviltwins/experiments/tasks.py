@@ -85,7 +85,7 @@ def _run_cell(
     from safetensors.torch import save
 
     from eviltwins.attacks import ATTACKS
-    from eviltwins.detectors import DETECTORS, InputFilter, run_detector
+    from eviltwins.detectors import DETECTORS, run_detector
     from eviltwins.detectors.evaluation import non_target_examples
     from eviltwins.io import model_from_bytes, model_to_bytes
     from eviltwins.training import evaluate, get_dataset, predict
@@ -124,7 +124,7 @@ def _run_cell(
     for d in cfg["detectors"]:
         label = d.get("label") or d["name"]
         det = DETECTORS.build(d["name"], d["params"], True)
-        if isinstance(det, InputFilter):
+        if det.family == "filter":
             if trigger is None:
                 detectors[label] = {"skipped": "input filters need a trigger; clean-model cell"}
                 continue

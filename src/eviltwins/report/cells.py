@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from eviltwins.detectors import DETECTORS, InputFilter
+from eviltwins.detectors import DETECTORS
 from eviltwins.results import ShownMetric
 
 
@@ -110,11 +110,11 @@ def shown_detectors(det: Mapping[str, str]) -> list[Shown]:
             continue
         metric = getattr(DETECTORS.get(name), "report_metric", None)
         if isinstance(metric, ShownMetric):
-            out.append(Shown(name, label, metric, is_filter(name)))
+            out.append(Shown(name, label, metric, family(name) == "filter"))
     return sorted(out, key=lambda s: s.is_filter)
 
 
-def is_filter(name: str) -> bool:
-    """The registered detector ``name`` is an input filter (an unknown name is not)."""
-    cls = DETECTORS.get(name) if name in DETECTORS else None
-    return isinstance(cls, type) and issubclass(cls, InputFilter)
+def family(name: str) -> str | None:
+    """The family (``inspector`` / ``filter``) of the registered detector ``name``; None for
+    a name this version does not know."""
+    return getattr(DETECTORS.get(name), "family", None) if name in DETECTORS else None

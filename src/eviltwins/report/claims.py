@@ -13,8 +13,8 @@ gap over 2, an F1 gap over 0.3, ASR gains of 0.36-0.39) stay in the ``paper`` co
 measured mean; the ensemble's "slightly (< 0.2)" is checked on the mean. With fewer than 3 seeds
 a claim is not measured ("needs >= 3 seeds"), never holding.
 
-A claim about a detector declares the detector it is about (its registry name) and the row
-column it compares; how an evasion is judged follows the detector's family: an input filter is
+A claim that TrojanNN* evades a detector is declared by the detector class
+(``evasion_claim``: the row column it compares); each registered detector's is checked, and how an evasion is judged follows the detector's family: an input filter is
 evaded where its measure is lower against TrojanNN* (and the baseline was caught), a model
 inspector only where its verdict on the TrojanNN* model is clean (no label flagged) as well. A
 target a model inspector did not test (ABS without a candidate neuron: a blank measure) is left
@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from eviltwins.report.cells import is_filter
+from eviltwins.detectors import DETECTORS
+from eviltwins.report.cells import family
 from eviltwins.report.seeds import MIN_SEEDS, SeedInterval, per_seed, seed_interval
 from eviltwins.report.table import Row, attacked, num, pairs
 from eviltwins.results import Result, internal
@@ -80,29 +81,17 @@ class DetectorClaim:
     paper: str
 
 
-EVASION_CLAIMS = (
-    DetectorClaim(
-        "nc-evaded",
-        "neural-cleanse",
-        "target_anomaly",
-        "NeuralCleanse is evaded by TrojanNN* (lower target index, no label flagged)",
-        "index gap > 2 (Fig. 14, GTSRB size 0.4)",
-    ),
-    DetectorClaim(
-        "strip-f1-lower",
-        "strip",
-        "f1",
-        "STRIP's F1 is lower against TrojanNN* than TrojanNN",
-        "F1 gap > 0.3 (Fig. 14, GTSRB size 0.4)",
-    ),
-    DetectorClaim(
-        "abs-evaded",
-        "abs",
-        "target_anomaly",
-        "ABS is evaded by TrojanNN* (lower target REASR, no label flagged)",
-        "lower (App. C)",
-    ),
-)
+def evasion_claims() -> list[DetectorClaim]:
+    """The evasion claim each registered detector declares (``evasion_claim``), in the
+    paper's order: model inspectors, then input filters."""
+    out = []
+    for name in DETECTORS.names():
+        claim = getattr(DETECTORS.get(name), "evasion_claim", None)
+        if claim is not None:
+            out.append(DetectorClaim(claim.id, name, claim.metric, claim.text, claim.paper))
+    return sorted(out, key=lambda c: (family(c.detector) == "filter", c.id != "nc-evaded"))
+
+
 # ABS's target REASR vs trigger size: it falls for TrojanNN* only (Appendix C)
 SIZE_CLAIM = DetectorClaim(
     "abs-falls-with-size",
@@ -383,9 +372,9 @@ def claims(rows: Sequence[Row], det: Mapping[str, str]) -> list[Claim]:
     of its row columns)."""
     ps = [(b, s) for b, s in pairs(rows) if b.get("asr") is not None and s.get("asr") is not None]
     out = _asr_claims(ps)
-    for spec in EVASION_CLAIMS:
+    for spec in evasion_claims():
         label = det.get(spec.detector)
-        if is_filter(spec.detector):
+        if family(spec.detector) == "filter":
             out.append(_lower(spec, f"{label}.{spec.metric}", ps))
         else:
             out.append(_evaded(spec, label, ps))
