@@ -1,4 +1,7 @@
-"""Checks every registered attack (and later detector) must pass, scikit-learn style."""
+"""Checks every registered attack, detector and evasion term must pass, scikit-learn style.
+
+Each estimator is found in its registry and run with the configuration it declares itself
+(``fast_params``): adding one in its own file is enough for these checks to cover it."""
 
 from __future__ import annotations
 
@@ -11,20 +14,17 @@ import torch
 
 from eviltwins.attacks import ATTACKS
 from eviltwins.base import init_param_names
-from eviltwins.detectors import DETECTORS, InputFilter
+from eviltwins.detectors import DETECTORS, InputFilter, run_detector
 from eviltwins.errors import ParamError
+from eviltwins.evasion import EVASIONS
 
-FAST = {
-    "badnet": {"max_steps": 3},
-    "trojannn": {"max_steps": 3, "trigger_steps": 2},
-    "imc": {
-        "outer_iters": 1,
-        "retrain_steps": 3,
-        "trigger_steps": 2,
-        "init_trigger_steps": 2,
-        "monitor_size": 50,
-    },
-}
+
+def _fast(cls, **extra):
+    """The estimator ``cls`` in its own smallest configuration, seeded."""
+    params = {**cls.fast_params, "seed": 3, **extra}
+    if "quiet" in init_param_names(cls):
+        params["quiet"] = True
+    return cls(**params)
 
 
 def _hash(model):
@@ -74,8 +74,8 @@ def test_fit_leaves_model_and_data_alone_and_is_reproducible(name, digits_clean,
     small = digits_spec.subset(train=256, test=100)
     before_model = _hash(model)
     before_data = small.train.images.clone()
-    a = ATTACKS.get(name)(seed=3, quiet=True, **FAST[name]).fit(model, small)
-    b = ATTACKS.get(name)(seed=3, quiet=True, **FAST[name]).fit(model, small)
+    a = _fast(ATTACKS.get(name)).fit(model, small)
+    b = _fast(ATTACKS.get(name)).fit(model, small)
     assert _hash(model) == before_model
     assert torch.equal(small.train.images, before_data)
     assert a.model is not model
@@ -105,3 +105,59 @@ def test_detector_constraints_reject_bad_values(name, digits_clean, digits_spec)
                 est.fit(res.model, x)
             else:
                 est.inspect(res.model, digits_spec)
+
+
+@pytest.mark.parametrize("name", ATTACKS.names() + DETECTORS.names())
+def test_fast_params_are_valid_parameters(name):
+    cls = ATTACKS.get(name) if name in ATTACKS else DETECTORS.get(name)
+    est = _fast(cls)  # an unknown name raises in set_params
+    est._validate_params()
+
+
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_detector_leaves_model_alone_is_reproducible_and_its_report_round_trips(
+    name, digits_badnet, digits_spec
+):
+    model = digits_badnet.model
+    small = digits_spec.subset(train=64, test=200)
+    before = _hash(model)
+    kw = {"trigger": digits_badnet.trigger, "target": digits_badnet.target, "n_clean": 80}
+    a = run_detector(_fast(DETECTORS.get(name)), model, small, seed=1, **kw)
+    b = run_detector(_fast(DETECTORS.get(name)), model, small, seed=1, **kw)
+    assert _hash(model) == before
+    assert a.detector == name
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        d.pop("seconds", None)
+        for noisy in ("fit_seconds", "seconds_per_label"):
+            (d.get("details") or {}).pop(noisy, None)
+    assert json.dumps(da, sort_keys=True, default=str) == json.dumps(
+        db, sort_keys=True, default=str
+    )
+    text = json.dumps(a.to_dict(), sort_keys=True, default=str)
+    back = type(a).from_dict(json.loads(text))
+    assert json.dumps(back.to_dict(), sort_keys=True, default=str) == text
+    params = a.details["params"] if "params" in (a.details or {}) else None
+    if params is not None:  # the values the detector ran with, presets resolved
+        assert all(v is not None for k, v in params.items() if k in DETECTORS.get(name).fast_params)
+
+
+@pytest.mark.parametrize("name", EVASIONS.names())
+def test_every_evasion_term_runs_in_imc_and_is_recorded(name, digits_clean, digits_spec):
+    """Each registered term runs through IMC's loop on its step, is recorded in the history
+    under its name with a finite value, and leaves the caller's model alone."""
+    res, _ = digits_clean
+    term = EVASIONS.create(name)
+    assert term.trigger_loss is not None or term.model_loss is not None
+    small = digits_spec.subset(train=256, test=100)
+    before = _hash(res.model)
+    mode = "opacity" if term.needs_learned_mask else "fixed"
+    imc = _fast(ATTACKS.get("imc"), evade={name: 2 * term.default_weight}, mode=mode)
+    out = imc.fit(res.model, small)
+    assert _hash(res.model) == before
+    assert out.extra["evasion_weights"] == {name: 2 * term.default_weight}
+    value = out.history[-1][f"{name}_loss"]
+    assert value == value and abs(value) < float("inf")
+    if term.needs_learned_mask:
+        with pytest.raises(ParamError, match="fixed mask"):
+            ATTACKS.get("imc")(evade=[name], mode="fixed")._validate_params()

@@ -57,6 +57,7 @@ class InitSpec(Constraint):
     def invalid_example(self) -> Any:
         return "imc"  # IMC itself has no starting trigger of its own
 
+
 #: IMC's trigger parameters that ``init``'s attack takes (when it declares them).
 _INIT_PARAMS = {
     "target": "target",
