@@ -1,7 +1,9 @@
-"""Attacks: BadNet, TrojanNN (and TrojanNN* = IMC over TrojanNN). ``fit(model, data)``."""
+"""Attacks: BadNet, Blended, TrojanNN (and TrojanNN* = IMC over TrojanNN).
+``fit(model, data)``."""
 
 from eviltwins.attacks.badnet import BadNet
 from eviltwins.attacks.base import ATTACKS, BackdoorAttack, BackdoorResult
+from eviltwins.attacks.blended import Blended
 from eviltwins.attacks.imc import IMC
 from eviltwins.attacks.trojannn import TrojanNN
 from eviltwins.evasion import EVASIONS, EvasionTerm
@@ -13,6 +15,7 @@ __all__ = [
     "BackdoorAttack",
     "BackdoorResult",
     "BadNet",
+    "Blended",
     "EvasionTerm",
     "TrojanNN",
 ]
