@@ -1,5 +1,6 @@
-"""eviltwins: backdoor attacks on image classifiers (BadNet, TrojanNN, TrojanNN* = IMC) and the
-detectors they are measured against (NeuralCleanse, STRIP, ABS, NC+STRIP ensemble).
+"""eviltwins: backdoor attacks on image classifiers (BadNet, Blended, TrojanNN, TrojanNN* = IMC)
+and the detectors they are measured against (NeuralCleanse, TABOR, STRIP, SCALE-UP, ABS, the
+NC+STRIP ensemble).
 
 Implements the IMC framework of Pang et al., "A Tale of Evil Twins: Adversarial Inputs versus
 Poisoned Models", CCS 2020. Images are float NCHW tensors in [0, 1]; normalisation is the model's
