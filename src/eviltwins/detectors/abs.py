@@ -199,7 +199,6 @@ class ABS(ModelInspector):
 
     def _inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
         """ABS steps 1-4 (see the class docstring); the model is untouched."""
-        self._validate_params()
         layer = self.layer_of(model)
         start = time.perf_counter()
         g = make_generator(self.seed)

@@ -101,7 +101,6 @@ class NCStripEnsemble(InputFilter):
     ) -> NCStripEnsemble:
         """Calibrate on held-out ``clean`` images with the recovered ``trigger`` (or run
         NeuralCleanse on ``data.test``, which must not hold the inputs evaluated later)."""
-        self._validate_params()
         start = time.perf_counter()
         self.nc_report_ = None
         if trigger is None:

@@ -219,7 +219,6 @@ class NeuralCleanse(ModelInspector):
 
     def _inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
         """Reverse-engineer a trigger per label and run the MAD test; the model is untouched."""
-        self._validate_params()
         every = self.labels is None or self.labels == "all"
         labels = list(range(data.num_classes)) if every else list(self.labels)
         if not labels or any(not 0 <= lab < data.num_classes for lab in labels):

@@ -183,7 +183,6 @@ class ScaleUp(InputFilter):
         """Keep ``model``, score the held-out ``clean`` images (per-class SPC statistics with
         ``standardize``) and set ``threshold_``: ``spc_threshold`` (``fixed``) or the
         ``1 - fpr`` quantile of their scores (``quantile``). ``data`` is not used."""
-        self._validate_params()
         start = time.perf_counter()
         self.model_ = model
         self.scales_ = tuple(float(n) for n in self.scales)

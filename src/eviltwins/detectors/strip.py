@@ -171,7 +171,6 @@ class STRIP(InputFilter):
         (``normal``) of the clean images' own overlay entropies, each image overlaid only with
         the *other* clean images; or the fixed ``entropy_threshold``. ``data`` is not used
         (STRIP needs only the clean images)."""
-        self._validate_params()
         start = time.perf_counter()
         self.model_ = model
         self.pool_ = as_images(clean).cpu()
