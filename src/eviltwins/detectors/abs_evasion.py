@@ -5,8 +5,8 @@ Registered here, by the detector side, so that the attack never imports a detect
 stimulation analysis and candidate selection (steps 1-2) on seed images of the current model
 and keeps the candidate neurons of the *target* label (the authors' ``IMC_ABS`` takes
 ``find_min_max(...)[0]``, label 0, their target); in the model re-training step the term
-subtracts ``abs_weight`` times ABS's re-mask loss of those candidates, read from the
-re-training forward itself at the stamped copies' rows (the authors' ``IMC_ABS.loss_fn``), so
+subtracts its weight (``evade={"abs": w}``, default 1e-4) times ABS's re-mask loss of those
+candidates, read from the re-training forward itself at the stamped copies' rows (the authors' ``IMC_ABS.loss_fn``), so
 re-training lowers the candidate neurons' response to the trigger. When ABS finds no candidate
 for the target the term is zero: IMC's history records ``abs_candidates`` per outer iteration.
 """
@@ -25,7 +25,7 @@ from eviltwins.models import layer_or_feature_layer
 #: Weight of the other channels in the re-mask loss. The authors' IMC re-training
 #: (``IMC_ABS.abs_loss``, the loss this term reproduces) weighs them 1e-3; ABS's own trigger
 #: reverse-engineering (ALGORITHMS.md, ABS step 3) uses 1e-4. The term follows the IMC code it
-#: stands for; the difference moves a term already scaled by ``abs_weight`` (1e-4) by 1e-3 of
+#: stands for; the difference moves a term already scaled by its weight (1e-4) by 1e-3 of
 #: the other channels' activation, which is negligible beside the candidates' own.
 OTHERS_WEIGHT = 1e-3
 
