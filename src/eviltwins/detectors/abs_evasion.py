@@ -7,8 +7,9 @@ and keeps the candidate neurons of the *target* label (the authors' ``IMC_ABS`` 
 ``find_min_max(...)[0]``, label 0, their target); in the model re-training step the term
 subtracts its weight (``evade={"abs": w}``, default 1e-4) times ABS's re-mask loss of those
 candidates, read from the re-training forward itself at the stamped copies' rows (the authors'
-``IMC_ABS.loss_fn``), so re-training lowers the candidate neurons' response to the trigger. When ABS finds no candidate
-for the target the term is zero: IMC's history records ``abs_candidates`` per outer iteration.
+``IMC_ABS.loss_fn``), so re-training lowers the candidate neurons' response to the trigger.
+When ABS finds no candidate for the target the term is zero: IMC's history records
+``abs_candidates`` per outer iteration.
 """
 
 from __future__ import annotations
