@@ -14,7 +14,9 @@ Phases (``--phases``, default all):
   trigger step 20 Adam steps at lr 0.01, which keeps a small mask) and with ``evade:
   [scale-up]`` (mode fixed): the detector's figure on each model, with efficacy.
 
-One JSON line per measurement goes to ``--out``; a Markdown table is printed at the end.
+``--detectors`` limits the run to TABOR or SCALE-UP, ``--weight`` sets the evasion term's
+weight (default: the term's own), ``--dataset fashion-mnist`` runs the same on Fashion-MNIST.
+One JSON line per measurement is printed and appended to ``--out``.
 Run: ``EVILTWINS_DATA=... python benchmarks/peers_mnist.py [--phases detect blended evade]``.
 """
 
@@ -75,6 +77,9 @@ def main() -> None:
     ap.add_argument(
         "--detectors", nargs="+", default=["tabor", "scale-up"], help="which of the two to run"
     )
+    ap.add_argument(
+        "--weight", type=float, default=None, help="evasion weight (default: the term's)"
+    )
     ap.add_argument("--budget", type=int, default=469, help="re-training steps of both attacks")
     ap.add_argument("--chunk", type=int, default=50, help="TrojanNN* re-training steps per round")
     ap.add_argument("--size", type=float, default=0.15, help="TrojanNN / TrojanNN* trigger size")
@@ -127,7 +132,7 @@ def main() -> None:
         for det, extra in stars.items():
             star = ATTACKS.create(
                 "imc",
-                evade=[det],
+                evade={det: args.weight},
                 outer_iters=-(-args.budget // args.chunk),
                 retrain_steps=args.chunk,
                 max_steps=args.budget,
