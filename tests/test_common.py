@@ -137,9 +137,14 @@ def test_detector_leaves_model_alone_is_reproducible_and_its_report_round_trips(
     text = json.dumps(a.to_dict(), sort_keys=True, default=str)
     back = type(a).from_dict(json.loads(text))
     assert json.dumps(back.to_dict(), sort_keys=True, default=str) == text
-    params = a.details["params"] if "params" in (a.details or {}) else None
-    if params is not None:  # the values the detector ran with, presets resolved
-        assert all(v is not None for k, v in params.items() if k in DETECTORS.get(name).fast_params)
+    params = a.details["params"]  # every report records the values the detector ran with
+    fast = DETECTORS.get(name).fast_params
+    assert all(params[k] == (list(v) if isinstance(v, tuple) else v) for k, v in fast.items())
+    presets = DETECTORS.get(name)._presets
+    if presets is not None:  # a value a preset fills is recorded as used, never as None
+        key, table = presets
+        filled = set(table[params[key]]) & set(params)
+        assert filled and all(params[k] is not None for k in filled)
 
 
 @pytest.mark.parametrize("name", EVASIONS.names())

@@ -49,12 +49,15 @@ class ModelInspector(Estimator, abc.ABC):
 
         A model with NaN/inf weights or outputs on ``data.test`` is refused with a one-line
         :class:`~eviltwins.errors.DataError` before any work: no verdict is ever drawn from
-        non-finite logits."""
+        non-finite logits. The report's ``details["params"]`` records the parameters it ran
+        with, presets resolved."""
         self._validate_params()
         reuse_freed_memory()
         x, _ = load_all(data.test, limit=CHECK_IMAGES)
         check_finite_outputs(model, x, data.name)
-        return self._inspect(model, data)
+        report = self._inspect(model, data)
+        report.details.setdefault("params", self.resolved_params())  # the values it ran with
+        return report
 
     @abc.abstractmethod
     def _inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
