@@ -82,14 +82,14 @@ class DetectorClaim:
 
 
 def evasion_claims() -> list[DetectorClaim]:
-    """The evasion claim each registered detector declares (``evasion_claim``), in the
-    paper's order: model inspectors, then input filters."""
+    """The evasion claim each registered detector declares (``evasion_claim``): model
+    inspectors first, then input filters, each by registry name."""
     out = []
     for name in DETECTORS.names():
         claim = getattr(DETECTORS.get(name), "evasion_claim", None)
         if claim is not None:
             out.append(DetectorClaim(claim.id, name, claim.metric, claim.text, claim.paper))
-    return sorted(out, key=lambda c: (family(c.detector) == "filter", c.id != "nc-evaded"))
+    return sorted(out, key=lambda c: family(c.detector) == "filter")
 
 
 # ABS's target REASR vs trigger size: it falls for TrojanNN* only (Appendix C)
