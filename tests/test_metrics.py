@@ -3,6 +3,8 @@ hand-checked toy model for ASR (computed over non-target inputs only)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 from torch import nn
 
 from eviltwins.data import TensorImageDataset
+from eviltwins.errors import DataError
 from eviltwins.metrics import anomaly_index, attack_metrics, detection_metrics, roc_auc
 from eviltwins.triggers import Trigger
 
@@ -90,3 +93,49 @@ def test_detection_metrics_match_sklearn():
     assert m["frr"] == pytest.approx((d & ~t).sum() / (~t).sum())
     assert m["far"] == pytest.approx((~d & t).sum() / t.sum())
     assert 0.5 < m["auc"] <= 1.0
+
+
+# --- a scanner over a population of models (TrojAI / Trojan Detection Challenge metrics) ---
+def test_population_scores_by_hand():
+    from eviltwins.metrics import population_scores
+
+    s = population_scores([0.9, 0.8, 0.3, 0.2], [True, False, True, False])
+    assert s["auc"] == pytest.approx(0.75)  # 3 of the 4 (trojaned, clean) pairs in order
+    ce = -(math.log(0.9) + math.log(0.2) + math.log(0.3) + math.log(0.8)) / 4
+    assert s["cross_entropy"] == pytest.approx(ce)
+    assert s["brier"] == pytest.approx((0.01 + 0.64 + 0.49 + 0.04) / 4)
+    assert s["fpr_at_tpr"] == 0.5  # flagging both trojaned models (p >= 0.3) flags 0.8 too
+    assert s["tpr_at_fpr"] == 0.5  # flagging no clean model (p > 0.8) finds one of two
+    assert (s["n_trojaned"], s["n_clean"]) == (2, 2)
+
+
+def test_population_scores_agree_with_scikit_learn():
+    from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score, roc_curve
+
+    from eviltwins.metrics import population_scores
+
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.5
+    p = np.clip(0.5 + 0.3 * (y - 0.5) + 0.2 * rng.standard_normal(200), 0.01, 0.99).round(2)
+    s = population_scores(p, y)
+    assert s["auc"] == pytest.approx(roc_auc_score(y, p))
+    assert s["cross_entropy"] == pytest.approx(log_loss(y, p))
+    assert s["brier"] == pytest.approx(brier_score_loss(y, p))
+    fpr, tpr, _ = roc_curve(y, p, drop_intermediate=False)
+    assert s["fpr_at_tpr"] == pytest.approx(fpr[tpr >= 0.95].min())
+    assert s["tpr_at_fpr"] == pytest.approx(tpr[fpr <= 0.05].max())
+
+
+def test_population_cross_entropy_is_clipped_and_bad_probabilities_refused():
+    from eviltwins.metrics import population_scores
+
+    half = population_scores([0.5] * 4, [True, False, True, False])
+    assert half["cross_entropy"] == pytest.approx(math.log(2))  # TrojAI's target is half of it
+    assert half["auc"] == 0.5 and half["fpr_at_tpr"] == 1.0 and half["tpr_at_fpr"] == 0.0
+    wrong = population_scores([0.0, 1.0], [True, False])  # confidently wrong on both
+    assert wrong["cross_entropy"] == pytest.approx(-math.log(1e-12))
+    one_kind = population_scores([0.7, 0.9], [True, True])
+    assert math.isnan(one_kind["auc"]) and math.isnan(one_kind["fpr_at_tpr"])
+    for bad in ([1.2, 0.1], [math.nan, 0.1], [0.5]):
+        with pytest.raises(DataError):
+            population_scores(bad, [True, False])
