@@ -143,6 +143,49 @@ def detection_metrics(
 CE_EPSILON = 1e-12
 
 
+def rank_scores(
+    scores: Sequence[float] | Tensor | np.ndarray,
+    is_trojaned: Sequence[bool] | Tensor | np.ndarray,
+    tpr_at: float = 0.95,
+    fpr_at: float = 0.05,
+) -> dict[str, float]:
+    """How well any per-model ``scores`` (higher = more suspicious: a probability, an anomaly
+    index, a REASR) rank trojaned models above clean ones:
+
+    - ``auc``: ROC AUC (:func:`roc_auc`; ties count one half);
+    - ``fpr_at_tpr``: the smallest share of clean models flagged by a threshold that flags at
+      least ``tpr_at`` (0.95) of the trojaned ones (the Trojan Detection Challenge's FPR at 95%
+      TPR); ``tpr_at_fpr``: the largest share of trojaned models flagged by a threshold that
+      flags at most ``fpr_at`` (0.05) of the clean ones. A threshold flags scores >= it; every
+      distinct score is tried, and one above all (nothing flagged);
+    - ``n_trojaned``, ``n_clean``.
+
+    The rates are NaN when one kind of model is missing; a score that is not finite is
+    refused with a :class:`~eviltwins.errors.DataError`."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(is_trojaned, dtype=bool).reshape(-1)
+    if len(s) != len(y):
+        raise DataError(f"{len(s)} scores for {len(y)} models")
+    if not np.all(np.isfinite(s)):
+        raise DataError("every model needs a finite score")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    out = {
+        "auc": roc_auc(s, y),
+        "fpr_at_tpr": math.nan,
+        "tpr_at_fpr": math.nan,
+        "n_trojaned": float(n_pos),
+        "n_clean": float(n_neg),
+    }
+    if n_pos and n_neg:
+        thresholds = np.append(np.unique(s), np.inf)  # each flags s >= threshold
+        flagged = s[None, :] >= thresholds[:, None]  # (thresholds, models)
+        tpr = (flagged & y).sum(1) / n_pos
+        fpr = (flagged & ~y).sum(1) / n_neg
+        out["fpr_at_tpr"] = float(fpr[tpr >= tpr_at].min())
+        out["tpr_at_fpr"] = float(tpr[fpr <= fpr_at].max())
+    return out
+
+
 def population_scores(
     p_trojan: Sequence[float] | Tensor | np.ndarray,
     is_trojaned: Sequence[bool] | Tensor | np.ndarray,
@@ -150,47 +193,25 @@ def population_scores(
     fpr_at: float = 0.05,
 ) -> dict[str, float]:
     """A scanner's probabilities ``p_trojan`` (one per model, in [0, 1]) against the truth
-    ``is_trojaned``, as the field scores scanners on populations of models:
+    ``is_trojaned``, as the field scores scanners on populations of models: the ranking
+    figures of :func:`rank_scores` (``auc``, ``fpr_at_tpr``, ``tpr_at_fpr``, counts) and
 
-    - ``auc``: ROC AUC from the probabilities (:func:`roc_auc`; ties count one half);
     - ``cross_entropy``: mean -[y ln p + (1 - y) ln(1 - p)] with p clipped to
       [``CE_EPSILON``, 1 - ``CE_EPSILON``] (the TrojAI rounds' metric; their target 0.3465 is
       ln(2) / 2: half the cross-entropy of answering 0.5 for every model);
-    - ``brier``: mean (p - y)^2;
-    - ``fpr_at_tpr``: the smallest share of clean models flagged by a threshold that flags at
-      least ``tpr_at`` (0.95) of the trojaned ones (the Trojan Detection Challenge's FPR at 95%
-      TPR); ``tpr_at_fpr``: the largest share of trojaned models flagged by a threshold that
-      flags at most ``fpr_at`` (0.05) of the clean ones. A threshold flags p >= it; every
-      distinct p is tried, and one above all p (nothing flagged);
-    - ``n_trojaned``, ``n_clean``.
+    - ``brier``: mean (p - y)^2.
 
-    Rates that need both kinds of model are NaN when one is missing. A probability outside
-    [0, 1] or not finite is refused with a :class:`~eviltwins.errors.DataError`."""
+    A probability outside [0, 1] or not finite is refused with a
+    :class:`~eviltwins.errors.DataError`."""
     p = np.asarray(p_trojan, dtype=np.float64).reshape(-1)
     y = np.asarray(is_trojaned, dtype=bool).reshape(-1)
-    if len(p) != len(y):
-        raise DataError(f"{len(p)} probabilities for {len(y)} models")
-    if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
-        raise DataError("p(trojan) must be finite and in [0, 1] for every model")
+    out = rank_scores(p, y, tpr_at, fpr_at)
+    if np.any((p < 0) | (p > 1)):
+        raise DataError("p(trojan) must be in [0, 1] for every model")
     q = np.clip(p, CE_EPSILON, 1 - CE_EPSILON)
     ce = -(y * np.log(q) + (~y) * np.log1p(-q))
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    out = {
-        "auc": roc_auc(p, y),
-        "cross_entropy": float(ce.mean()) if len(p) else math.nan,
-        "brier": float(((p - y) ** 2).mean()) if len(p) else math.nan,
-        "fpr_at_tpr": math.nan,
-        "tpr_at_fpr": math.nan,
-        "n_trojaned": float(n_pos),
-        "n_clean": float(n_neg),
-    }
-    if n_pos and n_neg:
-        thresholds = np.append(np.unique(p), np.inf)  # each flags p >= threshold
-        flagged = p[None, :] >= thresholds[:, None]  # (thresholds, models)
-        tpr = (flagged & y).sum(1) / n_pos
-        fpr = (flagged & ~y).sum(1) / n_neg
-        out["fpr_at_tpr"] = float(fpr[tpr >= tpr_at].min())
-        out["tpr_at_fpr"] = float(tpr[fpr <= fpr_at].max())
+    out["cross_entropy"] = float(ce.mean()) if len(p) else math.nan
+    out["brier"] = float(((p - y) ** 2).mean()) if len(p) else math.nan
     return out
 
 

@@ -27,6 +27,7 @@ from eviltwins.report.cells import CellLike, detector_labels, shown_detectors
 from eviltwins.report.claims import Claim, claims
 from eviltwins.report.documents import unreadable_line, write_documents
 from eviltwins.report.figures import FigureInput, render_figures
+from eviltwins.report.population import POPULATION_HEAD, population_table
 from eviltwins.report.table import Row, flatten, summary_table, write_csv
 from eviltwins.results import Result, internal
 
@@ -43,6 +44,7 @@ class Report(Result):
     figures: list[Path] = field(default_factory=list)
     failed: list[CellLike] = internal(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)  # "cells/<name>" -> why
+    population: list[list[str]] = field(default_factory=list)  # POPULATION_HEAD rows
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,7 @@ class Report(Result):
             "unreadable": self.unreadable,
             "claims": [c.to_dict() for c in self.claims],
             "figures": [str(p) for p in self.figures],
+            "population": [dict(zip(POPULATION_HEAD, r, strict=True)) for r in self.population],
         }
 
     def summary(self) -> str:
@@ -112,7 +115,8 @@ def build_report(
     shown = shown_detectors(det)
     data = FigureInput(rows, shown, run_dir, dict(classes or {}))
     made = render_figures(data, out, figures)
-    rep = Report(out, rows, claims(rows, det), made, failed, dict(unreadable or {}))
+    population = population_table(rows, shown)
+    rep = Report(out, rows, claims(rows, det), made, failed, dict(unreadable or {}), population)
     write_documents(
         out,
         name=name,
@@ -121,6 +125,7 @@ def build_report(
         claim_rows=[[c.claim, c.paper, c.measured, c.verdict] for c in rep.claims],
         figures=made,
         table=summary_table(rows, shown),
+        population=population,
         failed=[(c.key, c.error if c.error is not None else "") for c in failed],
         unreadable=rep.unreadable,
     )

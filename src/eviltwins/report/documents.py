@@ -8,6 +8,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eviltwins.report.population import POPULATION_HEAD
+
+POPULATION_TITLE = "## The model inspectors over these models"
+POPULATION_RULE = (
+    "Each model inspector's largest anomaly over the labels (ABS with no candidate neuron: 0) "
+    "ranks the backdoored models of each attack against all the clean models: ROC AUC, the "
+    "share of clean models flagged at the threshold that catches 95% of the backdoored ones, "
+    "the share of backdoored models caught while flagging at most 5% of the clean ones; then "
+    "the inspector's own verdict (a label flagged) on each kind of model, and how often the "
+    "flagged labels include the attack's target. One seed's models are few: read the counts."
+)
+
 
 def unreadable_line(unreadable: dict[str, str]) -> str:
     """``N cell file(s) unreadable: cells/x.json (why), ...; re-run the sweep ...``."""
@@ -68,10 +80,13 @@ def write_documents(
     table: tuple[Sequence[str], Sequence[Sequence[str]]],
     failed: Sequence[tuple[str, str]],
     unreadable: dict[str, str],
+    population: Sequence[Sequence[str]] = (),
 ) -> None:
     """Write ``report.md`` and ``report.html`` into ``out``: the sweep's ``name`` and
     ``description``, the claims (claim, paper, measured, verdict), the figures, the summary
-    ``table`` (head, body), the failed cells (key, error) and the unreadable cell files."""
+    ``table`` (head, body), the scanner over the sweep's models (``population``: rows under
+    :data:`~eviltwins.report.population.POPULATION_HEAD`; no section when empty), the failed
+    cells (key, error) and the unreadable cell files."""
     title = f"eviltwins report: {name}"
     head, body = table
     fail_rows = [list(f) for f in failed]
@@ -98,6 +113,15 @@ def write_documents(
     for p in figures:
         md += [f"![{p.stem}]({p.name})", ""]
     md += ["## Results (mean ± std over seeds)", "", *md_table(head, body), ""]
+    if population:
+        md += [
+            POPULATION_TITLE,
+            "",
+            POPULATION_RULE,
+            "",
+            *md_table(POPULATION_HEAD, population),
+            "",
+        ]
     if fail_rows:
         md += ["## Failed cells", "", *md_table(["cell", "error"], fail_rows), ""]
     if bad_rows:
@@ -126,6 +150,12 @@ def write_documents(
         "<h2>Results (mean ± std over seeds)</h2>",
         html_table(head, body),
     ]
+    if population:
+        parts += [
+            f"<h2>{html.escape(POPULATION_TITLE[3:])}</h2>",
+            f"<p>{html.escape(POPULATION_RULE)}</p>",
+            html_table(POPULATION_HEAD, population),
+        ]
     if fail_rows:
         parts += ["<h2>Failed cells</h2>", html_table(["cell", "error"], fail_rows)]
     if bad_rows:
