@@ -6,9 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from eviltwins.attacks.base import ATTACKS, BackdoorAttack
@@ -21,9 +19,10 @@ from eviltwins.attacks.retrain import (
     retrain,
 )
 from eviltwins.base import Check, Interval, OneOf
-from eviltwins.data import DatasetSpec, read_image
-from eviltwins.errors import DataError, ParamError
-from eviltwins.triggers import MAX_TRIGGER_SIDE, Trigger, check_image_shape
+from eviltwins.data import DatasetSpec
+from eviltwins.errors import ParamError
+from eviltwins.triggers import Trigger, check_image_shape
+from eviltwins.triggers.shapes import check_pattern_values, pattern_tensor, read_pattern
 
 #: The seeded uniform random pattern (Chen et al.'s "random pattern" key).
 NOISE = "noise"
@@ -174,34 +173,18 @@ def blend_pattern(
             f"an image pattern is for grey (1 channel) or RGB (3 channel) images; these have "
             f"{c} channels: pass a tensor pattern or {NOISE}"
         )
-    try:  # the declared size is checked before anything is decoded
-        im = read_image(path, "L" if c == 1 else "RGB", "pattern image", MAX_TRIGGER_SIDE)
-    except DataError as err:
-        raise ParamError(str(err)) from None
-    arr = np.asarray(im.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr)
-    return t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+    return read_pattern(path, c, (h, w))
 
 
 def _tensor_pattern(pattern: Tensor, c: int, h: int, w: int) -> Tensor:
     """A tensor pattern as a (c, h, w) float copy in [0, 1], or one :class:`ParamError` line."""
-    if pattern.is_complex() or pattern.dtype == torch.bool:
-        raise ParamError(f"a pattern tensor must hold real numbers; got dtype {pattern.dtype}")
-    p = pattern.detach().float().cpu().clone()
-    if p.ndim == 2:
-        p = p[None]
-    if p.ndim == 3 and p.shape[0] == 1 and c > 1:
-        p = p.expand(c, *p.shape[1:]).clone()
+    p = pattern_tensor(pattern, c)
     if tuple(p.shape) != (c, h, w):
         raise ParamError(
             f"a blended pattern tensor must cover the whole image: shape ({c}, {h}, {w}), "
             f"(1, {h}, {w}) or ({h}, {w}); got {tuple(pattern.shape)}"
         )
-    if p.numel() and (
-        not bool(torch.isfinite(p).all()) or float(p.min()) < 0 or float(p.max()) > 1
-    ):
-        raise ParamError("pattern values must be finite and lie in [0, 1]")
-    return p
+    return check_pattern_values(p).clone()
 
 
 def _describe(pattern: str | os.PathLike[str] | Tensor) -> str:

@@ -102,13 +102,7 @@ def square_pattern(
     """The (c, side, side) pattern of a square at (``row``, ``col``): white, black, random
     (seeded with ``seed``), an image file (resized), or a tensor (the square or the image)."""
     if isinstance(pattern, Tensor):
-        if pattern.is_complex() or pattern.dtype == torch.bool:
-            raise ParamError(f"a pattern tensor must hold real numbers; got dtype {pattern.dtype}")
-        p = pattern.detach().float().cpu()
-        if p.ndim == 2:
-            p = p[None]
-        if p.shape[0] == 1 and c > 1:
-            p = p.expand(c, *p.shape[1:])
+        p = pattern_tensor(pattern, c)
         if tuple(p.shape) == (c, h, w):
             p = p[:, row : row + side, col : col + side]
         if tuple(p.shape) != (c, side, side):
@@ -116,11 +110,7 @@ def square_pattern(
                 f"a pattern tensor must have shape ({c}, {side}, {side}) or ({c}, {h}, {w}); "
                 f"got {tuple(pattern.shape)}"
             )
-        if p.numel() and (
-            not bool(torch.isfinite(p).all()) or float(p.min()) < 0 or float(p.max()) > 1
-        ):
-            raise ParamError("pattern values must be finite and lie in [0, 1]")
-        return p
+        return check_pattern_values(p)
     if pattern in ("white", "black"):
         return torch.full((c, side, side), 1.0 if pattern == "white" else 0.0)
     if pattern == "random":
@@ -136,13 +126,44 @@ def square_pattern(
             f"pattern must be white, black, random, an image file or a tensor; {str(pattern)!r} "
             "is none of these (no such file)"
         )
-    try:  # the declared size is checked before anything is decoded
+    return read_pattern(path, c, (side, side))
+
+
+def pattern_tensor(pattern: Tensor, c: int) -> Tensor:
+    """A pattern tensor as a float tensor on the CPU with a channel axis (a 2-D tensor gets
+    one; one channel is repeated to ``c``), its shape not yet checked; a complex or bool
+    tensor is one :class:`ParamError` line."""
+    if pattern.is_complex() or pattern.dtype == torch.bool:
+        raise ParamError(f"a pattern tensor must hold real numbers; got dtype {pattern.dtype}")
+    p = pattern.detach().float().cpu()
+    if p.ndim == 2:
+        p = p[None]
+    if p.shape[0] == 1 and c > 1:
+        p = p.expand(c, *p.shape[1:])
+    return p
+
+
+def check_pattern_values(p: Tensor) -> Tensor:
+    """``p`` itself when its values are finite and in [0, 1], else one :class:`ParamError`."""
+    if p.numel() and (
+        not bool(torch.isfinite(p).all()) or float(p.min()) < 0 or float(p.max()) > 1
+    ):
+        raise ParamError("pattern values must be finite and lie in [0, 1]")
+    return p
+
+
+def read_pattern(path: Path, c: int, size: tuple[int, int]) -> Tensor:
+    """The pattern image ``path`` (grey for ``c`` = 1, else RGB; its declared size checked
+    before anything is decoded) resized to ``size`` = (height, width), bilinear, as a
+    (c, height, width) float tensor in [0, 1]; an unreadable image is one ParamError line."""
+    try:
         im = read_image(
             path, "L" if c == 1 else "RGB", what="pattern image", max_side=MAX_TRIGGER_SIDE
         )
     except DataError as err:
         raise ParamError(str(err)) from None
-    arr = np.asarray(im.resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0
+    h, w = size
+    arr = np.asarray(im.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
     t = torch.from_numpy(arr)
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
 
