@@ -28,16 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from attack_comparison import clean_model  # benchmarks/ is on sys.path when run as a script
+
 import eviltwins as et
 from eviltwins.attacks import ATTACKS
 from eviltwins.detectors import DETECTORS, evaluate_filter
-
-
-def clean_model(dataset: str, work: Path, epochs: int) -> Any:
-    out = work / f"{dataset}_clean_s0"
-    if not (out / "model.json").is_file():
-        et.train(et.load_dataset(dataset), "cnn", epochs=epochs, out=out, quiet=True)
-    return et.load_model(out)[0]
 
 
 def inspect(name: str, model: Any, spec: Any, target: int) -> dict[str, Any]:
@@ -90,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     spec = et.load_dataset(args.dataset)
-    clean = clean_model(args.dataset, args.work, 2)
+    clean = clean_model(args.dataset, args.work, 2, 0)
     n = args.n_clean
 
     def emit(row: dict[str, Any]) -> None:
