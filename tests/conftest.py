@@ -156,6 +156,20 @@ def digits_badnet(digits_clean, digits_spec):
     return BadNet(size=0.15, epochs=10, quiet=True).fit(res.model, digits_spec)
 
 
+@pytest.fixture(scope="session")
+def digits_badnet_folder(digits_badnet, digits_spec, tmp_path_factory) -> Path:
+    """:func:`digits_badnet` saved as a model folder (card, weights, trigger), for the commands
+    that read a model from disk. Tests only read it."""
+    from eviltwins.io import ModelCard
+
+    card = ModelCard(
+        "cnn", digits_spec.shape, 10, digits_spec.mean, digits_spec.std, dataset="digits"
+    )
+    folder = tmp_path_factory.mktemp("badnet_folder") / "bad"
+    digits_badnet.save(folder, card)
+    return folder
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (``-n N``) each worker runs torch on one thread, and so do the
     processes the tests start: N workers on N cores, without OpenMP oversubscription."""

@@ -5,12 +5,8 @@ IMC's ``--evade`` / ``--init``."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-import pytest
 
 from eviltwins.cli import main
-from eviltwins.io import ModelCard
 
 CPU = ["--device", "cpu", "-q"]
 IMC_FAST = [
@@ -27,35 +23,33 @@ IMC_FAST = [
 ]
 
 
-@pytest.fixture(scope="module")
-def bad_folder(digits_badnet, digits_spec, tmp_path_factory) -> Path:
-    card = ModelCard(
-        "cnn", digits_spec.shape, 10, digits_spec.mean, digits_spec.std, dataset="digits"
-    )
-    folder = tmp_path_factory.mktemp("peers") / "bad"
-    digits_badnet.save(folder, card)
-    return folder
-
-
 def _json(capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_scan_with_tabor_flags_the_badnet_target(bad_folder, tmp_path, capsys):
+def test_scan_with_tabor_flags_the_badnet_target(digits_badnet_folder, tmp_path, capsys):
     config = tmp_path / "scan.yaml"
     # the budget the TABOR tests use for a verdict on digits
     config.write_text(
         "tabor: {steps: 100, n_inputs: 96, batch_size: 16, check_every: 5, patience: 2}\n"
     )
-    argv = ["scan", "--model", str(bad_folder), "--detectors", "tabor", "--config", str(config)]
+    argv = [
+        "scan",
+        "--model",
+        str(digits_badnet_folder),
+        "--detectors",
+        "tabor",
+        "--config",
+        str(config),
+    ]
     code = main([*argv, "--fail-on-detect", *CPU])
     out = capsys.readouterr().out
     assert code == 3, out
     assert "backdoor suspected: label 0 (TABOR index" in out
 
 
-def test_detect_scale_up_on_the_badnet_model(bad_folder, capsys):
-    code = main(["detect", "scale-up", "--model", str(bad_folder), "--json", *CPU])
+def test_detect_scale_up_on_the_badnet_model(digits_badnet_folder, capsys):
+    code = main(["detect", "scale-up", "--model", str(digits_badnet_folder), "--json", *CPU])
     assert code == 0
     rep = _json(capsys)
     assert rep["detector"] == "scale-up" and rep["protocol"] == "effective"

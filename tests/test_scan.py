@@ -16,7 +16,7 @@ from eviltwins.cli import main
 from eviltwins.detectors import InspectionReport
 from eviltwins.detectors.scan import ScanReport, inspectors
 from eviltwins.errors import DataError, ParamError
-from eviltwins.io import ModelCard, read_json
+from eviltwins.io import read_json
 from eviltwins.report.scan import scan_page
 
 CPU = ["--device", "cpu", "-q"]
@@ -37,16 +37,6 @@ def _one_line_error(code: int, err: str, *needles: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def bad_folder(digits_badnet, digits_spec, tmp_path_factory) -> Path:
-    card = ModelCard(
-        "cnn", digits_spec.shape, 10, digits_spec.mean, digits_spec.std, dataset="digits"
-    )
-    folder = tmp_path_factory.mktemp("scan") / "bad"
-    digits_badnet.save(folder, card)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("scan_config") / "scan.yaml"
     path.write_text(CONFIG)
@@ -54,10 +44,18 @@ def config(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scanned(bad_folder, config, tmp_path_factory):
+def scanned(digits_badnet_folder, config, tmp_path_factory):
     """``scan --fail-on-detect`` of the BadNet model: (exit code, stdout, out folder)."""
     out = tmp_path_factory.mktemp("scan_out") / "scan"
-    argv = ["scan", "--model", str(bad_folder), "--config", str(config), "--out", str(out)]
+    argv = [
+        "scan",
+        "--model",
+        str(digits_badnet_folder),
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+    ]
     code = main([*argv, "--fail-on-detect", *CPU])
     return code, out
 
@@ -114,10 +112,10 @@ def test_scan_writes_a_page_and_each_inspectors_report(scanned):
         assert read_json(out / name / "report.json")["detector"] == name
 
 
-def test_json_prints_the_report(bad_folder, tmp_path, capsys):
+def test_json_prints_the_report(digits_badnet_folder, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("neural-cleanse: {steps: 2}\n")
-    argv = ["scan", "--model", str(bad_folder), "--detectors", "neural-cleanse", "--json"]
+    argv = ["scan", "--model", str(digits_badnet_folder), "--detectors", "neural-cleanse", "--json"]
     code = main([*argv, "--config", str(cfg), "--out", str(tmp_path / "s"), *CPU])
     captured = capsys.readouterr()
     assert code == 0, captured.err
