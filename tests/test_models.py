@@ -25,6 +25,8 @@ from eviltwins.models import (
         ("cnn", (1, 28, 28)),
         ("cnn", (3, 32, 32)),
         ("resnet18", (3, 32, 32)),
+        ("resnet-small", (1, 28, 28)),
+        ("resnet-small", (3, 32, 32)),
         ("vgg11", (1, 28, 28)),
         ("vgg16", (3, 32, 32)),
         ("resnet18-imagenet", (3, 64, 64)),
@@ -102,6 +104,7 @@ def test_bad_model_options_are_param_errors():
         ("vgg11", "net.features", "net.classifier"),  # not features.0 (the image channels)
         ("vgg11", "net.features.0", "net.features.4"),  # across batch norm, ReLU and pool
         ("cnn", "net.features.conv2", "net.classifier.fc1"),  # through flatten
+        ("resnet-small", "net.layer2", "net.fc"),  # the small residual network's feature layer
         ("cnn", "net.classifier.fc2", None),  # the last layer
     ],
 )
@@ -121,3 +124,24 @@ def test_consumer_of_takes_an_example_input_for_plain_modules():
     assert consumer_of(net, "1", torch.rand(1, 1, 8, 8))[0] == "3"
     with pytest.raises(ParamError, match="example_input"):
         consumer_of(net, "0")
+
+
+def test_a_user_model_in_the_working_folder_imports_as_python_m_would(tmp_path, monkeypatch):
+    (tmp_path / "herenets.py").write_text(
+        "import torch\n"
+        "class Here(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(16, 3)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.flatten(1))\n"
+    )
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.chdir(tmp_path)
+    try:
+        model = build_model("herenets:Here", (1, 4, 4), 3)
+        assert model(torch.rand(2, 1, 4, 4)).shape == (2, 3)
+        with pytest.raises(UnknownNameError, match="cannot import"):
+            build_model("nowhere_xyz:Net", (1, 4, 4), 3)
+    finally:
+        sys.modules.pop("herenets", None)

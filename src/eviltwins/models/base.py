@@ -10,7 +10,9 @@ import contextlib
 import difflib
 import importlib
 import inspect
+import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -124,6 +126,23 @@ def is_keyword_mapping(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and k.isidentifier() for k in value)
 
 
+def _import_here(module_name: str) -> Any:
+    """Import ``module_name``; when its top package is found nowhere, from the working folder
+    too (as ``python -m`` would: the console script does not put that folder on the path)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        here = os.getcwd()
+        if err.name != module_name.split(".")[0] or here in sys.path or "" in sys.path:
+            raise
+    sys.path.insert(0, here)
+    try:
+        return importlib.import_module(module_name)
+    except ImportError:
+        sys.path.remove(here)
+        raise
+
+
 def import_user_model(spec: str) -> type[nn.Module]:
     """Import ``package.module:ClassName`` (the user's own code, imported on their request).
 
@@ -135,7 +154,7 @@ def import_user_model(spec: str) -> type[nn.Module]:
         raise ParamError(f"a user model must be given as package.module:ClassName; got {spec!r}")
     module_name, cls_name = spec.split(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_here(module_name)
     except ImportError as err:
         raise UnknownNameError(
             f"cannot import module {module_name!r} for model {spec!r} ({err}); "

@@ -1,5 +1,5 @@
-"""Architectures: a small CNN, the classic Keras MNIST CNN (``cnn-heavy``), CIFAR-style
-ResNet-18, VGG-11/16 (with batch norm) and torchvision's ImageNet ResNet-18/101. Each factory
+"""Architectures: a small CNN, the classic Keras MNIST CNN (``cnn-heavy``), a small batch-norm
+residual network (``resnet-small``), CIFAR-style ResNet-18, VGG-11/16 (with batch norm) and torchvision's ImageNet ResNet-18/101. Each factory
 takes (in_channels, num_classes, input_size)."""
 
 from __future__ import annotations
@@ -143,6 +143,34 @@ class CifarResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class SmallResNet(nn.Module):
+    """A small batch-norm residual network for 28x28 / 32x32 images: a 3x3 stem (``width``
+    channels, batch norm, ReLU), two residual blocks (:class:`BasicBlock`, stride 2, doubling
+    the channels), global average pooling and one linear layer; about 6M multiply-adds per
+    28x28 image at width 16, close to the small CNN. Feature layer: ``layer2``."""
+
+    feature_layer = "layer2"
+
+    def __init__(
+        self, in_channels: int, num_classes: int, input_size: Sequence[int], width: int = 16
+    ) -> None:
+        super().__init__()
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 256:
+            raise ParamError(f"resnet-small width must be an int in [1, 256]; got {width}")
+        if min(input_size) < 4:
+            raise ParamError(f"resnet-small needs inputs of at least 4x4 pixels; got {input_size}")
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = BasicBlock(width, 2 * width, 2)
+        self.layer2 = BasicBlock(2 * width, 4 * width, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        return self.fc(torch.flatten(self.pool(self.layer2(self.layer1(x))), 1))
+
+
 VGG_CFG = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [
@@ -255,6 +283,14 @@ def resnet18(
 ) -> nn.Module:
     """CIFAR-style ResNet-18 (3x3 stride-1 stem, no max-pool) for 32x32 inputs."""
     return CifarResNet18(in_channels, num_classes, input_size, width)
+
+
+@MODELS.register("resnet-small")
+def resnet_small(
+    in_channels: int, num_classes: int, input_size: Sequence[int], width: int = 16
+) -> nn.Module:
+    """A small batch-norm residual network (stem, two residual blocks, global pooling)."""
+    return SmallResNet(in_channels, num_classes, input_size, width)
 
 
 @MODELS.register("vgg11")
