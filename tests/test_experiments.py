@@ -64,6 +64,7 @@ def _comparable(cell: dict) -> dict:
     d["attack"].pop("seconds", None)
     for rep in d["detectors"].values():
         rep.pop("seconds", None)
+        rep.pop("peak_mb", None)  # the worker process's memory, not the result
     return d
 
 

@@ -281,3 +281,28 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, float | None]]:
+    """Measure the peak memory of the block in MiB (``out["peak_mb"]``, set on exit): the
+    CUDA allocator's peak on a GPU; on CPU the process's resident-set high-water mark (reset
+    at entry through ``/proc/self/clear_refs``, so it includes what the process held before:
+    the libraries, the model, the data). ``None`` where neither can be read (not Linux)."""
+    out: dict[str, float | None] = {"peak_mb": None}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield out
+        out["peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current resident set
+    except OSError:
+        yield out
+        return
+    yield out
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as fh:
+            line = next(x for x in fh if x.startswith("VmHWM:"))
+        out["peak_mb"] = round(int(line.split()[1]) / 1024, 1)

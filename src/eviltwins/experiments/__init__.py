@@ -4,9 +4,10 @@ local or Ray executor; see :func:`run_sweep`."""
 from eviltwins.experiments.clean import TrainResult, train_clean
 from eviltwins.experiments.executors import EXECUTORS, LocalExecutor, RayExecutor, make_executor
 from eviltwins.experiments.folder import SweepLockedError, check_run_folder, spec_reads
+from eviltwins.experiments.grid import Cell, cells
 from eviltwins.experiments.options import RunOptions
 from eviltwins.experiments.runner import CellsFailedError, SweepSummary, run_sweep
-from eviltwins.experiments.spec import Cell, Entry, SweepSpec, cells, load_spec
+from eviltwins.experiments.spec import Entry, SweepSpec, load_spec
 from eviltwins.experiments.store import (
     AttackRecord,
     CellConfig,

@@ -43,7 +43,8 @@ def check_attacks(spec: Any) -> None:
             where = f"attack {atk.display!r}" + (f" on {ds}" if ds in atk.dataset_params else "")
             for size in spec.sizes:
                 for tr in spec.transparencies:
-                    grid = atk.grid_params(ds, size, tr, spec.target, 0)
+                    target = 0 if spec.target == "random" else spec.target  # drawn per cell
+                    grid = atk.grid_params(ds, size, tr, target, 0)
                     try:
                         built[(atk.display, ds)] = ATTACKS.build(atk.name, grid, True)
                     except ParamError as err:

@@ -38,16 +38,9 @@ from eviltwins.experiments.folder import (
     prepare_run_folder,
     spec_reads,
 )
+from eviltwins.experiments.grid import Cell, cells, clean_config, clean_key
 from eviltwins.experiments.options import RunOptions
-from eviltwins.experiments.spec import (
-    Cell,
-    SweepSpec,
-    cells,
-    clean_config,
-    clean_key,
-    load_spec,
-    user_models,
-)
+from eviltwins.experiments.spec import SweepSpec, load_spec, user_models
 from eviltwins.experiments.store import (
     CELL_SCHEMA,
     CellFileError,

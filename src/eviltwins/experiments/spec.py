@@ -28,8 +28,6 @@ path dataset, and cell keys name a path by its stem and a digest (``mydata-1a2b3
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -38,7 +36,7 @@ from typing import Any, ClassVar
 
 from eviltwins.base import CLASS_INDEX, N_CLEAN, SEED_RANGE, SUBSET_SIZE, Check, check_numbers
 from eviltwins.config import Validated, grid_list, read_yaml, unit_grid_list, validate
-from eviltwins.data import check_dataset_options, dataset_slug, is_path_dataset
+from eviltwins.data import check_dataset_options, is_path_dataset
 from eviltwins.errors import ParamError
 from eviltwins.experiments.archs import check_arch_kwargs, check_user_model_name
 from eviltwins.experiments.budgets import check_attacks
@@ -57,6 +55,8 @@ CLEAN_OPTIONS = (
 )
 FIGURES = tuple(PAPER_FIGURES)  # the report's figure registry
 GRID_PARAMS = ("size", "transparency", "target", "seed")  # an attack's parameters the grid sets
+MAX_SAMPLE = 64  # backdoored twins per clean model (``sample``)
+RANDOM = "random"  # ``target: random`` / ``position: random``: drawn per cell (grid.py)
 
 
 def _is_str(v: Any) -> bool:
@@ -169,7 +169,9 @@ class SweepSpec(Validated):
     transparencies: list[float] = field(default_factory=lambda: [0.7])
     seeds: list[int] = field(default_factory=lambda: [0])
     detectors: list[Entry] = field(default_factory=list)
-    target: int = 0
+    target: int | str = 0
+    position: str | None = None
+    sample: int | None = None
     train_limit: int | None = None
     test_limit: int | None = None
     clean: dict[str, Any] = field(default_factory=dict)
@@ -200,7 +202,12 @@ class SweepSpec(Validated):
             lambda v: isinstance(v, list) and all(isinstance(e, Entry) for e in v),
             "a list of detectors ({name, label, params})",
         ),
-        "target": CLASS_INDEX,
+        "target": Check(lambda v: v == RANDOM or CLASS_INDEX.ok(v), f"a class index or {RANDOM!r}"),
+        "position": Check(lambda v: v in (None, RANDOM), f"{RANDOM!r} (or absent)"),
+        "sample": Check(
+            lambda v: v is None or (type(v) is int and 1 <= v <= MAX_SAMPLE),
+            f"backdoored twins per clean model, an int in [1, {MAX_SAMPLE}]",
+        ),
         "train_limit": SUBSET_SIZE,
         "test_limit": SUBSET_SIZE,
         "clean": Check(lambda v: isinstance(v, dict), "a mapping of training options"),
@@ -217,6 +224,12 @@ class SweepSpec(Validated):
     }
 
     def _check(self) -> None:
+        n_attacks = sum(not a.is_clean for a in self.attacks)
+        if self.sample is not None and self.sample > n_attacks:
+            raise ParamError(
+                f"sample: {self.sample} twins per clean model, but the sweep has {n_attacks} "
+                "attack(s); each twin is a different attack, so sample is at most their number"
+            )
         for kind, entries in (("attack", self.attacks), ("detector", self.detectors)):
             labels = [e.display for e in entries]
             dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -227,111 +240,6 @@ class SweepSpec(Validated):
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SPEC_SCHEMA, **super().to_dict()}
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the grid. ``key`` names its result file: readable fields plus a hash of
-    everything that changes its result, so an edited sweep never reuses a stale cell."""
-
-    dataset: str
-    model: str
-    attack: AttackEntry
-    size: float | None
-    transparency: float | None
-    seed: int
-
-    def config(self, spec: SweepSpec) -> dict[str, Any]:
-        """Everything the cell's result depends on (JSON-safe)."""
-        return {
-            "dataset": self.dataset,
-            "model": self.model,
-            "attack": self.attack.name,
-            "label": self.attack.display,
-            "params": self.attack_params(spec),
-            "size": self.size,
-            "transparency": self.transparency,
-            "seed": self.seed,
-            "detectors": [d.to_dict() for d in spec.detectors],
-            "clean": clean_config(spec, self.dataset, self.model, self.seed),
-            "n_clean": spec.n_clean,
-        }
-
-    def attack_params(self, spec: SweepSpec) -> dict[str, Any]:
-        return self.attack.grid_params(
-            self.dataset, self.size, self.transparency, spec.target, self.seed
-        )
-
-    def key(self, spec: SweepSpec) -> str:
-        digest = _digest(self.config(spec))
-        slug = _slug(self.attack.display)
-        ds = dataset_slug(self.dataset, dataset_options(spec, self.dataset))
-        if self.attack.name == CLEAN_ATTACK:
-            return f"{ds}__{self.model}__{slug}__seed{self.seed}__{digest}"
-        return (
-            f"{ds}__{self.model}__{slug}__size{_g(self.size)}__tr{_g(self.transparency)}"
-            f"__seed{self.seed}__{digest}"
-        )
-
-
-def _g(value: float | None) -> str:
-    """A grid value in a cell's key; ``na`` where the attack does not take the parameter."""
-    return "na" if value is None else f"{value:g}"
-
-
-def clean_config(spec: SweepSpec, dataset: str, model: str, seed: int) -> dict[str, Any]:
-    """The :func:`eviltwins.train` arguments of a clean model (its cache key); a path dataset
-    adds its ``dataset_options`` (registered ones add nothing, so their keys never change)."""
-    options = dataset_options(spec, dataset)
-    return {
-        "dataset": dataset,
-        "model": model,
-        "seed": seed,
-        "train_limit": spec.train_limit,
-        "test_limit": spec.test_limit,
-        **spec.clean,
-        **({"dataset_options": options} if is_path_dataset(dataset) else {}),
-    }
-
-
-def clean_key(spec: SweepSpec, dataset: str, model: str, seed: int) -> str:
-    cfg = clean_config(spec, dataset, model, seed)
-    ds = dataset_slug(dataset, dataset_options(spec, dataset))
-    return f"{ds}__{model}__seed{seed}__{_digest(cfg)}"
-
-
-def dataset_options(spec: SweepSpec, dataset: str) -> dict[str, Any]:
-    """The loading options of ``dataset`` in ``spec``: the spec's for a path, none else."""
-    return dict(spec.dataset_options) if is_path_dataset(dataset) else {}
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", label.replace("*", "-star")).strip("-") or "attack"
-
-
-def cells(spec: SweepSpec) -> list[Cell]:
-    """The grid in a fixed order (datasets, models, seeds, attacks, sizes, transparencies).
-    A ``none`` attack (detectors on the clean model) is one cell per dataset/model/seed; an
-    attack without a ``size`` (or ``transparency``) parameter runs once over that axis (its
-    cells hold ``None`` there)."""
-    out: list[Cell] = []
-    for ds in spec.datasets:
-        for model in spec.models:
-            for seed in spec.seeds:
-                for atk in spec.attacks:
-                    if atk.name == CLEAN_ATTACK:
-                        out.append(Cell(ds, model, atk, None, None, seed))
-                        continue
-                    sizes = spec.sizes if atk.takes("size") else [None]
-                    trs = spec.transparencies if atk.takes("transparency") else [None]
-                    for size in sizes:
-                        for tr in trs:
-                            out.append(Cell(ds, model, atk, size, tr, seed))
-    return out
 
 
 def load_spec(source: str | os.PathLike[str] | dict[str, Any] | SweepSpec) -> SweepSpec:

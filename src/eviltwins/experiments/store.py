@@ -142,6 +142,7 @@ class DetectorRecord(_Record):
     target_flagged: bool | None = None
     flagged: list[int | str] = dataclasses.field(default_factory=list)
     seconds: float | None = None
+    peak_mb: float | None = None
     extra: dict[str, Any] = extra()
 
 
@@ -271,7 +272,7 @@ def _check_detector(d: Any, loc: str) -> None:
         for i, s in enumerate(_field(details, "steps", "list", f"{loc}.details") or []):
             if not is_real(s):
                 raise _WrongShape(f"{loc}.details.steps.{i}", "must be a number")
-    for name in ("max_anomaly", "target_anomaly"):
+    for name in ("max_anomaly", "target_anomaly", "peak_mb"):
         _field(d, name, "float", loc)
     _field(d, "target_flagged", "bool", loc)
     for i, f in enumerate(_field(d, "flagged", "list", loc, nullable=False) or []):

@@ -11,6 +11,7 @@ from typing import Any
 
 from eviltwins.errors import EviltwinsError
 from eviltwins.experiments.executors import set_threads
+from eviltwins.experiments.grid import cell_target
 from eviltwins.experiments.spec import CLEAN_ATTACK
 from eviltwins.experiments.store import CELL_SCHEMA, CellResult
 from eviltwins.utils import versions
@@ -85,11 +86,11 @@ def _run_cell(
     from safetensors.torch import save
 
     from eviltwins.attacks import ATTACKS
-    from eviltwins.detectors import DETECTORS, run_detector
+    from eviltwins.detectors import DETECTORS
     from eviltwins.detectors.evaluation import non_target_examples
     from eviltwins.io import model_from_bytes, model_to_bytes
     from eviltwins.training import evaluate, get_dataset, predict
-    from eviltwins.utils import resolve_device
+    from eviltwins.utils import peak_memory, resolve_device
 
     clean = cfg["clean"]
     # the sweep's spec names its model: a user architecture there is trusted (imported)
@@ -100,13 +101,14 @@ def _run_cell(
     files: dict[str, bytes] = {}
     out: dict[str, Any] = {}
     trigger = None
-    target = int(cfg["params"].get("target", 0))
+    target = cell_target(cfg, spec.num_classes)
     if cfg["attack"] == CLEAN_ATTACK:
         poisoned = model
         acc = evaluate(model, spec.test)["accuracy"]
         out["attack"] = {"attack": CLEAN_ATTACK, "metrics": {"clean_acc": acc, "benign_acc": acc}}
     else:
-        res = ATTACKS.build(cfg["attack"], cfg["params"], True).fit(model, spec)
+        params = {**cfg["params"], **({"target": target} if "target" in cfg["params"] else {})}
+        res = ATTACKS.build(cfg["attack"], params, True).fit(model, spec)
         poisoned, trigger, target = res.model, res.trigger, res.target
         out["attack"] = res.to_dict()
         x = non_target_examples(spec, target, N_EXAMPLES, cfg["seed"])
@@ -124,33 +126,42 @@ def _run_cell(
     for d in cfg["detectors"]:
         label = d.get("label") or d["name"]
         det = DETECTORS.build(d["name"], d["params"], True)
-        if det.family == "filter":
-            if trigger is None:
-                detectors[label] = {"skipped": "input filters need a trigger; clean-model cell"}
-                continue
-            rep = run_detector(
-                det,
-                poisoned,
-                spec,
-                trigger=trigger,
-                target=target,
-                n_clean=cfg["n_clean"],
-                seed=cfg["seed"],
-            )
-            detectors[label] = {"kind": "filter", **rep.to_dict()}
-        else:
-            rep = run_detector(det, poisoned, spec)
-            d_out = {"kind": "inspection", **rep.to_dict()}
-            # None (not written) when the target was not inspected or, for ABS, untested
-            target_anomaly = rep.anomaly_of(target)
-            if target_anomaly is not None:
-                d_out["target_anomaly"] = target_anomaly
-            d_out["target_flagged"] = target in rep.flagged
-            detectors[label] = d_out
+        if det.family == "filter" and trigger is None:
+            detectors[label] = {"skipped": "input filters need a trigger; clean-model cell"}
+            continue
+        with peak_memory(resolve_device(device)) as memory:
+            detectors[label] = _detect(det, poisoned, spec, trigger, target, cfg)
+        detectors[label]["peak_mb"] = memory["peak_mb"]
     out["detectors"] = detectors
     if cfg.get("save_model"):
         files["model.safetensors"] = model_to_bytes(poisoned, card)
     return out, files
+
+
+def _detect(det: Any, model: Any, spec: Any, trigger: Any, target: int, cfg: dict) -> dict:
+    """One detector's record on the cell's model: an input filter evaluated with the attack's
+    trigger, or a model inspection with the target's anomaly and whether it was flagged."""
+    from eviltwins.detectors import run_detector
+
+    if det.family == "filter":
+        rep = run_detector(
+            det,
+            model,
+            spec,
+            trigger=trigger,
+            target=target,
+            n_clean=cfg["n_clean"],
+            seed=cfg["seed"],
+        )
+        return {"kind": "filter", **rep.to_dict()}
+    rep = run_detector(det, model, spec)
+    out = {"kind": "inspection", **rep.to_dict()}
+    # None (not written) when the target was not inspected or, for ABS, untested
+    target_anomaly = rep.anomaly_of(target)
+    if target_anomaly is not None:
+        out["target_anomaly"] = target_anomaly
+    out["target_flagged"] = target in rep.flagged
+    return out
 
 
 def _describe(err: BaseException) -> str:
