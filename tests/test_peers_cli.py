@@ -45,7 +45,7 @@ def test_scan_with_tabor_flags_the_badnet_target(digits_badnet_folder, tmp_path,
     code = main([*argv, "--fail-on-detect", *CPU])
     out = capsys.readouterr().out
     assert code == 3, out
-    assert "backdoor suspected: label 0 (TABOR index" in out
+    assert "backdoor suspected (an inspector flags; uncalibrated): label 0 (TABOR index" in out
 
 
 def test_detect_scale_up_on_the_badnet_model(digits_badnet_folder, capsys):

@@ -25,7 +25,7 @@ CONFIG = (
     "abs: {steps: 150, top_k: 3, seeds_per_class: 3, n_eval: 200}\n"
 )
 VERDICT = re.compile(
-    r"backdoor suspected: label 0 \(NeuralCleanse index (\d+\.\d\d), ABS REASR (\d\.\d\d)\)"
+    r"backdoor suspected \(an inspector flags; uncalibrated\): label 0 \(NeuralCleanse index (\d+\.\d\d), ABS REASR (\d\.\d\d)\)"
 )
 
 
@@ -80,7 +80,7 @@ def test_clean_model_exits_0_with_fail_on_detect(digits_clean, tmp_path, capsys)
     code = main([*argv, "--config", str(cfg), "--out", str(tmp_path / "s"), "--fail-on-detect"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert captured.out.strip() == "clean"
+    assert captured.out.strip() == "clean (no inspector flags; uncalibrated)"
     data = read_json(tmp_path / "s" / "scan.json")
     assert list(data["reports"]) == ["neural-cleanse"] and data["flagged"] == []
 
@@ -153,14 +153,20 @@ def test_verdict_names_the_inspectors_that_flagged():
     )
     rep = ScanReport("m", "digits", {"neural-cleanse": nc, "abs": abs_})
     assert rep.verdict == (
-        "backdoor suspected: label 0 (NeuralCleanse index 3.46, ABS REASR untested; "
+        "backdoor suspected (an inspector flags; uncalibrated): label 0 (NeuralCleanse index "
+        "3.46, ABS REASR untested; "
         "flagged by NeuralCleanse only)"
     )
     both = InspectionReport("abs", [0.9] * 10, [0.91] + [0.0] * 9, [0], 0.8, labels=labels)
     two = ScanReport("m", "digits", {"neural-cleanse": nc, "abs": both})
-    assert two.verdict == "backdoor suspected: label 0 (NeuralCleanse index 3.46, ABS REASR 0.91)"
+    assert two.verdict == (
+        "backdoor suspected (an inspector flags; uncalibrated): label 0 (NeuralCleanse index "
+        "3.46, ABS REASR 0.91)"
+    )
     calm = InspectionReport("neural-cleanse", [9.0] * 10, [0.5] * 10, [], 2.0)
-    assert ScanReport("m", "d", {"neural-cleanse": calm}).verdict == "clean"
+    assert ScanReport("m", "d", {"neural-cleanse": calm}).verdict == (
+        "clean (no inspector flags; uncalibrated)"
+    )
     page = scan_page(ScanReport("m", "d", {"neural-cleanse": calm}))
     assert page.count('src="data:image/png;base64,') == 1  # no reversed triggers to show
 

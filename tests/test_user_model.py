@@ -265,7 +265,7 @@ def test_scan_of_a_foreign_model_weights_file_and_folder(tiny, imported, tmp_pat
     assert set(from_file["reports"]) == {"neural-cleanse", "abs"}
     assert from_file["reports"]["abs"]["details"]["layer"] == "net.c2"  # picked by rule
     verdict = from_file["verdict"]
-    assert verdict == "clean" or verdict.startswith("backdoor suspected: label ")
+    assert verdict.startswith(("clean (", "backdoor suspected ("))
     rc, out, err = _run(capsys, "scan", "--model", imported, "--arch", ARCH,
                         "--out", tmp_path / "folder", *common)  # fmt: skip
     assert rc == 0, err

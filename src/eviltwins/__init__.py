@@ -11,6 +11,7 @@ from eviltwins import detectors, metrics
 from eviltwins.api import (
     TrainResult,
     attack,
+    calibrate,
     demo,
     detect,
     evaluate,
@@ -39,6 +40,7 @@ __all__ = [
     "__version__",
     "activations",
     "attack",
+    "calibrate",
     "demo",
     "detect",
     "metrics",

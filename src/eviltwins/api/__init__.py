@@ -1,5 +1,6 @@
 """High-level Python API mirroring the CLI: ``train`` a clean model, ``evaluate`` a saved one,
-``import_model`` one trained elsewhere, ``attack`` / ``detect`` / ``scan`` it, and run sweeps.
+``import_model`` one trained elsewhere, ``attack`` / ``detect`` / ``scan`` it, run sweeps and
+``calibrate`` a scan's p(trojan) on them.
 
 >>> import eviltwins as et
 >>> res = et.train(dataset="digits", model="cnn", epochs=30, out="runs/clean")
@@ -7,6 +8,7 @@
 >>> et.evaluate("runs/clean").accuracy
 """
 
+from eviltwins.api.calibration import CalibrationRun, calibrate
 from eviltwins.api.estimators import attack, detect, scan
 from eviltwins.api.models import (
     EvaluationResult,
@@ -22,11 +24,13 @@ from eviltwins.experiments.clean import TrainResult
 from eviltwins.training import get_dataset
 
 __all__ = [
+    "CalibrationRun",
     "EvaluationResult",
     "ImportResult",
     "LayersResult",
     "TrainResult",
     "attack",
+    "calibrate",
     "demo",
     "detect",
     "evaluate",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from eviltwins.api.common import (
 from eviltwins.attacks.base import BackdoorResult
 from eviltwins.base import CLASS_INDEX, N_CLEAN
 from eviltwins.data import DatasetSpec
+from eviltwins.detectors.calibration import Calibration
 from eviltwins.detectors.scan import DEFAULT_DETECTORS, ScanReport
 from eviltwins.errors import ParamError
 from eviltwins.io import ModelSource, TrustArch
@@ -176,6 +178,7 @@ def scan(
     *,
     detectors: str | Sequence[str] = DEFAULT_DETECTORS,
     params: dict[str, dict[str, Any]] | None = None,
+    calibration: str | os.PathLike[str] | Calibration | None = "auto",
     out: str | os.PathLike[str] | None = None,
     device: str = "auto",
     data_root: str | os.PathLike[str] | None = None,
@@ -189,13 +192,27 @@ def scan(
     """Scan a model with model inspectors (NeuralCleanse and ABS by default; ``detectors``:
     any of ``eviltwins list detectors`` that inspects a model), each with its ``params``
     (``{"neural-cleanse": {"steps": 100}}``), for one verdict (:attr:`ScanReport.verdict
-    <eviltwins.detectors.scan.ScanReport.verdict>`). With ``out`` (checked first, like
+    <eviltwins.detectors.scan.ScanReport.verdict>`). ``calibration`` gives the report its
+    p(trojan) (:mod:`eviltwins.detectors.calibration`): ``"auto"``, the shipped calibration
+    fitted for the model's input shape with these detectors and settings, if there is one;
+    ``"none"`` (or None), none; a calibration file (from :func:`calibrate`) or a
+    :class:`~eviltwins.detectors.calibration.Calibration`, that one (its detectors must be
+    scanned and its input shape the model's). With ``out`` (checked first, like
     :func:`detect`'s): ``scan.json``, each inspector's report and reversed triggers in
     ``out/<detector>/`` and ``scan.html``. Other arguments: see :func:`detect`."""
+    from eviltwins.detectors.calibration import load_calibration
+    from eviltwins.detectors.calibration_choice import check_calibration
     from eviltwins.detectors.scan import inspectors, run_scan
     from eviltwins.report.scan import write_scan
 
     dets = inspectors(detectors, params, quiet)
+    cal_file = None
+    if calibration is not None and not isinstance(calibration, Calibration | str):
+        calibration = os.fspath(calibration)  # a path
+    if isinstance(calibration, str) and calibration not in ("auto", "none"):
+        cal_file, calibration = calibration, load_calibration(calibration)
+    if isinstance(calibration, Calibration):
+        check_calibration(calibration, list(dets))
     where = ModelSource.of(model).path
     if out is not None:
         inputs = reads(model, dataset, data_root)
@@ -210,7 +227,10 @@ def scan(
         card, dataset, data_root, download, None, test_limit, 0, dataset_options, loaded=data
     )
     named = card.classes if len(card.classes) == card.num_classes else spec.classes
-    report = run_scan(dets, net, spec, source=str(where), classes=named)
+    report = run_scan(dets, net, spec, source=str(where), classes=named, calibration=calibration)
+    if cal_file is not None and report.calibration is not None:
+        about = {**report.calibration, "origin": f"file {cal_file}"}
+        report = dataclasses.replace(report, calibration=about)
     if out is not None:
         write_scan(report, out)
     return report

@@ -17,6 +17,7 @@ import sys
 
 import click
 
+from eviltwins.cli.commands.calibrate import calibrate
 from eviltwins.cli.commands.estimators import attack, detect
 from eviltwins.cli.commands.imports import import_model, layers
 from eviltwins.cli.commands.models import evaluate, list_, train
@@ -41,6 +42,7 @@ for _command in (
     evaluate,
     layers,
     scan,
+    calibrate,
     attack,
     detect,
     list_,

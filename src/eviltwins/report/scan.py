@@ -1,7 +1,7 @@
 """A scan's files (``eviltwins scan``): ``scan.json``, each inspector's report and reversed
 triggers in a sub-folder named after it, and ``scan.html``, one self-contained page (images
-embedded as PNG data URIs) with the verdict, a per-label bar chart per inspector and the
-reversed triggers. Everything read from a file (class names, paths) is HTML-escaped, and
+embedded as PNG data URIs) with the verdict, what p(trojan) means (or why there is none), a
+per-label bar chart per inspector and the reversed triggers. Everything read from a file (class names, paths) is HTML-escaped, and
 only label numbers are drawn in the charts (no text of the model's is given to matplotlib)."""
 
 from __future__ import annotations
@@ -78,6 +78,39 @@ def _section(scan: ScanReport, name: str, folder: Path | None) -> str:
     return "\n".join(parts)
 
 
+def _number(value: object, fmt: str = ".3f") -> str:
+    return format(value, fmt) if isinstance(value, int | float) else "undefined"
+
+
+def calibration_text(scan: ScanReport) -> str:
+    """What the scan's p(trojan) is, or why it has none, in a few sentences (plain text)."""
+    cal = scan.calibration or {}
+    if scan.p_trojan is None:
+        why = cal.get("reason") or "this report was written without one"
+        return (
+            f"No p(trojan): {why}. The verdict is the inspectors' own: backdoor suspected when "
+            "any inspector flags a label."
+        )
+    cv = cal.get("cv") if isinstance(cal.get("cv"), dict) else {}
+    terms = " + ".join(
+        f"{_number(c, '.3g')} x {measure_name(str(d))}"
+        for d, c in zip(cal.get("detectors", []), cal.get("coef", []), strict=False)
+    )
+    text = (
+        f"p(trojan) = {scan.p_trojan:.3f}: the probability that the model is backdoored, from a "
+        "logistic model on each inspector's largest statistic over the labels, "
+        f"logistic({_number(cal.get('intercept'), '.3g')} + {terms}), fitted on "
+        f"{cal.get('source') or 'an unnamed population'} ({cal.get('n_models')} models, "
+        f"{cal.get('n_trojaned')} backdoored); out of fold ({cv.get('folds')} folds) its AUC "
+        f"is {_number(cv.get('auc'))} and its cross-entropy {_number(cv.get('cross_entropy'))}"
+        " (answering 0.5 for every model scores ln 2 = 0.693). The model is called backdoored "
+        "when p(trojan) is at least 0.5."
+    )
+    if cal.get("note"):
+        text += f" Note: {cal['note']}; the calibration may not fit this scan's settings."
+    return text
+
+
 def scan_page(scan: ScanReport, out: Path | None = None) -> str:
     """``scan.html``'s text; the reversed triggers are taken from ``out``'s sub-folders."""
     title = f"eviltwins scan: {scan.model}"
@@ -92,6 +125,7 @@ def scan_page(scan: ScanReport, out: Path | None = None) -> str:
         STYLE,
         f"<h1>{html.escape(title)}</h1>",
         f"<p><b>verdict: {html.escape(scan.verdict)}</b></p>",
+        f"<p>{html.escape(calibration_text(scan))}</p>",
         f'<p>{html.escape(meta)}. The report: <a href="{SCAN_FILE}">{SCAN_FILE}</a>.</p>',
     ]
     for name in scan.reports:
@@ -115,4 +149,11 @@ def write_scan(scan: ScanReport, out: str | os.PathLike[str]) -> Path:
     return out
 
 
-__all__ = ["PAGE_FILE", "SCAN_FILE", "anomaly_chart", "scan_page", "write_scan"]
+__all__ = [
+    "PAGE_FILE",
+    "SCAN_FILE",
+    "anomaly_chart",
+    "calibration_text",
+    "scan_page",
+    "write_scan",
+]

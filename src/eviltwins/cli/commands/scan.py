@@ -45,6 +45,16 @@ EXIT_DETECTED = 3
     help=f"Model inspectors to run ({', '.join(inspector_names())}).",
 )
 @click.option(
+    "--calibration",
+    default="auto",
+    show_default=True,
+    metavar="auto|none|FILE",
+    help="What gives the model's p(trojan): auto (the calibration shipped for the model's "
+    "input shape with these detectors and settings, if any), none, or a file written by "
+    "'eviltwins calibrate'. With one, the verdict is p(trojan) >= 0.5; without, any "
+    "inspector's flag.",
+)
+@click.option(
     "--out",
     type=PathType,
     default=Path("runs/scan"),
@@ -54,19 +64,23 @@ EXIT_DETECTED = 3
 @click.option(
     "--fail-on-detect",
     is_flag=True,
-    help=f"Exit with code {EXIT_DETECTED} when an inspector flags a label (to gate models in CI).",
+    help=f"Exit with code {EXIT_DETECTED} when the verdict is backdoor suspected (to gate models "
+    "in CI).",
 )
 @config_option("any of these options, and per detector its parameters ('abs: {steps: 100}')")
 @overwrite_option
 @common_options
 def scan(config: Path | None, **values: Any) -> int:
     """Scan MODEL for a backdoor with the model inspectors (NeuralCleanse and ABS by default)
-    and print one verdict: 'clean' or 'backdoor suspected: label L (NeuralCleanse index X,
-    ABS REASR Y)'. Writes scan.json, scan.html (per-label charts, reversed triggers) and a
+    and print one verdict with the rule it follows. With a calibration for the model's inputs
+    and these settings (--calibration) the verdict gives p(trojan), the calibrated probability
+    that the model is backdoored, and follows it: 'backdoor suspected (p(trojan) 0.97,
+    calibrated): label L (NeuralCleanse index X, ABS REASR Y)'. Without one, any inspector's
+    flag decides: 'clean (no inspector flags; uncalibrated)'. Writes scan.json, scan.html (per-label charts, reversed triggers) and a
     folder per inspector to OUT. Exit code 0 when the scan ran (3 with --fail-on-detect when
-    a label is flagged). Detector parameters go in a --config YAML, one mapping per detector
-    (neural-cleanse: {steps: 200}); their defaults are the paper's budgets (NeuralCleanse
-    preset imc: 500 steps per label)."""
+    the verdict is backdoor suspected). Detector parameters go in a --config YAML, one mapping
+    per detector (neural-cleanse: {steps: 200}); their defaults are the paper's budgets
+    (NeuralCleanse preset imc: 500 steps per label)."""
     opts, params = resolve(config, {})
     known = inspector_names()
     for key in params:  # a config's keys read with "_" for "-"
@@ -81,6 +95,7 @@ def scan(config: Path | None, **values: Any) -> int:
         opts["dataset"],
         detectors=opts["detectors"],
         params=params,
+        calibration=opts["calibration"],
         **loading(opts),
     )
     emit(report.to_dict(), opts["as_json"], report.verdict)
