@@ -3,12 +3,27 @@ backdoored models ranked against the clean ones by the inspector's largest anoma
 
 from __future__ import annotations
 
-from eviltwins.report.cells import shown_detectors
-from eviltwins.report.population import POPULATION_HEAD, population_table
+import numpy as np
+import pytest
+
+from eviltwins.detectors.calibration import out_of_fold_p
+from eviltwins.metrics import population_scores
+from eviltwins.report.population import (
+    COMBINED,
+    POPULATION_HEAD,
+    inspector_labels,
+    population_table,
+    roc_points,
+)
 
 
 def _row(attack: str, target: int, nc: float, flagged: str, abs_reasr=None, no_candidate=False):
+    asr = None if attack == "none" else (0.3 if nc == 2.0 else 0.99)
     return {
+        "asr": asr,
+        "NC.seconds": 10.0,
+        "ABS.seconds": 20.0,
+        "NC.peak_mb": 700.0,
         "attack": attack,
         "attack_name": "none" if attack == "none" else attack.lower(),
         "target": target,
@@ -32,12 +47,14 @@ ROWS = [
 
 
 def test_each_inspector_ranks_each_attack_against_every_clean_model():
-    shown = shown_detectors({"neural-cleanse": "NC", "abs": "ABS"})
-    table = population_table(ROWS, shown)
+    assert inspector_labels(ROWS) == ["NC", "ABS"]
+    table = population_table(ROWS, ["NC", "ABS"])
     by = {(r[0], r[1]): dict(zip(POPULATION_HEAD, r, strict=True)) for r in table}
     assert [k[1] for k in by if k[0] == "NC"] == ["BadNet", "TrojanNN", "all attacks"]
     nc_bad = by[("NC", "BadNet")]
     assert nc_bad["backdoored / clean models"] == "2 / 3"
+    assert by[("NC", "TrojanNN")]["ASR below 0.5"] == "1"  # kept, and counted
+    assert nc_bad["seconds per model"] == "10.0" and nc_bad["peak MiB"] == "700"
     assert nc_bad["AUC"] == "1.000" and nc_bad["FPR at 95% TPR"] == "0.00"
     assert nc_bad["flags backdoored"] == "1.00" and nc_bad["flags clean"] == "0.33"
     assert nc_bad["target among flagged"] == "1.00"
@@ -48,8 +65,46 @@ def test_each_inspector_ranks_each_attack_against_every_clean_model():
 
 
 def test_no_table_without_clean_or_backdoored_models():
-    shown = shown_detectors({"neural-cleanse": "NC"})
-    assert population_table([r for r in ROWS if r["attack"] != "none"], shown) == []
-    assert population_table([r for r in ROWS if r["attack"] == "none"], shown) == []
-    filters = shown_detectors({"strip": "STRIP"})
-    assert population_table(ROWS, filters) == []  # input filters score inputs, not models
+    assert population_table([r for r in ROWS if r["attack"] != "none"], ["NC"]) == []
+    assert population_table([r for r in ROWS if r["attack"] == "none"], ["NC"]) == []
+    assert population_table(ROWS, []) == []  # no model inspector (input filters score inputs)
+
+
+def test_p_trojan_is_scored_out_of_fold_and_combined_rows_follow_it():
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        bad = i % 2 == 1
+        nc = float(rng.normal(3.0 if bad else 1.0, 0.8))
+        rows.append(
+            _row(
+                "BadNet" if bad else "none",
+                0,
+                nc,
+                "0" if nc > 2 else "",
+                float(rng.uniform(0.2, 1.0)),
+            )
+        )
+    table = population_table(rows, ["NC", "ABS"], combined=["NC", "ABS"])
+    by = {(r[0], r[1]): dict(zip(POPULATION_HEAD, r, strict=True)) for r in table}
+    y = np.array([r["attack_name"] != "none" for r in rows])
+    p = out_of_fold_p(np.array([[r["NC.max_anomaly"]] for r in rows]), y)
+    want = population_scores(p, y)
+    nc = by[("NC", "BadNet")]
+    assert (
+        nc["cross-entropy"] == f"{want['cross_entropy']:.3f}"
+        and nc["Brier"] == f"{want['brier']:.3f}"
+    )
+    both = by[(f"{COMBINED}: NC + ABS", "BadNet")]
+    assert both["seconds per model"] == "30.0"  # the inspectors' seconds add up
+    assert float(both["AUC"]) > 0.8 and float(both["cross-entropy"]) < 0.6931  # beats p = 0.5
+    p2 = out_of_fold_p(np.array([[r["NC.max_anomaly"], r["ABS.max_anomaly"]] for r in rows]), y)
+    assert both["flags clean"] == f"{np.mean(p2[~y] >= 0.5):.2f}"
+
+
+def test_roc_points_run_from_nothing_flagged_to_everything():
+    fpr, tpr = roc_points(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True]))
+    assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert fpr.tolist() == pytest.approx([0, 0, 0.5, 0.5, 1])
+    assert tpr.tolist() == pytest.approx([0, 0.5, 0.5, 1, 1])

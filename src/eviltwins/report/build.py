@@ -27,7 +27,7 @@ from eviltwins.report.cells import CellLike, detector_labels, shown_detectors
 from eviltwins.report.claims import Claim, claims
 from eviltwins.report.documents import unreadable_line, write_documents
 from eviltwins.report.figures import FigureInput, render_figures
-from eviltwins.report.population import POPULATION_HEAD, population_table
+from eviltwins.report.population import POPULATION_HEAD, inspector_labels, population_table
 from eviltwins.report.table import Row, flatten, summary_table, write_csv
 from eviltwins.results import Result, internal
 
@@ -115,7 +115,8 @@ def build_report(
     shown = shown_detectors(det)
     data = FigureInput(rows, shown, run_dir, dict(classes or {}))
     made = render_figures(data, out, figures)
-    population = population_table(rows, shown)
+    combined = [s.label for s in shown if not s.is_filter]  # the first entry of each
+    population = population_table(rows, inspector_labels(rows), combined)
     rep = Report(out, rows, claims(rows, det), made, failed, dict(unreadable or {}), population)
     write_documents(
         out,

@@ -8,7 +8,9 @@ pyplot, no global backend or figure state; matplotlib is imported only when draw
 - ``fig12`` / ``fig13``: ASR vs size (one panel per transparency) / vs transparency (Fig. 12-13);
 - ``fig14``: the detectors that declare it in their ``report_metric`` vs size (Fig. 14);
 - ``fig15``: the input filters that declare it (STRIP vs the NC+STRIP ensemble, Fig. 15);
-- ``abs``: ABS's REASR vs size (Appendix C).
+- ``abs``: ABS's REASR vs size (Appendix C);
+- ``population-roc`` / ``population-scores``: with clean and backdoored models, each model
+  inspector's ROC curve and histograms of its largest anomaly over the models.
 """
 
 from __future__ import annotations
@@ -363,3 +365,71 @@ def render_figures(data: FigureInput, out: Path, wanted: set[str] | None = None)
     ``out``, in registry order."""
     made = [f.render(data, out) for name, f in FIGURES.items() if wanted is None or name in wanted]
     return [p for p in made if p is not None]
+
+
+# --- the scanner over the sweep's models ----------------------------------------------------------
+def _population(data: FigureInput) -> bool:
+    from eviltwins.report.population import inspector_labels
+
+    return bool(data.clean_rows and data.attacked and inspector_labels(data.rows))
+
+
+def _by_inspector(data: FigureInput) -> list[tuple[str, np.ndarray, np.ndarray, list[str]]]:
+    """Per inspector label: its statistic per model, whether each is backdoored, the attacks."""
+    from eviltwins.report.population import inspector_labels, model_score
+
+    out = []
+    for label in inspector_labels(data.rows):
+        models = [r for r in data.rows if model_score(r, label) == model_score(r, label)]
+        s = np.array([model_score(r, label) for r in models])
+        y = np.array([r["attack_name"] != "none" for r in models])
+        out.append((label, s, y, [str(r["attack"]) for r in models]))
+    return out
+
+
+@figure("population-roc", "population_roc.png", _population)
+def population_roc(data: FigureInput, path: Path) -> Path | None:
+    """Per model inspector, the ROC curve of its per-model statistic: each attack's backdoored
+    models against all the clean ones, and all attacks together (AUC in the legend)."""
+    from eviltwins.metrics import roc_auc
+    from eviltwins.report.population import roc_points
+
+    panels_ = _by_inspector(data)
+    fig, axes = _figure(1, len(panels_), (3.8 * len(panels_), 3.6))
+    for ax, (label, s, y, attacks) in zip(axes[0], panels_, strict=True):
+        kinds = [a for a in dict.fromkeys(a for a, b in zip(attacks, y, strict=True) if b)]
+        for kind in [*kinds, "all attacks"]:
+            keep = ~y | np.array([kind in (a, "all attacks") for a in attacks])
+            if keep.sum() > (~y).sum():
+                fpr, tpr = roc_points(s[keep], y[keep])
+                auc = roc_auc(s[keep], y[keep])
+                bold = {"linewidth": 2.2, "color": "black"} if kind == "all attacks" else {}
+                ax.step(fpr, tpr, where="post", label=f"{kind} ({auc:.2f})", **bold)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+        ax.set_xlabel("false positive rate (clean models)")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+    return _save(fig, path, "ROC of each inspector's largest anomaly over the models")
+
+
+@figure("population-scores", "population_scores.png", _population)
+def population_scores_figure(data: FigureInput, path: Path) -> Path | None:
+    """Per model inspector, histograms of its per-model statistic: the clean models and each
+    attack's backdoored ones, on shared bins."""
+    panels_ = _by_inspector(data)
+    fig, axes = _figure(1, len(panels_), (3.8 * len(panels_), 3.4))
+    for ax, (label, s, y, attacks) in zip(axes[0], panels_, strict=True):
+        bins = np.linspace(float(s.min()), float(s.max()) + 1e-9, 16)
+        groups = {"clean": ~y}
+        for a in dict.fromkeys(a for a, b in zip(attacks, y, strict=True) if b):
+            groups[a] = y & np.array([x == a for x in attacks])
+        for name, keep in groups.items():
+            ax.hist(s[keep], bins=bins, histtype="step", linewidth=1.6, label=name)
+        ax.set_xlabel("largest anomaly over the labels")
+        ax.set_ylabel("models")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return _save(fig, path, "Each inspector's largest anomaly: clean and backdoored models")

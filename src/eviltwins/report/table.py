@@ -80,6 +80,7 @@ def flatten(cell: CellLike) -> Row:
             if details.get("steps"):
                 row[f"{label}.steps_per_label"] = float(np.mean(details["steps"]))
         row[f"{label}.seconds"] = d.seconds if d.seconds is not None else details.get("seconds")
+        row[f"{label}.peak_mb"] = getattr(d, "peak_mb", None)
     return row
 
 
