@@ -12,6 +12,7 @@ import pytest
 from eviltwins.errors import ParamError
 from eviltwins.experiments import cells, load_cells, load_spec, run_sweep
 from eviltwins.experiments.grid import cell_target
+from eviltwins.experiments.reporting import write_sweep_report
 from eviltwins.triggers import POSITIONS
 
 POP = {
@@ -111,6 +112,13 @@ def test_a_population_runs_with_its_drawn_targets_and_ray_gives_the_same_cells(t
         if res.cell.attack != "none":
             assert res.attack.extra["params"]["target"] == res.target
             assert res.attack.extra["params"]["position"] in POSITIONS
+    report = write_sweep_report(tmp_path / "local")
+    folder = tmp_path / "local" / "report"
+    assert (folder / "population_roc.png").stat().st_size > 0
+    assert (folder / "population_scores.png").exists()
+    head = (folder / "population.csv").read_text().splitlines()[0]
+    assert head.startswith("inspector,attack,") and "cross-entropy" in head
+    assert report.population and report.population[0][0] == "neural-cleanse"
     pytest.importorskip("ray")
     ray = run_sweep(spec, tmp_path / "ray", executor="ray", threads=1, quiet=True)
     assert len(ray.ran) == 4

@@ -6,7 +6,9 @@
 - ``report.md`` and ``report.html``: each of the paper's claims
   (:mod:`eviltwins.report.claims`) next to the measured value and whether it holds here, the
   figures, and a per-setting table;
-- ``report.json``: :meth:`Report.to_dict`.
+- ``report.json``: :meth:`Report.to_dict`;
+- ``population.csv``: with clean and backdoored models, the scanner over them
+  (:mod:`eviltwins.report.population`).
 
 A cell file that could not be used (cut short, not JSON, the wrong shape) is named in
 :attr:`Report.unreadable`, the summary and ``report.md``; the sweep recomputes it. Reading a run
@@ -117,6 +119,10 @@ def build_report(
     made = render_figures(data, out, figures)
     combined = [s.label for s in shown if not s.is_filter]  # the first entry of each
     population = population_table(rows, inspector_labels(rows), combined)
+    if population:
+        write_csv(
+            [dict(zip(POPULATION_HEAD, r, strict=True)) for r in population], out / "population.csv"
+        )
     rep = Report(out, rows, claims(rows, det), made, failed, dict(unreadable or {}), population)
     write_documents(
         out,
