@@ -217,13 +217,15 @@ def import_model(
     """Import a model trained elsewhere: ``weights`` (a ``.safetensors`` file or a
     ``.pt``/``.pth``/``.bin`` state dict, read only through safetensors or
     ``torch.load(weights_only=True)``; ``{"state_dict": ...}`` wrappers and DataParallel's
-    ``module.`` prefix are unwrapped) of architecture ``arch`` (a registered name,
-    ``torchvision:NAME`` or ``package.module:ClassName``), for the input of ``dataset`` or
-    ``input_shape`` / ``num_classes``, with normalisation ``mean`` / ``std`` (default
-    identity). The weights must fit the architecture and the model must run on one input;
-    then ``out`` gets the usual model folder, whose card records the dataset (and its
-    ``dataset_options``) for later commands. Using that folder later with a user
-    architecture needs ``arch`` named again (trust is never read from a file)."""
+    ``module.`` prefix are unwrapped; or a Hugging Face-style folder, ``config.json`` +
+    ``model.safetensors``) of architecture ``arch`` (a registered name, ``torchvision:NAME``,
+    ``timm:NAME`` or ``package.module:ClassName``), for the input of ``dataset`` or
+    ``input_shape`` / ``num_classes`` (else a folder's ``config.json`` hints), with
+    normalisation ``mean`` / ``std`` (default identity). The weights must fit the
+    architecture and the model must run on one input; then ``out`` gets the usual model
+    folder, whose card records the dataset (and its ``dataset_options``) for later commands.
+    Using that folder later with a user architecture needs ``arch`` named again (trust is
+    never read from a file)."""
     from eviltwins.io import import_model as write_imported
     from eviltwins.models import default_feature_layer
 

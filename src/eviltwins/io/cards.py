@@ -107,12 +107,12 @@ class ModelCard:
         if not isinstance(arch, str) or not arch or len(arch) > 200:
             raise bad(
                 "architecture",
-                "a registered model name, torchvision:NAME or package.module:ClassName",
+                "a registered model name, torchvision:NAME, timm:NAME or package.module:ClassName",
             )
         if not is_architecture(arch):
             raise DataError(
                 f"{source} names the unknown architecture {_short(arch)}; registered: "
-                f"{', '.join(MODELS.names())} (or torchvision:NAME, package.module:ClassName)"
+                f"{', '.join(MODELS.names())} (or torchvision:NAME, timm:NAME, package.module:ClassName)"
             )
         shape = d["input_shape"]
         if not (

@@ -1,6 +1,7 @@
 """Models from elsewhere: a user's own weights file (``.pth`` / ``.pt`` / ``.bin`` state dict or
-``.safetensors``) with the architecture, input shape, classes and normalisation named in this
-invocation (:class:`ModelSource`), checked to fit and to run before anything else uses it.
+``.safetensors``), or a Hugging Face-style folder (``config.json`` + ``model.safetensors``, see
+:mod:`eviltwins.io.hf`), with the architecture, input shape, classes and normalisation named
+in this invocation (:class:`ModelSource`), checked to fit and to run before anything else uses it.
 
 Trust lives in the invocation, never in a file: a ``package.module:ClassName`` architecture
 is imported only when the caller names it here (``ModelSource.arch``, ``--arch``) or passes
@@ -21,6 +22,7 @@ from eviltwins.base import BOUNDED_REAL, INPUT_LIMITS, MAX_CLASSES, MAX_MAGNITUD
 from eviltwins.data import DatasetSpec
 from eviltwins.errors import DataError, ParamError
 from eviltwins.io.cards import CARD_FILE, ModelCard, TrustArch
+from eviltwins.io.hf import ConfigHints, config_hints, hf_weights, is_hf_folder
 from eviltwins.io.state import load_model, read_card, save_model
 from eviltwins.models import Classifier, is_architecture
 from eviltwins.paths import why_unreadable
@@ -32,14 +34,16 @@ FILE_FLAGS = ("input_shape", "num_classes", "mean", "std", "arch_kwargs")
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A model as this invocation names it: ``path`` (a model folder, its ``model.json``, or a
-    bare weights file) and, for a bare file, what its card would hold.
+    """A model as this invocation names it: ``path`` (a model folder, its ``model.json``, a
+    bare weights file, or a Hugging Face-style folder: ``config.json`` + ``model.safetensors``)
+    and, for a bare file or a Hugging Face folder, what its card would hold.
 
-    ``arch``: a registered name, ``torchvision:NAME`` or ``package.module:ClassName``; naming it
-    is what trusts a user architecture (for a folder it must match the card's and trusts it).
-    ``input_shape`` (C, H, W) and ``num_classes`` come from these fields or from the dataset
-    (:meth:`card`); ``mean`` / ``std`` per channel default to the identity (0, 1);
-    ``arch_kwargs`` go to the architecture's constructor.
+    ``arch``: a registered name, ``torchvision:NAME``, ``timm:NAME`` or
+    ``package.module:ClassName``; naming it is what trusts a user architecture (for a model
+    folder it must match the card's and trusts it). ``input_shape`` (C, H, W) and
+    ``num_classes`` come from these fields, else from the dataset, else (a Hugging Face folder)
+    from its checked ``config.json`` (:meth:`card`); ``mean`` / ``std`` per channel default to
+    the identity (0, 1); ``arch_kwargs`` go to the architecture's constructor.
     """
 
     path: Path
@@ -57,7 +61,7 @@ class ModelSource:
         ):
             raise ParamError(
                 f"--arch must be a registered model name ('eviltwins list models'), "
-                f"torchvision:NAME or package.module:ClassName; got {self.arch!r}"
+                f"torchvision:NAME, timm:NAME or package.module:ClassName; got {self.arch!r}"
             )
         if self.input_shape is not None:
             shape = tuple(self.input_shape)
@@ -93,26 +97,48 @@ class ModelSource:
 
     @property
     def is_folder(self) -> bool:
-        """True for a model folder (or its ``model.json``), false for a bare weights file."""
-        return self.path.is_dir() or self.path.name == CARD_FILE
+        """True for an eviltwins model folder (or its ``model.json``), false for a bare weights
+        file or a Hugging Face folder (:attr:`is_hf_folder`)."""
+        return (self.path.is_dir() and not self.is_hf_folder) or self.path.name == CARD_FILE
+
+    @property
+    def is_hf_folder(self) -> bool:
+        """True for a Hugging Face-style folder (``config.json`` / ``model.safetensors``, no
+        ``model.json``): used like a bare weights file, with its config's hints."""
+        return is_hf_folder(self.path)
+
+    def weights_file(self) -> Path:
+        """The file the weights are read from: the path itself, or a Hugging Face folder's
+        ``model.safetensors`` (else ``pytorch_model.bin``)."""
+        return hf_weights(self.path) if self.is_hf_folder else self.path
 
     def given(self) -> list[str]:
         """The bare-file flags this source sets."""
         return [n for n in FILE_FLAGS if getattr(self, n) not in (None, {})]
 
-    def card(self, data: DatasetSpec | None = None) -> ModelCard:
-        """The card of a bare weights file: the architecture, the input shape and classes
-        (from the flags, else from ``data``), the normalisation (identity unless given), all
-        checked as a received card's fields are (:meth:`ModelCard.from_dict`)."""
+    def card(self, data: DatasetSpec | None = None, hints: ConfigHints | None = None) -> ModelCard:
+        """The card of a bare weights file or a Hugging Face folder: the architecture, the
+        input shape and classes (from the flags, else from ``data``, else from ``hints``, a
+        checked ``config.json``), the normalisation (identity unless given), all checked as a
+        received card's fields are (:meth:`ModelCard.from_dict`)."""
+        hints = hints or ConfigHints()
         if self.arch is None:
-            raise ParamError(
-                f"{self.path} is a bare weights file: name its architecture with --arch (a "
-                "registered name, torchvision:NAME or package.module:ClassName) and its input "
-                "with --dataset or --input-shape C,H,W --num-classes N (Python: "
-                "ModelSource(path, arch=...))"
+            hf = self.is_hf_folder
+            named = (
+                f"its config.json names {hints.architecture!r}: --arch timm:"
+                f"{hints.architecture} if it is a timm model; else "
+                if hints.architecture
+                else ""
             )
-        shape = self.input_shape or (data.shape if data is not None else None)
-        n = self.num_classes or (data.num_classes if data is not None else None)
+            raise ParamError(
+                f"{self.path} is {'a Hugging Face model folder' if hf else 'a bare weights file'}"
+                f": name its architecture with --arch ({named}a registered name, "
+                "torchvision:NAME, timm:NAME or package.module:ClassName) and"
+                f"{', unless its config.json gives it,' if hf else ''} its input with --dataset "
+                "or --input-shape C,H,W --num-classes N (Python: ModelSource(path, arch=...))"
+            )
+        shape = self.input_shape or (data.shape if data is not None else hints.input_shape)
+        n = self.num_classes or (data.num_classes if data is not None else hints.num_classes)
         if shape is None or n is None:
             raise ParamError(
                 f"the input of {self.path} is unknown: pass --dataset (its shape and classes "
@@ -194,14 +220,18 @@ def open_model(
                 f"names {card.architecture!r}"
             )
         return load_model(src.path, device, card, trust_arch=trust)
-    reason = why_unreadable(src.path)
-    if reason is not None:
-        raise DataError(
-            f"model {src.path} {reason}; pass a model folder (written by 'eviltwins train', "
-            "'attack' or 'import-model') or a weights file with --arch"
-        )
-    card = src.card(data)
-    model, card = load_model(src.path, device, card=card, trust_arch=trust)
+    if src.is_hf_folder:
+        weights = src.weights_file()
+        card = src.card(data, config_hints(src.path))
+    else:
+        reason = why_unreadable(src.path)
+        if reason is not None:
+            raise DataError(
+                f"model {src.path} {reason}; pass a model folder (written by 'eviltwins train', "
+                "'attack' or 'import-model') or a weights file with --arch"
+            )
+        weights, card = src.path, src.card(data)
+    model, card = load_model(weights, device, card=card, trust_arch=trust)
     check_runs(model, card)
     return model, card
 
@@ -222,13 +252,16 @@ def import_model(
     data: DatasetSpec | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[Classifier, ModelCard]:
-    """Check the bare weights file ``source`` (fits its architecture, runs on one input) and
-    write it as a model folder ``out`` (``model.safetensors`` + ``model.json``, the weights'
-    SHA-256 recorded in the card's ``training``). Returns the model and its card."""
+    """Check the bare weights file (or Hugging Face folder) ``source`` (fits its architecture,
+    runs on one input) and write it as a model folder ``out`` (``model.safetensors`` +
+    ``model.json``, the weights' SHA-256 recorded in the card's ``training``). Returns the
+    model and its card."""
     if source.is_folder:
         raise ParamError(f"{source.path} is already a model folder; pass a weights file")
     model, card = open_model(source, device, data=data)
-    record = {"imported_from": source.path.name, "sha256": file_digest(source.path)}
+    weights = source.weights_file()
+    name = f"{source.path.name}/{weights.name}" if weights != source.path else weights.name
+    record = {"imported_from": name, "sha256": file_digest(weights)}
     card = ModelCard.from_dict({**card.to_dict(), "training": record}, "the imported card")
     save_model(model, card, out)
     return model, card

@@ -131,24 +131,24 @@ def load_state_file(
 
     A pickle that would build arbitrary objects (and so could run code) is refused with
     :class:`UnsafeFileError`; nothing in it is executed. ``check_shapes`` sees the tensor
-    shapes first: for safetensors, from the header, before any tensor is read.
+    shapes first: for safetensors, from the header, before any tensor is read. When the keys
+    as stored do not pass it but do once a prefix every key shares is removed (``model.``,
+    ``timm_model.``, as Hugging Face wrappers save them), that prefix is removed.
     """
     path = readable_file(path, "weights file")
     if path.suffix == ".safetensors":
         shapes, _ = safetensors_header(path)  # header and byte ranges checked first
         shapes = _strip_prefix(shapes)
-        if check_shapes is not None:
-            check_shapes(shapes)
+        prefix = _fitting_prefix(shapes, check_shapes)
         try:
-            return _strip_prefix(load_file(str(path)))
+            return _without(_strip_prefix(load_file(str(path))), prefix)
         except (SafetensorError, OSError) as err:
             raise DataError(f"{path} is not a readable safetensors file: {err}") from None
     if path.suffix in {".pt", ".pth", ".bin", ".ckpt"}:
         obj = _torch_load(path)
         obj = unwrap_state_dict(obj, path)
-        if check_shapes is not None:
-            check_shapes({k: tuple(v.shape) for k, v in obj.items()})
-        return obj
+        prefix = _fitting_prefix({k: tuple(v.shape) for k, v in obj.items()}, check_shapes)
+        return _without(obj, prefix)
     raise ParamError(
         f"unsupported weights file {path.name!r}; use .safetensors (or .pt/.pth state_dicts)"
     )
@@ -196,6 +196,47 @@ def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
     if state and all(k.startswith(PARALLEL_PREFIX) for k in state):
         return {k[len(PARALLEL_PREFIX) :]: v for k, v in state.items()}
     return state
+
+
+#: How many leading dotted names a state dict's common prefix may hold (``model.timm_model.``).
+MAX_PREFIX_DEPTH = 3
+
+
+def _common_prefixes(keys: list[str]) -> list[str]:
+    """``""``, then each longer dotted prefix that every key has (and goes on past)."""
+    found = [""]
+    while keys and len(found) <= MAX_PREFIX_DEPTH:
+        head = keys[0][len(found[-1]) :].split(".", 1)[0]
+        cand = f"{found[-1]}{head}."
+        if not all(k.startswith(cand) and len(k) > len(cand) for k in keys):
+            break
+        found.append(cand)
+    return found
+
+
+def _fitting_prefix(
+    shapes: dict[str, tuple[int, ...]],
+    check_shapes: Callable[[dict[str, tuple[int, ...]]], None] | None,
+) -> str:
+    """The common key prefix to remove: none when the keys pass ``check_shapes`` as they are,
+    else the shortest whose removal makes them pass; when none does, the check's error for
+    the keys as stored."""
+    if check_shapes is None:
+        return ""
+    refused: DataError | None = None
+    for prefix in _common_prefixes(list(shapes)):
+        try:
+            check_shapes(_without(shapes, prefix))
+        except DataError as err:
+            refused = refused or err
+        else:
+            return prefix
+    assert refused is not None
+    raise refused
+
+
+def _without(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) :]: v for k, v in state.items()} if prefix else state
 
 
 def unwrap_state_dict(obj: Any, source: Any) -> dict[str, torch.Tensor]:

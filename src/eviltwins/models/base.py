@@ -28,6 +28,17 @@ MODELS: Registry[nn.Module] = Registry("model")
 _USER_MODEL = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 #: ``torchvision:NAME`` names any torchvision classification model (``torchvision.models``).
 TORCHVISION_PREFIX = "torchvision:"
+#: ``timm:NAME`` names any timm classification model (``timm.list_models()``; an optional
+#: ``.tag`` is allowed and ignored: no pretrained weights are fetched). The name is checked by
+#: this pattern first, so timm's ``hf-hub:`` / ``local-dir:`` names (downloads, files) never pass.
+TIMM_PREFIX = "timm:"
+_TIMM_NAME = re.compile(r"^timm:[A-Za-z_]\w{0,99}(\.\w{1,100})?$")
+#: ``timm.create_model`` options that fetch or read weights: a received card's ``arch_kwargs``
+#: must never make eviltwins download, or unpickle a ``checkpoint_path``.
+TIMM_LOADING_KWARGS = frozenset(
+    {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir"}
+)
+TIMM_INSTALL = "pip install 'eviltwins[timm]'"
 
 
 class Normalize(nn.Module):
@@ -78,8 +89,11 @@ class Classifier(nn.Module):
 
 
 def is_user_model(name: str) -> bool:
-    """True for ``package.module:ClassName`` specs (the user's own code; not ``torchvision:``)."""
-    return bool(_USER_MODEL.match(name)) and not is_torchvision_model(name)
+    """True for ``package.module:ClassName`` specs (the user's own code; not ``torchvision:``
+    nor ``timm:``)."""
+    return bool(_USER_MODEL.match(name)) and not (
+        is_torchvision_model(name) or name.startswith(TIMM_PREFIX)
+    )
 
 
 def is_torchvision_model(name: str) -> bool:
@@ -94,11 +108,19 @@ def torchvision_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+def is_timm_model(name: str) -> bool:
+    """True for ``timm:NAME`` specs (a timm classification model, no user code). timm is not
+    imported: the name is checked against timm's list when the model is built."""
+    return bool(_TIMM_NAME.match(name))
+
+
 def is_architecture(name: str) -> bool:
-    """True for a name :func:`build_model` can build: registered, ``torchvision:NAME`` or
-    ``package.module:ClassName``. Nothing is imported (the torchvision name is checked when
-    the model is built)."""
-    return name in MODELS or is_torchvision_model(name) or is_user_model(name)
+    """True for a name :func:`build_model` can build: registered, ``torchvision:NAME``,
+    ``timm:NAME`` or ``package.module:ClassName``. Nothing is imported (the torchvision and
+    timm names are checked when the model is built)."""
+    return (
+        name in MODELS or is_torchvision_model(name) or is_timm_model(name) or is_user_model(name)
+    )
 
 
 def _torchvision_net(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -119,6 +141,54 @@ def _torchvision_net(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as err:
         raise ParamError(f"model {name!r} does not take these options: {err}") from None
+
+
+def _import_timm(name: str) -> Any:
+    """The ``timm`` module; without it, one line saying how to install it."""
+    try:
+        import timm
+    except ModuleNotFoundError as err:
+        missing = "is not installed" if err.name == "timm" else f"cannot be imported ({err})"
+        raise ParamError(
+            f"the architecture {name} needs the timm package, which {missing}: {TIMM_INSTALL}"
+        ) from None
+    return timm
+
+
+def _timm_net(
+    name: str, in_channels: int, num_classes: int, size: tuple[int, int], **kwargs: Any
+) -> nn.Module:
+    """``timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=...)``: the
+    architecture only (weights come from the user's file; nothing is downloaded or read).
+    ``img_size`` (H, W) is passed too where the model takes it (ViT, Swin, ...)."""
+    timm = _import_timm(name)
+    arch = name[len(TIMM_PREFIX) :]  # checked by _TIMM_NAME: no hf-hub: / local-dir: name
+    if not timm.is_model(arch):
+        known = timm.list_models()
+        close = difflib.get_close_matches(arch.split(".")[0], known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UnknownNameError(f"timm has no model {arch!r}{hint}; timm.list_models() lists them")
+    loading = sorted(
+        k for k in kwargs if k in TIMM_LOADING_KWARGS and (kwargs[k] or k != "pretrained")
+    )
+    if loading:
+        raise ParamError(
+            f"model {name!r}: arch_kwargs {', '.join(loading)} would fetch or read weights; a "
+            "timm model is built without them and takes its weights from your file"
+        )
+    kwargs = {k: v for k, v in kwargs.items() if k != "pretrained"}
+    base = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
+    try:
+        if "img_size" not in kwargs:
+            try:
+                return timm.create_model(arch, **base, img_size=size, **kwargs)
+            except TypeError as err:
+                if "img_size" not in str(err):
+                    raise
+        return timm.create_model(arch, **base, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError, NotImplementedError) as err:
+        # timm's own checks (sizes, options) are one line, like a torchvision model's
+        raise ParamError(f"timm cannot build {name!r} with these options: {err}") from None
 
 
 def is_keyword_mapping(value: Any) -> bool:
@@ -174,13 +244,14 @@ def build_model(
     std: Sequence[float] | None = None,
     **kwargs: Any,
 ) -> Classifier:
-    """Build a registered architecture, a ``torchvision:NAME`` classification model or a user
-    ``package.module:ClassName`` for ``input_shape`` (C, H, W) and ``num_classes``, wrapped in
-    :class:`Classifier`.
+    """Build a registered architecture, a ``torchvision:NAME`` or ``timm:NAME`` classification
+    model or a user ``package.module:ClassName`` for ``input_shape`` (C, H, W) and
+    ``num_classes``, wrapped in :class:`Classifier`.
 
     ``mean`` / ``std`` default to the identity (0, 1) per channel. A user class is called with
     ``**kwargs`` only and must accept images of ``input_shape``; a torchvision model gets
-    ``num_classes`` and ``**kwargs``.
+    ``num_classes`` and ``**kwargs``; a timm model ``num_classes``, ``in_chans`` (C),
+    ``img_size`` (H, W) where it takes one, and ``**kwargs`` (never pretrained weights).
     """
     c, h, w = (int(v) for v in input_shape)
     mean = tuple(mean) if mean is not None else (0.0,) * c
@@ -189,6 +260,8 @@ def build_model(
         raise ParamError(f"mean/std have {len(mean)} channels but the input has {c}")
     if is_torchvision_model(name):
         net = _torchvision_net(name, num_classes, **kwargs)
+    elif is_timm_model(name):
+        net = _timm_net(name, c, num_classes, (h, w), **kwargs)
     elif is_user_model(name):
         cls = import_user_model(name)
         try:
