@@ -11,7 +11,7 @@ anomaly) on one part of the models and scores the other part with it:
   scored on its own (an architecture not in the fitting set).
 
 Per split, and per attack family of the held-out models (each family's backdoored models with
-all the held-out clean ones): AUROC, TrojAI cross-entropy, Brier, FPR at 95% TPR, TPR at 5%
+all the held-out clean ones; also the backdoors that took, ASR >= 0.5, all families together): AUROC, TrojAI cross-entropy, Brier, FPR at 95% TPR, TPR at 5%
 FPR, the share of models the p(trojan) >= 0.5 rule flags, and the share of backdoored models
 whose target an inspector flagged. Prints Markdown tables and writes ``--out`` (JSON).
 
@@ -32,6 +32,9 @@ from eviltwins.detectors.calibration import fit_calibration, model_statistic
 from eviltwins.errors import EviltwinsError
 from eviltwins.experiments import load_cells
 from eviltwins.metrics import population_scores, rank_scores
+from eviltwins.report.population import TOOK_ASR
+
+TOOK = f"backdoors that took (ASR >= {TOOK_ASR:g})"
 
 
 def models(run: Path, labels: list[str]) -> list[dict[str, Any]]:
@@ -73,8 +76,10 @@ def scored(fit: list[dict], held: list[dict], shape: list[int]) -> dict:
     y = np.array([m["backdoored"] for m in held])
     rows = {}
     families = sorted({m["family"] for m in held if m["backdoored"]})
-    for fam in ["all attacks", *families]:
-        keep = ~y | np.array([m["family"] == fam or fam == "all attacks" for m in held])
+    took = np.array([m["asr"] is not None and m["asr"] >= TOOK_ASR for m in held])
+    for fam in ["all attacks", TOOK, *families]:
+        mine = np.array([fam in (m["family"], "all attacks") for m in held])
+        keep = ~y | (took if fam == TOOK else mine)
         fig = population_scores(p[keep], y[keep])
         rank = rank_scores(p[keep], y[keep])
         back = [m for m, k in zip(held, keep, strict=True) if k and m["backdoored"]]
