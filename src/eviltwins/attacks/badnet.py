@@ -24,9 +24,11 @@ from eviltwins.triggers import Trigger
 
 @ATTACKS.register("badnet")
 class BadNet(BackdoorAttack):
-    """BadNet (Gu et al., "BadNets", 2017): stamp a fixed square trigger on a random
-    ``poison_rate`` share of each training batch, relabel those inputs ``target``, and train
-    (fine-tune the given model, or train from scratch with ``from_scratch=True``).
+    """BadNet (Gu et al., 2017): poison training batches with a fixed trigger.
+
+    As in Gu et al., "BadNets", 2017: stamp the trigger on a random ``poison_rate`` share of
+    each training batch, relabel those inputs ``target``, and train (fine-tune the given
+    model, or train from scratch with ``from_scratch=True``).
 
     Parameters: ``target`` (0); trigger ``size`` (0.15, width / image width), ``transparency``
     (0.0 = opaque), ``position`` (bottom-right), ``pattern`` (white); ``poison_rate`` (0.1);

@@ -170,9 +170,10 @@ class BackdoorAttack(Estimator):
 
     def retrain_budget(self) -> RetrainBudget | None:
         """The re-training steps this attack declares, as a function of the training batches
-        per epoch (:class:`~eviltwins.attacks.budget.RetrainBudget`; ALGORITHMS.md, TrojanNN*,
-        fair comparison); None for an attack that does not declare one (a sweep then cannot
-        compare it with its pair and leaves the pair unchecked)."""
+        per epoch (:class:`~eviltwins.attacks.budget.RetrainBudget`; a fair comparison of
+        TrojanNN and TrojanNN* holds it equal, as the IMC authors' code runs both); None for an
+        attack that does not declare one (a sweep then cannot compare it with its pair and
+        leaves the pair unchecked)."""
         return None
 
     def _fit(

@@ -32,11 +32,13 @@ PATTERN_KINDS = f"{NOISE}, an image path or a tensor"
 
 @ATTACKS.register("blended")
 class Blended(BackdoorAttack):
-    """Blended (Chen, Liu, Li, Lu, Song, "Targeted Backdoor Attacks on Deep Learning Systems
-    Using Data Poisoning", 2017, blended injection strategy): blend a full-image key pattern k
-    into a random ``poison_rate`` share of each training batch, relabel those inputs
-    ``target``, and train (fine-tune the given model, or train from scratch with
-    ``from_scratch=True``, as in the paper's data poisoning)::
+    """Blended (Chen et al., 2017): poison training data with a blended pattern.
+
+    The blended injection strategy of Chen, Liu, Li, Lu, Song, "Targeted Backdoor Attacks on
+    Deep Learning Systems Using Data Poisoning", 2017: blend a full-image key pattern k into a
+    random ``poison_rate`` share of each training batch, relabel those inputs ``target``, and
+    train (fine-tune the given model, or train from scratch with ``from_scratch=True``, as in
+    the paper's data poisoning)::
 
         x' = alpha * k + (1 - alpha) * x,    alpha = 1 - transparency
 

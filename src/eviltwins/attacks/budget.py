@@ -1,7 +1,8 @@
 """Re-training budgets: what an attack declares it spends, comparable without a dataset.
 
-ALGORITHMS.md ("TrojanNN*", fair comparison; "Subsets and seeds"): the attacks compared in one
-claim re-train for the same number of steps. An attack that re-trains declares its budget
+The attacks compared in one claim re-train for the same number of steps (a fair comparison,
+as the IMC authors' code runs TrojanNN and TrojanNN* at the same budget; Pang et al., CCS
+2020). An attack that re-trains declares its budget
 (:meth:`~eviltwins.attacks.base.BackdoorAttack.retrain_budget`) as a function of N, the number
 of training batches per epoch at its batch size::
 
@@ -74,10 +75,11 @@ class RetrainBudget:
 
 
 def compared_with(attack_class: type, params: Mapping[str, Any]) -> str | None:
-    """The attack that an attack of ``attack_class`` with ``params`` is compared with in the claims: the attack its ``init`` parameter names (IMC: ``trojannn``
-    for TrojanNN*, ``badnet`` for BadNet*), default included; None for an attack without
-    ``init``. The report pairs the rows of the two the same way (same dataset, model, size,
-    transparency and seed)."""
+    """The attack that an attack of ``attack_class`` with ``params`` is compared with in the
+    claims: the attack its ``init`` parameter names (IMC: ``trojannn`` for TrojanNN*,
+    ``badnet`` for BadNet*), default included; None for an attack without ``init``. The report
+    pairs the rows of the two the same way (same dataset, model, size, transparency and
+    seed)."""
     init = inspect.signature(attack_class).parameters.get("init")
     if init is None:
         return None

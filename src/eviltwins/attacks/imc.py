@@ -75,7 +75,9 @@ _INIT_PARAMS = {
 
 @ATTACKS.register("imc")
 class IMC(BackdoorAttack):
-    """IMC co-optimisation of trigger and model (Algorithm 2); ``init="trojannn"`` is
+    """IMC (Pang et al., CCS 2020): co-optimise the trigger and the model.
+
+    IMC's co-optimisation of trigger and model (Algorithm 2); ``init="trojannn"`` is
     TrojanNN*, ``init="badnet"`` is BadNet*.
 
     Initialisation (Alg. 2 lines 1-2): theta(0) = the given model; (r(0), m(0)) = the starting
@@ -92,8 +94,8 @@ class IMC(BackdoorAttack):
     inputs, warm-started from the previous trigger; ``trigger_steps=None`` (default) runs as
     many as the outer iteration has re-training steps, i.e. one pass over the training data
     when ``retrain_steps`` is one epoch, as the authors' TrojanZoo IMC
-    (``attack_remask_epochs=1``, ``attack_remask_lr=0.1``); an int sets the count (the earlier
-    default, 20 steps at lr 0.01, is far weaker than the source; 0 freezes the trigger). Then
+    (``attack_remask_epochs=1``, ``attack_remask_lr=0.1``); an int sets the count (a few steps
+    at lr 0.01 are far weaker than the authors' budget; 0 freezes the trigger). Then
     (line 5) ``retrain_steps`` (default: one epoch) SGD steps (lr ``lr`` 0.01, momentum 0.9,
     weight decay 2e-4, Nesterov) on clean batches, a ``poison_share`` of which also carry
     stamped copies labelled t, plus nu * l_s(theta). Algorithm 2's line 5 reads r(k), m(k);
@@ -103,12 +105,13 @@ class IMC(BackdoorAttack):
     subset) within ``max_acc_drop`` (0.015). Every subset (monitor, seed images, trigger and
     re-training batches) is a seeded random draw, never the first images of a split.
 
-    Modes: ``fixed`` (r only; the human-vision experiments, Figs. 10-13), ``opacity`` (one
-    opacity shared by the square's pixels), ``size`` (each pixel's opacity on its own, so the
-    square can shrink). Opacity never exceeds 1 - ``transparency``.
+    Modes: ``mode="fixed"`` (r only; the human-vision experiments, Figs. 10-13),
+    ``mode="opacity"`` (one opacity shared by the square's pixels), ``mode="size"`` (each
+    pixel's opacity on its own, so the square can shrink). Opacity never exceeds 1 -
+    ``transparency``.
 
-    Evasion (``evade``; ALGORITHMS.md, "Evading ..."): the registered evasion terms of
-    :mod:`eviltwins.evasion`, each defined beside its detector, by name with an optional
+    Evasion (``evade``; Pang et al., Section 5.3 and Appendix C): the registered evasion terms
+    (:mod:`eviltwins.evasion`), each defined beside its detector, by name with an optional
     weight: ``["neural-cleanse", "strip"]``, ``"neural-cleanse,strip=0.2"`` or
     ``{"neural-cleanse": 1.0, "strip": 0.2}`` (no weight: the term's default). A
     trigger-step term (NeuralCleanse's lambda * l_f(m) = ||m||_1 / trigger pixels, lambda 1)
@@ -120,10 +123,10 @@ class IMC(BackdoorAttack):
     and its one forward, as the authors do: batch norm sees one batch and one statistics
     update per step, and the added rows take no part in the cross-entropy
     (:class:`~eviltwins.evasion.ModelStep`). A term that acts only through the mask
-    (NeuralCleanse's) needs mode opacity or size. Adam at ``trigger_lr`` 0.1 takes full steps
-    along a mask term's steady gradient and can erase a small mask in the first round, before
-    the model has learned the trigger: ``mask_l1`` and efficacy in the history show it, and a
-    lower ``trigger_lr`` keeps the mask.
+    (NeuralCleanse's) needs ``mode="opacity"`` or ``mode="size"``. Adam at ``trigger_lr`` 0.1
+    takes full steps along a mask term's steady gradient and can erase a small mask in the first
+    round, before the model has learned the trigger: ``mask_l1`` and efficacy in the history
+    show it, and a lower ``trigger_lr`` keeps the mask.
 
     Result ``history``: per outer iteration, ASR / efficacy / clean accuracy on the monitor
     subset, mask L1, the trigger and re-training steps so far, each evasion term's mean
@@ -232,9 +235,9 @@ class IMC(BackdoorAttack):
     def retrain_budget(self) -> Any:
         """The model steps of Alg. 2 line 5 over every outer iteration, as :meth:`_fit` counts
         them: ``min(outer_iters * (retrain_steps or N), max_steps)``, N the training batches
-        per epoch (a :class:`~eviltwins.attacks.budget.RetrainBudget`; ALGORITHMS.md,
-        TrojanNN*, fair comparison). An early stop at ``kappa`` spends less: the declared
-        budget is what a sweep compares."""
+        per epoch (a :class:`~eviltwins.attacks.budget.RetrainBudget`; the budget a fair
+        comparison with TrojanNN holds equal, as the authors' code runs both). An early stop at
+        ``kappa`` spends less: the declared budget is what a sweep compares."""
         from eviltwins.attacks.budget import RetrainBudget
 
         if self.retrain_steps:

@@ -74,7 +74,8 @@ def benign_sample(data: DatasetSpec, n: int, generator: torch.Generator) -> Tens
     """``n`` training images drawn at random with ``generator`` (all when the split is
     smaller), in random order, so that every prefix (``x[:64]``, ``x[:1024]``) is itself a
     random sample: GTSRB's train split and image folders are sorted by class, and their first
-    images are one class, often the target (ALGORITHMS.md, "Subsets and seeds")."""
+    images are one class, often the target (so every subset a method takes is a seeded random
+    one, never the first N)."""
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     x, _ = load_all(data.subset(n, None, seed=seed).train)
     return x[torch.randperm(len(x), generator=generator)]
@@ -90,7 +91,10 @@ def neuron_activation(feat: Tensor, footprint: Tensor) -> Tensor:
 
 @ATTACKS.register("trojannn")
 class TrojanNN(BackdoorAttack):
-    """TrojanNN: neuron selection, trigger generation, re-training (ALGORITHMS.md, TrojanNN).
+    """TrojanNN (Liu et al., NDSS 2018): neuron-driven trigger, then re-training.
+
+    Neuron selection, trigger generation and re-training, with the IMC authors' defaults
+    (Pang et al., CCS 2020, their code) and the original paper's rule as an option:
 
     1. The trigger's shape and position are fixed (square of ``size``, ``transparency``,
        ``position``).
@@ -98,10 +102,10 @@ class TrojanNN(BackdoorAttack):
        layer, e.g. ``net.features.conv2``, pre-activation) are selected:
        ``selection="least-activated"`` (default, IMC authors' code): lowest mean activation on
        1,024 benign training images, among neurons that respond to the trigger region;
-       ``"most-connected"`` (original NDSS 2018 paper): largest sum of absolute outgoing
+       ``selection="most-connected"`` (original NDSS 2018 paper): largest sum of absolute outgoing
        weights into the next layer, i.e. the conv/linear layer that consumes ``layer``'s
-       output in the forward pass (ALGORITHMS.md, TrojanNN, step 2; for ResNet ``layer4`` /
-       VGG ``features`` that is the classifier, not the container's first child).
+       output in the forward pass (for ResNet ``layer4`` / VGG ``features`` that is the
+       classifier, not the container's first child).
        A conv channel's activation is its mean over the positions whose receptive field covers
        the trigger (``footprint=True``, so the trigger can move it; ``False``: the whole map).
        Selection and generation read a seeded random sample of the training images
@@ -109,9 +113,9 @@ class TrojanNN(BackdoorAttack):
        image folders) would give one class, often the target.
     3. Trigger generation (model fixed): from a random pattern inside the mask, minimise
        sum_i (``target_value`` - a_i(psi(x, r; m)))^2 on 64 of those images, over the pixels
-       of r only, with ``trigger_steps`` sign-gradient steps of ``trigger_lr`` (authors:
-       0.015, 20 steps, stop when the cost < ``cost_threshold`` = 5; ALGORITHMS.md, TrojanNN,
-       step 3). A NaN/inf cost raises :class:`~eviltwins.errors.OptimisationError` instead of
+       of r only, with ``trigger_steps`` sign-gradient steps of ``trigger_lr`` (the IMC
+       authors' code: 0.015, 20 steps, stop when the cost < ``cost_threshold`` = 5).
+       A NaN/inf cost raises :class:`~eviltwins.errors.OptimisationError` instead of
        returning a half-optimised trigger.
     4. Re-training: fine-tune ``epochs`` epochs (or ``max_steps`` steps) on the training data,
        a ``poison_share`` (10%) of batches also carrying a stamped copy labelled ``target``
@@ -182,8 +186,8 @@ class TrojanNN(BackdoorAttack):
 
     def retrain_budget(self) -> Any:
         """Step 4's re-training, ``min(epochs * N, max_steps)`` steps with N the training
-        batches per epoch (a :class:`~eviltwins.attacks.budget.RetrainBudget`; ALGORITHMS.md,
-        TrojanNN*: the budget a fair comparison holds equal)."""
+        batches per epoch (a :class:`~eviltwins.attacks.budget.RetrainBudget`: the budget a fair
+        comparison with TrojanNN* holds equal, as the IMC authors' code runs both)."""
         from eviltwins.attacks.budget import RetrainBudget
 
         return RetrainBudget.epochs(self.epochs, self.max_steps, self.batch_size)
@@ -287,8 +291,8 @@ class TrojanNN(BackdoorAttack):
     def _most_connected(
         self, model: nn.Module, layer: str, example: Tensor, n_channels: int
     ) -> list[int]:
-        """Neurons with the largest sum of absolute outgoing weights (Liu et al., NDSS 2018;
-        ALGORITHMS.md, TrojanNN, step 2): the weights of the layer that consumes ``layer``'s
+        """Neurons with the largest sum of absolute outgoing weights (Liu et al., NDSS 2018,
+        "most connected"): the weights of the layer that consumes ``layer``'s
         output, found by tracing a forward pass (:func:`eviltwins.models.consumer_of`)."""
         found = consumer_of(model, layer, example)
         if found is None:
@@ -319,7 +323,7 @@ class TrojanNN(BackdoorAttack):
 
 def connection_strength(consumer: nn.Module, n_channels: int, what: str = "consumer") -> Tensor:
     """Per-neuron sum of absolute outgoing weights into ``consumer`` (the "most connected"
-    score of Liu et al., NDSS 2018; ALGORITHMS.md, TrojanNN, step 2), for a layer of
+    score of Liu et al., NDSS 2018, neuron selection), for a layer of
     ``n_channels`` channels (conv) or units (dense) whose output ``consumer`` reads.
 
     A convolution sums ``|weight[:, c]|`` over output channels and kernel (grouped convs read

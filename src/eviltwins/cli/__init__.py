@@ -23,6 +23,7 @@ from eviltwins.cli.commands.imports import import_model, layers
 from eviltwins.cli.commands.models import evaluate, list_, train
 from eviltwins.cli.commands.scan import scan
 from eviltwins.cli.commands.sweeps import demo, report_, sweep
+from eviltwins.cli.helptext import summary_of
 from eviltwins.errors import EviltwinsError
 from eviltwins.version import __version__
 
@@ -32,8 +33,13 @@ __all__ = ["cli", "main", "run"]
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
 @click.version_option(__version__, prog_name="eviltwins")
 def cli() -> None:
-    """eviltwins: backdoor attacks (BadNet, TrojanNN, TrojanNN*) and detectors (NeuralCleanse,
-    STRIP, ABS) for image classifiers, after Pang et al., CCS 2020."""
+    """Backdoor attacks and detectors for image classifiers (Pang et al., 2020).
+
+    After "A Tale of Evil Twins: Adversarial Inputs versus Poisoned Models" (Pang et al., CCS
+    2020). Attacks: BadNet, Blended, TrojanNN and TrojanNN* (imc); detectors: NeuralCleanse,
+    TABOR and ABS (model inspectors), STRIP, SCALE-UP and the NeuralCleanse + STRIP ensemble
+    (input filters). 'eviltwins demo' runs a small experiment end to end; 'eviltwins COMMAND
+    --help' describes each command."""
 
 
 for _command in (
@@ -50,6 +56,8 @@ for _command in (
     report_,
     demo,
 ):
+    if _command.short_help is None:  # the listing shows the whole summary, not its start
+        _command.short_help = summary_of(_command.help or "")
     cli.add_command(_command)
 
 
@@ -64,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         if type(err).__name__ == "NoArgsIsHelpError":  # click >= 8.2: bare group prints help
             click.echo(err.ctx.get_help() if err.ctx else str(err))
             return 0
-        where = f" {err.ctx.command_path.split(' ', 1)[1]}" if err.ctx and err.ctx.parent else ""
         msg = " ".join(err.format_message().split())
+        where = _command_path(err.ctx, sys.argv[1:] if argv is None else argv)
         click.echo(f"eviltwins: error: {msg} (see 'eviltwins{where} --help')", err=True)
         return 2
     except click.ClickException as err:
@@ -75,6 +83,24 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("eviltwins: interrupted; finished outputs are kept", err=True)
         return 130
     return rv if isinstance(rv, int) else 0
+
+
+def _command_path(ctx: click.Context | None, argv: list[str]) -> str:
+    """The subcommand a usage error belongs to (``" scan"``, ``" detect abs"``; ``""`` for
+    the group): from the error's context, else (click's parser raises some errors without
+    one) the command names that start ``argv``."""
+    if ctx is not None:
+        return f" {ctx.command_path.split(' ', 1)[1]}" if ctx.parent else ""
+    path, group = "", cli
+    with contextlib.suppress(Exception):  # an unknown name ends the path: the group's help
+        for word in argv:
+            if not isinstance(group, click.Group) or word.startswith("-"):
+                break
+            cmd = group.get_command(click.Context(group), word)
+            if cmd is None:
+                break
+            path, group = f"{path} {word}", cmd
+    return path
 
 
 def run() -> None:

@@ -143,10 +143,11 @@ def model_folder_option(help: str) -> Decorator:
             "model",
             type=PathType,
             required=True,
-            help=f"{help} Or a weights file (.pth/.pt/.bin/.safetensors state dict) with --arch.",
+            help=f"{help} Or a weights file (.pth/.pt/.bin/.safetensors state dict), or a Hugging "
+            "Face folder (config.json + model.safetensors), with --arch.",
         ),
         arch_option(
-            "Architecture of a weights file: a registered name, torchvision:NAME or "
+            "Architecture of a weights file: a registered name, torchvision:NAME, timm:NAME or "
             "package.module:Class (naming it here lets its module be imported). With a model "
             "folder: must match its card, and trusts it."
         ),

@@ -9,12 +9,15 @@ sequence of numbers -> ``1,2,3``), its help text is the constraint's ``describe(
 default shown in ``--help`` is the signature's. An option not given passes nothing, so the
 estimator keeps its own default; every value is validated by the estimator (the one
 validation system), never by click. ``--help``, the README and the code therefore cannot
-disagree about a parameter, its type or its default.
+disagree about a parameter, its type or its default. The command's help text is the
+estimator's class docstring as plain text (:mod:`eviltwins.cli.helptext`): its summary first,
+its parameters spelled as their options.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,11 +25,14 @@ from typing import Any
 import click
 
 from eviltwins.base import Constraint, Interval, OneOf, SubsetOf, init_param_names
+from eviltwins.cli.helptext import plain, sentences, summary_of, wrap
 from eviltwins.registry import Registry
 from eviltwins.results import hint_members
 
 #: Estimator parameters a command option sets instead of a generated one.
 COMMAND_OWNED = {"quiet": "--quiet"}
+#: Methods pages of the documentation not named as their estimator's summary starts.
+METHOD_PAGES = {"imc": "TrojanNN*", "ensemble": "NC+STRIP ensemble"}
 
 
 class ListOf(click.ParamType):
@@ -104,13 +110,13 @@ def _sequence_of(hint: Any) -> type | None:
 
 def _type_and_help(rule: Constraint | None, hint: Any) -> tuple[dict[str, Any], str]:
     """click keyword arguments (type, metavar or flag) and the help text of one parameter."""
-    text = f"must be {rule.describe()}." if rule is not None else ""
+    text = f"Must be {rule.describe()}." if rule is not None else ""
     if isinstance(rule, Interval):
         return {"type": click.INT if rule.kind is int else click.FLOAT}, text
     if isinstance(rule, OneOf):
         names = [o for o in rule.options if o is not None]
         if names and all(isinstance(o, bool) for o in names):
-            return {"is_flag": True}, "on or off."
+            return {"is_flag": True}, "On or off."
         if names and all(isinstance(o, str) for o in names):
             metavar = "[" + "|".join(names) + "]"
             return {"type": click.STRING, "metavar": metavar}, text
@@ -119,10 +125,10 @@ def _type_and_help(rule: Constraint | None, hint: Any) -> tuple[dict[str, Any], 
     kind = _sequence_of(hint)
     if kind is not None:
         words = rule if str in hint_members(hint) else None
-        return {"type": ListOf(kind, words)}, text or f"comma-separated {kind.__name__}s."
+        return {"type": ListOf(kind, words)}, text or f"Comma-separated {kind.__name__}s."
     if not text:
         names = [getattr(m, "__name__", str(m)) for m in hint_members(hint)]
-        text = "a " + " or ".join("None" if n == "NoneType" else n for n in names) + "."
+        text = "A " + " or ".join("None" if n == "NoneType" else n for n in names) + "."
     return {"type": click.STRING}, text
 
 
@@ -177,6 +183,14 @@ class EstimatorCommand(click.Command):
                 ctx=ctx,
             ) from None
 
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The help as :func:`~eviltwins.cli.helptext.wrap` lays it out (list items hang
+        under their marker)."""
+        formatter.write_paragraph()
+        with formatter.indentation():
+            width = max(formatter.width - formatter.current_indent, 11)
+            formatter.write(wrap(self.help or "", width, " " * formatter.current_indent) + "\n")
+
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         own, generated = [], []
         for p in self.get_params(ctx):
@@ -218,30 +232,55 @@ class EstimatorGroup(click.Group):
         return self._made[key]
 
 
-def _first_words(doc: str, limit: int = 45) -> str:
-    """The start of a docstring's first paragraph, for the list of subcommands."""
-    text = " ".join(doc.split("\n\n")[0].split())
-    return text if len(text) <= limit else text[: limit - 3].rsplit(" ", 1)[0] + "..."
+def estimator_help(
+    template: click.Command, key: str, cls: type, kind: str, params: dict[str, bool]
+) -> str:
+    """The ``--help`` text of ``cls``'s command: its summary (the docstring's first sentence;
+    a lead-in such as "ABS (Liu et al., CCS 2019):" becomes "ABS (Liu et al., CCS 2019): a
+    model inspector." with ``kind``), ``template``'s help, the rest of the docstring as plain
+    text (:func:`~eviltwins.cli.helptext.plain`, ``params`` spelled as options) and where the
+    documentation has more."""
+    body = plain(inspect.getdoc(cls) or "", params)
+    first, _, rest = body.partition("\n\n")
+    summary, *more = sentences(" ".join(first.split()))
+    if summary.endswith(":"):  # a lead-in to a list, not a summary
+        summary, more = f"{summary} {kind}.", ["How it works:"]
+    parts = [summary, inspect.cleandoc(template.help or ""), " ".join(more), rest]
+    parts.append(f"See the eviltwins documentation, Methods: {method_title(key, summary)}.")
+    return "\n\n".join(p for p in parts if p)
+
+
+def method_title(key: str, summary: str) -> str:
+    """The title of the documentation's Methods page of estimator ``key``: the name that
+    starts its summary ("NeuralCleanse (Wang et al., ...): ..."), unless the page is named
+    otherwise (:data:`METHOD_PAGES`)."""
+    return METHOD_PAGES.get(key) or re.split(r" \(|:", summary, maxsplit=1)[0]
 
 
 def estimator_command(
-    template: click.Command, key: str, cls: type, extra: Sequence[click.Parameter] = ()
+    template: click.Command,
+    key: str,
+    cls: type,
+    extra: Sequence[click.Parameter] = (),
+    kind: str = "a backdoor attack",
 ) -> EstimatorCommand:
     """``template``'s options (and ``extra``), then ``cls``'s generated options, calling
-    ``template``'s callback; the help is ``template``'s followed by the class docstring."""
+    ``template``'s callback; the help is :func:`estimator_help` (``kind``: what ``cls`` is, for
+    a docstring without a summary sentence)."""
     generated = estimator_options(cls)
     params = [*template.params, *extra, *generated]
     clash = {p.name for p in [*template.params, *extra]} & {p.name for p in generated}
     if clash:
         raise RuntimeError(f"{cls.__name__} parameters {sorted(clash)} clash with command options")
-    doc = inspect.getdoc(cls) or ""
+    flags = {str(p.name): p.is_flag for p in generated} | dict.fromkeys(COMMAND_OWNED, True)
+    text = estimator_help(template, key, cls, kind, flags)
     return EstimatorCommand(
         key,
         key=key,
         estimator=cls,
         params=params,
         callback=template.callback,
-        help=f"{inspect.cleandoc(template.help or '')}\n\n{doc}",
-        short_help=_first_words(doc),
+        help=text,
+        short_help=summary_of(text),
         context_settings=template.context_settings,
     )

@@ -1,4 +1,4 @@
-"""IMC's term for evading ABS (Pang et al., Appendix C; ALGORITHMS.md, "Evading ABS").
+"""IMC's term for evading ABS (Pang et al., CCS 2020, Appendix C).
 
 Registered here, by the detector side, so that the attack never imports a detector
 (:mod:`eviltwins.evasion`). Each outer iteration of IMC, ``refresh`` runs ABS's
@@ -25,7 +25,7 @@ from eviltwins.models import layer_or_feature_layer
 
 #: Weight of the other channels in the re-mask loss. The authors' IMC re-training
 #: (``IMC_ABS.abs_loss``, the loss this term reproduces) weighs them 1e-3; ABS's own trigger
-#: reverse-engineering (ALGORITHMS.md, ABS step 3) uses 1e-4. The term follows the IMC code it
+#: reverse-engineering (Liu et al., CCS 2019, step 3) uses 1e-4. The term follows the IMC code it
 #: stands for; the difference moves a term already scaled by its weight (1e-4) by 1e-3 of
 #: the other channels' activation, which is negligible beside the candidates' own.
 OTHERS_WEIGHT = 1e-3

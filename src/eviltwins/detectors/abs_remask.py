@@ -1,4 +1,4 @@
-"""ABS step 3 (Liu et al., CCS 2019; ALGORITHMS.md "ABS", step 3): the re-mask loss that
+"""ABS step 3 (Liu et al., CCS 2019, trigger reverse engineering): the re-mask loss that
 reverse-engineers a trigger per candidate neuron, and the projection of a mask onto its bound."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from torch import Tensor
 
 #: Weight of the other channels' summed activation (original ABS and TrojanZoo: 1e-4).
 OTHERS_WEIGHT = 1e-4
-#: Mask-penalty weight w within the bound, above it, and above 1.2x it (ALGORITHMS.md step 3;
+#: Mask-penalty weight w within the bound, above it, and above 1.2x it (the original ABS code;
 #: TrojanZoo's ``0.01`` / ``remask_weight`` 500 / ``2 * remask_weight``).
 MASK_WEIGHTS = (0.01, 500.0, 1000.0)
 #: A mask pixel counts as set above this (``mask_size="count"``; ABS's ``mask_epsilon``,
@@ -16,12 +16,13 @@ MASK_WEIGHTS = (0.01, 500.0, 1000.0)
 MASK_EPS = 0.01
 #: Weight of the candidate label's logit, summed over the seed images, in the second half of
 #: the optimisation: the original ABS code's ``-1e2 * logits_loss`` (naiyeleo/ABS, TrojAI
-#: rounds; ALGORITHMS.md's step-3 formula leaves the term out, TrojanZoo drops it). At weight 1
+#: rounds; the paper's re-mask formula leaves the term out, TrojanZoo drops it). At weight 1
 #: the summed activations drown it: on the digits BadNet model the target's REASR fell to 0.72
 #: (0.59 at 150 steps), while at 1e2 it is 1.00 and the clean model's largest stays 0.40.
 LOGIT_WEIGHT = 100.0
-#: How the mask's size is compared with the bound: its L1 norm (default, the bound ALGORITHMS.md
-#: states) or the count of its pixels above ``MASK_EPS`` (the original ABS and TrojanZoo).
+#: How the mask's size is compared with the bound: its L1 norm (default, the w x ||m||_1
+#: penalty's own measure) or the count of its pixels above ``MASK_EPS`` (the original ABS and
+#: TrojanZoo).
 MASK_SIZES = ("l1", "count")
 
 
@@ -41,7 +42,7 @@ def remask_loss(
     labels: Tensor | None = None,
     mask_size: str = "l1",
 ) -> Tensor:
-    """Step 3's loss per candidate (ALGORITHMS.md "ABS", step 3), summed, not averaged:
+    """Step 3's loss per candidate (Liu et al., CCS 2019; the original code), summed, not averaged:
     ``-act(candidate) + 1e-4 * sum(act(other channels)) + w * ||m||_1``.
 
     ``feats`` (K x n, C[, H, W]): the layer's output on the n seed images stamped with each of

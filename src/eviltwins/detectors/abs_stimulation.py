@@ -1,6 +1,6 @@
 """ABS step 1 (stimulation analysis), batched: the stimulation levels of a layer and the logits of
-seed images with one channel of it set to each level (Liu et al., CCS 2019; ALGORITHMS.md "ABS",
-step 1), and step 2's split of the levels into low and high."""
+seed images with one channel of it set to each level (Liu et al., CCS 2019, stimulation
+analysis), and step 2's split of the levels into low and high."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def low_high_split(n_levels: int) -> int:
 
 
 def stimulation_levels(base: Tensor, levels: Sequence[float]) -> Tensor:
-    """ABS step 1's stimulation values (ALGORITHMS.md "ABS", step 1): ``levels`` (sorted
+    """ABS step 1's stimulation values (Liu et al., CCS 2019): ``levels`` (sorted
     ascending) times the *layer's* largest activation on the seed images, ``base`` (the layer's
     output on them): one scalar for the whole layer, as in the original ABS (``max_val`` over
     the layer's outputs) and TrojanZoo (``samp_k * k / n_samples * layer max``), so a channel

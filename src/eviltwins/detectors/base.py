@@ -188,7 +188,7 @@ THRESHOLD_RULES = ("quantile", "normal")
 def low_side_threshold(values: Tensor, rule: str, rate: float) -> float:
     """The threshold under which a clean calibration score counts as suspicious, for every
     input filter whose low values are suspicious (STRIP's entropy, the ensemble's deviation):
-    ``rule="quantile"`` (STRIP's paper variant, ALGORITHMS.md "STRIP" and "Ensemble" step 5):
+    ``rule="quantile"`` (STRIP's paper variant, Pang et al., Sections 5.3.1 and 5.4):
     the empirical ``rate`` quantile (:func:`quantile_threshold`); ``"normal"`` (Gao et al.'s
     original STRIP): the ``rate`` quantile of a normal fit (:func:`normal_threshold`)."""
     if rule == "quantile":

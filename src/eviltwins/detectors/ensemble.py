@@ -28,23 +28,24 @@ from eviltwins.utils import device_of, eval_mode, make_generator
 
 @DETECTORS.register("ensemble")
 class NCStripEnsemble(InputFilter):
-    """Ensemble detector (ALGORITHMS.md, "Ensemble NeuralCleanse + STRIP"; paper Section 5.4):
-    (i) NeuralCleanse recovers the suspected trigger; (ii) it is stamped on benign inputs;
-    (iii) the input under test is mixed with those stamped benign inputs at weights
-    w = 0.0, 0.1, ..., 1.0 (mixture = w x + (1 - w) b*); (iv) the mean self-entropy of
-    ``n_overlays`` mixtures is taken at each weight; (v) the score is minus the standard
-    deviation of the 11 values (a trigger-carrying input keeps every mixture dominated by a
-    trigger: low deviation; higher score = more suspicious).
+    """Ensemble (Pang et al., CCS 2020): mix inputs with NeuralCleanse's trigger.
 
-    The paper gives no threshold; it is calibrated exactly like STRIP's paper variant
-    (ALGORITHMS.md "Ensemble" step 5, so that Fig. 15 compares the two at the same rule), on
-    the held-out clean ``fit`` inputs, each mixed only with the *other* stamped clean inputs:
-    ``threshold="quantile"`` (default) puts it at the empirical ``frr`` (0.05) quantile of
-    their deviations (TrojanZoo's ``strip_fpr`` rule, the same function as STRIP's:
-    :func:`~eviltwins.detectors.base.low_side_threshold`); ``"normal"`` at the ``frr``
-    quantile of a normal fitted to them (Gao et al.'s original STRIP rule), ``"fixed"`` uses
-    ``deviation_threshold`` on the deviation. The calibration deviations are kept as
-    ``calibration_deviation_``.
+    The NeuralCleanse + STRIP ensemble of Section 5.4, an input filter: (i) NeuralCleanse
+    recovers the suspected trigger; (ii) it is stamped on benign inputs; (iii) the input under
+    test is mixed with those stamped benign inputs at weights w = 0.0, 0.1, ..., 1.0 (mixture =
+    w x + (1 - w) b*); (iv) the mean self-entropy of ``n_overlays`` mixtures is taken at each
+    weight; (v) the score is minus the standard deviation of the 11 values (a trigger-carrying
+    input keeps every mixture dominated by a trigger: low deviation; higher score = more
+    suspicious).
+
+    The paper gives no threshold; it is calibrated exactly like STRIP's paper variant (so that
+    Fig. 15 compares the two at the same rule), on the held-out clean ``fit`` inputs, each mixed
+    only with the *other* stamped clean inputs: ``threshold="quantile"`` (default) puts it at
+    the empirical ``frr`` (0.05) quantile of their deviations (TrojanZoo's ``strip_fpr`` rule,
+    the same function as STRIP's: :func:`~eviltwins.detectors.base.low_side_threshold`);
+    ``"normal"`` at the ``frr`` quantile of a normal fitted to them (Gao et al.'s original STRIP
+    rule), ``"fixed"`` uses ``deviation_threshold`` on the deviation. The calibration deviations
+    are kept as ``calibration_deviation_``.
 
     ``fit(model, clean, trigger)`` takes the recovered trigger (e.g. from
     ``NeuralCleanse().inspect``: ``report.masks[suspect]``), or, when ``trigger`` is None,
@@ -128,7 +129,7 @@ class NCStripEnsemble(InputFilter):
             dev = self.deviation(pool, exclude_self=True)
             self.calibration_deviation_ = dev
             # Low deviation = suspicious: reject the lowest frr share of clean inputs, by
-            # STRIP's rule (ALGORITHMS.md "Ensemble" step 5)
+            # STRIP's rule (as the paper's Fig. 15 compares the two)
             self.deviation_threshold_ = low_side_threshold(dev, self.threshold, self.frr)
         self.threshold_ = -self.deviation_threshold_
         self.fit_seconds_ = time.perf_counter() - start

@@ -31,9 +31,9 @@ def split_filter_data(
     data: DatasetSpec, n_clean: int, seed: int = 0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Index split of ``data.test`` for :func:`evaluate_filter`: (calibration, evaluation,
-    NeuralCleanse pool), each sorted. A seeded random permutation of the split (ALGORITHMS.md
-    "Subsets and seeds": image folders and GTSRB are stored sorted by class, so the first N
-    images are a few classes) gives calibration = its first ``n_clean`` images, evaluation =
+    NeuralCleanse pool), each sorted. A seeded random permutation of the split (never the
+    first N: image folders and GTSRB are stored sorted by class, so the first N images are a
+    few classes) gives calibration = its first ``n_clean`` images, evaluation =
     the next ``n_clean`` (each half of the split when it holds fewer than ``2 * n_clean``), and
     the NeuralCleanse pool = every test image *outside* the evaluation part (calibration +
     rest)."""
@@ -51,9 +51,8 @@ EXAMPLE_POOL = 512
 
 def non_target_examples(data: DatasetSpec, target: int, n: int, seed: int = 0) -> Tensor:
     """Up to ``n`` test images whose true label is not ``target`` (examples to stamp), from a
-    seeded random draw of :data:`EXAMPLE_POOL` test images, never the first ones
-    (ALGORITHMS.md "Subsets and seeds": on a class-sorted split those can all be the
-    target)."""
+    seeded random draw of :data:`EXAMPLE_POOL` test images, never the first ones (on a
+    class-sorted split those can all be the target)."""
     index = torch.randperm(len(data.test), generator=make_generator(seed))[:EXAMPLE_POOL]
     x, y = load_all(_subset(data.test, index.sort().values))
     keep = torch.randperm(len(y), generator=make_generator(seed))
@@ -71,8 +70,8 @@ def evaluate_filter(
     protocol: str = "effective",
     seed: int = 0,
 ) -> FilterReport:
-    """Fit an input filter on held-out clean test images and evaluate it (ALGORITHMS.md,
-    "Evaluation protocol for every input filter"; the paper's Section 5.3).
+    """Fit an input filter on held-out clean test images and evaluate it (the IMC authors'
+    protocol for every input filter; the paper's Section 5.3).
 
     ``n_clean`` random test images (seeded by ``seed``; :func:`split_filter_data`) calibrate
     (and are STRIP's overlay pool); ``n_clean`` other random ones are evaluated: clean as they

@@ -1,5 +1,5 @@
-"""NeuralCleanse's cost schedule (Wang et al., S&P 2019; ALGORITHMS.md "NeuralCleanse", cost
-schedule), one check at a time for a batch of labels, as Wang et al.'s ``visualizer.py`` runs it.
+"""NeuralCleanse's cost schedule (Wang et al., S&P 2019, and their released code), one check
+at a time for a batch of labels, as Wang et al.'s ``visualizer.py`` runs it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class CostState(NamedTuple):
 
 def next_cost(state: CostState, ok: Tensor, init_cost: float, patience: int) -> CostState:
     """The schedule after one check, ``ok`` per label = attack success >= the threshold
-    (ALGORITHMS.md "NeuralCleanse"; Wang et al.'s ``visualizer.py``, in its order):
+    (Wang et al.'s ``visualizer.py``, in its order):
 
     1. at cost 0, ``patience`` successful checks in a row set the cost to ``init_cost`` and
        reset the up/down counters and flags (a failing check, or a non-zero cost, resets

@@ -40,7 +40,7 @@ CPU_PASS_IMAGES = 64
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Pang et al. (CCS 2020), Section 5.3.1: 1,600 random inputs, 10 epochs, batch 32:
-    # 10 x 1,600 / 32 = 500 optimisation steps per label (ALGORITHMS.md, NeuralCleanse).
+    # 10 x 1,600 / 32 = 500 optimisation steps per label.
     "imc": {"n_inputs": 1600, "epochs": 10, "check_every": 10, "patience": 5},
     # Wang et al.'s released code: schedule checked once per epoch, long runs.
     "original": {"n_inputs": 1600, "epochs": 80, "check_every": None, "patience": 5},
@@ -49,10 +49,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @DETECTORS.register("neural-cleanse")
 class NeuralCleanse(ModelInspector):
-    """NeuralCleanse: for every label y, min over (m, delta) of
-    CE(f((1 - m) x + m delta), y) + cost_y * ||m||_1 with a single-channel HxW mask and tanh
-    parameters (Adam lr 0.1, betas (0.5, 0.9)); then the MAD outlier test on the per-label
-    L1 norms of the best masks (anomaly index > ``threshold`` = 2 flags the label).
+    """NeuralCleanse (Wang et al., S&P 2019): recover a trigger for every label.
+
+    For every label y, min over (m, delta) of CE(f((1 - m) x + m delta), y) + cost_y * ||m||_1
+    with a single-channel HxW mask and tanh parameters (Adam lr 0.1, betas (0.5, 0.9)); then the
+    MAD outlier test on the per-label L1 norms of the best masks (anomaly index > ``threshold``
+    = 2 flags the label).
 
     All labels (or ``labels``) are optimised together: one forward pass per step over
     ``batch_size`` images x every label, each label with its own mask, pattern, cost and
@@ -62,18 +64,18 @@ class NeuralCleanse(ModelInspector):
     starts at 0; once success >= ``success`` (0.99) held for ``patience`` checks it becomes
     ``init_cost`` (1e-3); then it is multiplied by 1.5 after ``patience`` successful checks and
     divided by 1.5^1.5 after ``patience`` failing ones (the check that sets the cost counts as
-    the first successful one, as in Wang et al.'s ``visualizer.py``);
-    the best mask (smallest L1 with success >= 0.99) is kept; a label stops early once its best
-    L1 has not improved by more than a factor ``early_stop_threshold`` (0.99: a check counts as
-    no progress unless the best L1 fell below 0.99 x the best before it) for
-    ``early_stop_patience`` (2 x ``patience``) checks in a row, with the cost both raised and
-    lowered at least once (Wang et al.'s ``visualizer.py`` defaults, also TrojanZoo's;
-    ``early_stop_threshold=1.0`` counts any decrease as progress, as their GTSRB example).
-    The optimisation runs only on the labels still active: the batch shrinks as labels stop.
-    A check is every ``check_every`` mini-batches (``None``: once per epoch, the original).
+    the first successful one, as in Wang et al.'s ``visualizer.py``); the best mask (smallest L1
+    with success >= 0.99) is kept; a label stops early once its best L1 has not improved by more
+    than a factor ``early_stop_threshold`` (0.99: a check counts as no progress unless the best
+    L1 fell below 0.99 x the best before it) for ``early_stop_patience`` (2 x ``patience``)
+    checks in a row, with the cost both raised and lowered at least once (Wang et al.'s
+    ``visualizer.py`` defaults, also TrojanZoo's; ``early_stop_threshold=1.0`` counts any
+    decrease as progress, as their GTSRB example). The optimisation runs only on the labels
+    still active: the batch shrinks as labels stop. A check is every ``check_every``
+    mini-batches (``None``: once per epoch, the original).
 
-    Budget in optimisation steps (ALGORITHMS.md: "Count the budget in steps"): ``steps``, or
-    by default ``epochs`` x ceil(``n_inputs`` / ``batch_size``) with the *nominal* ``n_inputs``
+    Budget in optimisation steps (Pang et al.'s epochs, counted as steps): ``steps``, or by
+    default ``epochs`` x ceil(``n_inputs`` / ``batch_size``) with the *nominal* ``n_inputs``
     (``imc``: 10 x 1,600 / 32 = 500 steps per label). ``n_inputs`` random images are drawn from
     ``data.test`` (held-out clean data); when it holds fewer, every image is used and the
     optimisation cycles through them (a fresh shuffle per pass) until the steps are spent, so a
@@ -95,8 +97,7 @@ class NeuralCleanse(ModelInspector):
     whether it was used. ``rewrites`` (on by default) runs ReLU -> max-pool pairs pool-first
     (exact) and back-propagates through thin first convolutions with one matrix product (same
     sums, float rounding), each checked on a few inputs first (see
-    :mod:`eviltwins.models.rewrite`); ``details["rewrites"]`` counts what was used. On the
-    small CNN the step ran 105 ms plain and 65 ms with both (MNIST, 2 cores, one process).
+    :mod:`eviltwins.models.rewrite`); ``details["rewrites"]`` counts what was used.
 
     Presets: ``imc`` (default; Pang et al.: 1,600 inputs, 10 epochs, checks every 10 batches)
     and ``original`` (80 epochs, checks once per epoch). Explicit parameters override a preset.

@@ -209,8 +209,8 @@ class FilterReport(Result):
 
     ``metrics``, ``n_clean``, ``n_triggered`` and the mean scores belong to ``protocol``:
 
-    * ``"effective"`` (default of :func:`evaluate_filter`; the authors' protocol, ALGORITHMS.md
-      "Evaluation protocol for every input filter"): clean = held-out clean evaluation inputs
+    * ``"effective"`` (default of :func:`evaluate_filter`; the IMC authors' protocol for every
+      input filter): clean = held-out clean evaluation inputs
       the model classifies correctly; triggered = stamped non-target inputs the model actually
       sends to the target, so F1 measures the detector, not the attack's misses;
     * ``"all-stamped"``: every clean evaluation input vs every stamped non-target input;

@@ -91,10 +91,12 @@ def class_statistics(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, fl
 
 @DETECTORS.register("scale-up")
 class ScaleUp(InputFilter):
-    """SCALE-UP input filter (Guo et al., ICLR 2023, "SCALE-UP: An Efficient Black-box
-    Input-level Backdoor Detection via Analyzing Scaled Prediction Consistency"; reference
-    code: BackdoorBox ``core/defenses/SCALE_UP.py``, by the paper's second author, and the
-    authors' repository JunfengGo/SCALE-UP).
+    """SCALE-UP (Guo et al., ICLR 2023): flag inputs whose label resists scaling.
+
+    The input filter of Guo et al., "SCALE-UP: An Efficient Black-box Input-level Backdoor
+    Detection via Analyzing Scaled Prediction Consistency", ICLR 2023; reference code:
+    BackdoorBox ``core/defenses/SCALE_UP.py``, by the paper's second author, and the authors'
+    repository JunfengGo/SCALE-UP.
 
     For an input x with label c = f(x) and the scaling set N::
 
@@ -112,7 +114,7 @@ class ScaleUp(InputFilter):
     integer scale 1..11 (on inputs with +0.02 uniform noise) and average agreement over all 11
     columns, scale 1 included: an affine map of SPC over N = (2, ..., 11).
 
-    Options:
+    Variants:
 
     * ``standardize=True``: the paper's data-limited variant (BackdoorBox ``valset``): score =
       (SPC(x) - mu_c) / sigma_c, the mean and (unbiased) deviation of the SPC of the clean

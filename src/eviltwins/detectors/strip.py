@@ -101,8 +101,11 @@ def overlay_entropy(
 
 @DETECTORS.register("strip")
 class STRIP(InputFilter):
-    """STRIP input filter (ALGORITHMS.md, "STRIP"). ``score(x)`` = minus the mean overlay
-    entropy (higher = more suspicious); ``detect(x)`` flags ``entropy < entropy_threshold_``.
+    """STRIP (Gao et al., ACSAC 2019): flag inputs whose overlays stay confident.
+
+    An input filter: each input is overlaid with held-out clean images and the prediction
+    entropy of the overlays averaged. ``score(x)`` = minus the mean overlay entropy (higher =
+    more suspicious); ``detect(x)`` flags ``entropy < entropy_threshold_``.
 
     Variants:
 
@@ -221,7 +224,7 @@ def strip_mixtures(stamped: Tensor, clean: Tensor, state: Any = None) -> Tensor 
     """IMC's rows against STRIP in the re-training batch: the mixtures (x* + x') / 2 of each
     clean input stamped once, x* = psi(x, r; m) (``stamped[i] = psi(clean[i])``), with a
     *different, clean* input x' of the same batch (``clean`` rolled by one place) (Pang et al.,
-    Section 5.3.2; ALGORITHMS.md, "Evading STRIP"). ``None`` with fewer than two clean rows: no
+    Section 5.3.2, the term against STRIP). ``None`` with fewer than two clean rows: no
     different partner."""
     if len(clean) < 2:
         return None

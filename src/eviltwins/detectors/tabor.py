@@ -95,8 +95,10 @@ def tabor_terms(
 
 @DETECTORS.register("tabor")
 class TABOR(NeuralCleanse):
-    """TABOR (Guo, Wang, Xing, Du, Song: "TABOR: A Highly Accurate Approach to Inspecting and
-    Restoring Trojan Backdoors in AI Systems", ICDM 2020, arXiv:1908.01763).
+    """TABOR (Guo et al., ICDM 2020): NeuralCleanse with trigger regularisers.
+
+    Guo, Wang, Xing, Du, Song: "TABOR: A Highly Accurate Approach to Inspecting and Restoring
+    Trojan Backdoors in AI Systems", ICDM 2020, arXiv:1908.01763.
 
     For every label y, min over (m, delta) of NeuralCleanse's objective
     CE(f((1 - m) x + m delta), y) + cost_y ||m||_1 plus TABOR's regularisers

@@ -61,12 +61,14 @@ from eviltwins.detectors.scan import DEFAULT_DETECTORS, inspector_names
 )
 @json_option("the calibration")
 def calibrate(run_dirs: tuple[Path, ...], as_json: bool, **opts: Any) -> None:
-    """Fit the p(trojan) of 'eviltwins scan' on the models of the finished sweeps RUN_DIR...:
-    a logistic model on each inspector's largest statistic over the labels (NeuralCleanse's
-    largest anomaly index, ABS's largest REASR), clean cells (attack none) against backdoored
-    ones, with its out-of-fold AUC and cross-entropy. Failed cells are skipped and counted.
-    Every model must take the same input and each inspector must have run with the same
-    settings; a scan uses the calibration only with those."""
+    """Fit the p(trojan) of 'eviltwins scan' on the models of finished sweeps.
+
+    The fit reads the models of the finished sweeps RUN_DIR...: a logistic model on each
+    inspector's largest statistic over the labels (NeuralCleanse's largest anomaly index, ABS's
+    largest REASR), clean cells (attack none) against backdoored ones, with its out-of-fold AUC
+    and cross-entropy. Failed cells are skipped and counted. Every model must take the same
+    input and each inspector must have run with the same settings; a scan uses the calibration
+    only with those."""
     res = api.calibrate(
         list(run_dirs),
         opts["out"],

@@ -68,9 +68,9 @@ def _invoke(
 @click.option("--out", type=PathType, required=True, help="Output folder.")
 @_shared
 def _attack(**values: Any) -> None:
-    """Plant this backdoor in a copy of MODEL; write the poisoned model,
-    trigger.safetensors/.png, metrics.json and examples.png to OUT. A config may hold any
-    of these options and parameters (flags override it)."""
+    """Plant this backdoor in a copy of the model (--model); write the poisoned model,
+    trigger.safetensors/.png, metrics.json and examples.png to --out. A config may hold any of
+    these options and parameters (flags override it)."""
     opts, res = _invoke(values, api.attack, ("train_limit",))
     m = res.metrics
     emit(
@@ -87,10 +87,10 @@ attack = EstimatorGroup(
     registry=ATTACKS,
     make=lambda key, cls: estimator_command(_attack, key, cls),
     subcommand_metavar="ATTACK [OPTIONS]",
-    help="Plant a backdoor with ATTACK in a copy of a model; write the "
-    "poisoned model, trigger.safetensors/.png, metrics.json and examples.png to --out.\n\n"
-    "imc with --init trojannn (the default) is TrojanNN*; with --init badnet it is BadNet*. "
-    "Each attack's options are its parameters, with their defaults: "
+    help="Plant a backdoor with ATTACK in a copy of a model.\n\n"
+    "Writes the poisoned model, trigger.safetensors/.png, metrics.json and examples.png to "
+    "--out. imc with --init trojannn (the default) is TrojanNN*; with --init badnet it is "
+    "BadNet*. Each attack's options are its parameters, with their defaults: "
     "'eviltwins attack ATTACK --help'.",
 )
 
@@ -132,26 +132,33 @@ FILTER_OPTIONS = (
 )
 @_shared
 def _detect(**values: Any) -> None:
-    """Scan MODEL with this detector: model inspectors (neural-cleanse, abs) inspect the
-    model; input filters (strip, ensemble) are evaluated on clean vs stamped held-out inputs.
-    A config may hold any of these options and parameters (flags override it)."""
+    """Scan the model (--model) with this detector: a model inspector inspects the model; an
+    input filter is evaluated on clean vs stamped held-out inputs. A config may hold any of
+    these options and parameters (flags override it)."""
     opts, report = _invoke(values, api.detect, tuple(str(p.name) for p in FILTER_OPTIONS))
     emit(report.to_dict(), opts["as_json"], report.summary())
 
 
 def _detector_command(key: str, cls: type) -> EstimatorCommand:
     """Input filters take the stamped-input protocol options; inspectors have no use for them."""
-    extra = FILTER_OPTIONS if issubclass(cls, InputFilter) else ()
-    return estimator_command(_detect, key, cls, extra)
+    if issubclass(cls, InputFilter):
+        return estimator_command(_detect, key, cls, FILTER_OPTIONS, "an input filter")
+    return estimator_command(_detect, key, cls, (), "a model inspector")
 
 
+#: The detectors' names, input filters (True) and model inspectors (False).
+_kinds = {
+    kind: [k for k in DETECTORS.names() if issubclass(DETECTORS.get(k), InputFilter) is kind]
+    for kind in (True, False)
+}
 detect = EstimatorGroup(
     "detect",
     registry=DETECTORS,
     make=_detector_command,
     subcommand_metavar="DETECTOR [OPTIONS]",
-    help="Scan a model with DETECTOR: a model inspector (neural-cleanse, abs) inspects it; an "
-    "input filter (strip, ensemble) is evaluated on clean vs stamped held-out inputs. Each "
+    help="Scan a model with DETECTOR.\n\n"
+    f"A model inspector ({', '.join(_kinds[False])}) inspects the model; an input filter "
+    f"({', '.join(_kinds[True])}) is evaluated on clean vs stamped held-out inputs. Each "
     "detector's options are its parameters, with their defaults: "
     "'eviltwins detect DETECTOR --help'.",
 )

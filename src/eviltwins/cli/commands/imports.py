@@ -50,13 +50,15 @@ from eviltwins.cli.common import (
 @overwrite_option
 @common_options
 def import_model(**opts: Any) -> None:
-    """Import a model trained elsewhere: check that the weights fit ARCH and that the model
-    runs on one input of its shape, then write model.safetensors and model.json to OUT.
+    """Import a model trained elsewhere into a model folder (--out).
+
+    Checks that the weights fit the architecture (--arch) and that the model runs on one input
+    of its shape, then writes model.safetensors and model.json to --out.
 
     Give the input with --dataset or --input-shape C,H,W --num-classes N, and the
     normalisation the model was trained with as --mean/--std (images in [0, 1]; default:
-    none). A package.module:Class architecture must be named again (--arch) whenever OUT is
-    used: trust is never read from a file."""
+    none). A package.module:Class architecture must be named again (--arch) whenever the folder
+    is used: trust is never read from a file."""
     res = api.import_model(
         opts["arch"],
         opts["weights"],
@@ -95,10 +97,11 @@ def import_model(**opts: Any) -> None:
 @data_options
 @common_options
 def layers(**opts: Any) -> None:
-    """List the layers of MODEL a forward pass goes through, with their output shapes: the
-    names --layer takes (TrojanNN, TrojanNN*, ABS). The default layer is marked '*': the
-    model's declared feature layer, else the last convolutional block's output (before global
-    pooling / flatten)."""
+    """List the layers of a model that --layer can name, with their output shapes.
+
+    These are the layers a forward pass goes through, by the names --layer takes (TrojanNN,
+    TrojanNN*, ABS). The default layer is marked '*': the model's declared feature layer, else
+    the last convolutional block's output (before global pooling / flatten)."""
     res = api.layers(
         model_source(opts),
         opts["dataset"],

@@ -95,7 +95,7 @@ def _check_train(params: dict[str, Any]) -> None:
 @overwrite_option
 @common_options
 def train(config: Path | None, **values: Any) -> None:
-    """Train a clean model; write model.safetensors and model.json to OUT.
+    """Train a clean model; write model.safetensors and model.json to --out.
 
     A config may set any of these options (command-line flags override it) and the other
     arguments of eviltwins.train (weight_decay, arch_kwargs)."""
@@ -141,9 +141,11 @@ def train(config: Path | None, **values: Any) -> None:
 )
 @common_options
 def evaluate(**opts: Any) -> None:
-    """Clean test accuracy of a saved model; with --trigger (a .safetensors trigger, or a
-    pattern image from any toolkit with --trigger-mask / --trigger-alpha / --trigger-position)
-    and --target, also the backdoor's attack success rate and efficacy."""
+    """Measure a model's test accuracy, and a backdoor's success with --trigger.
+
+    Reports the clean test accuracy of a saved model; with --trigger (a .safetensors trigger,
+    or a pattern image from any toolkit with --trigger-mask / --trigger-alpha /
+    --trigger-position) and --target, also the backdoor's attack success rate and efficacy."""
     res = api.evaluate(
         model_source(opts),
         opts["dataset"],
@@ -175,7 +177,7 @@ REGISTRIES = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS, "detec
 
 @click.command("list")
 @click.argument("kind")
-@json_option("the names as a JSON list")
+@json_option("the names")
 def list_(kind: str, as_json: bool) -> None:
     """List the registered names of KIND (datasets, models, attacks, detectors)."""
     if kind not in REGISTRIES:

@@ -71,16 +71,20 @@ EXIT_DETECTED = 3
 @overwrite_option
 @common_options
 def scan(config: Path | None, **values: Any) -> int:
-    """Scan MODEL for a backdoor with the model inspectors (NeuralCleanse and ABS by default)
-    and print one verdict with the rule it follows. With a calibration for the model's inputs
-    and these settings (--calibration) the verdict gives p(trojan), the calibrated probability
-    that the model is backdoored, and follows it: 'backdoor suspected (p(trojan) 0.97,
-    calibrated): label L (NeuralCleanse index X, ABS REASR Y)'. Without one, any inspector's
-    flag decides: 'clean (no inspector flags; uncalibrated)'. Writes scan.json, scan.html (per-label charts, reversed triggers) and a
-    folder per inspector to OUT. Exit code 0 when the scan ran (3 with --fail-on-detect when
-    the verdict is backdoor suspected). Detector parameters go in a --config YAML, one mapping
-    per detector (neural-cleanse: {steps: 200}); their defaults are the paper's budgets
-    (NeuralCleanse preset imc: 500 steps per label)."""
+    """Scan a model for a backdoor with the model inspectors and print one verdict.
+
+    The inspectors are NeuralCleanse and ABS by default (--detectors); the verdict states the
+    rule it follows. With a calibration for the model's inputs and these settings
+    (--calibration) the verdict gives p(trojan), the calibrated probability that the model is
+    backdoored, and follows it: 'backdoor suspected (p(trojan) 0.97, calibrated): label L
+    (NeuralCleanse index X, ABS REASR Y)'. Without one, any inspector's flag decides: 'clean
+    (no inspector flags; uncalibrated)'.
+
+    Writes scan.json, scan.html (per-label charts, reversed triggers) and a folder per
+    inspector to --out. Exit code 0 when the scan ran (3 with --fail-on-detect when the verdict
+    is backdoor suspected). Detector parameters go in a --config YAML, one mapping per detector
+    (neural-cleanse: {steps: 200}); their defaults are the paper's budgets (NeuralCleanse
+    preset imc: 500 steps per label)."""
     opts, params = resolve(config, {})
     known = inspector_names()
     for key in params:  # a config's keys read with "_" for "-"

@@ -85,9 +85,11 @@ def sweep(
     as_json: bool,
     **values: Any,
 ) -> None:
-    """Run (or resume) the sweep in CONFIG (YAML; see configs/): every cell's JSON result in
-    OUT/cells, then the report in OUT/report. Finished cells are skipped; failed cells are
-    retried; Ctrl-C keeps every finished cell. Exits with 2 when any cell failed."""
+    """Run (or resume) the sweep in CONFIG, a YAML file, and write its report.
+
+    Writes every cell's JSON result to OUT/cells, then the report to OUT/report (OUT: --out).
+    Finished cells are skipped; failed cells are retried; Ctrl-C keeps every finished cell.
+    Exits with 2 when any cell failed."""
     run = _run_options(values)  # checked before the spec is read
     spec = load_spec(config)
     reads = spec_reads(spec, config, run.data_root)
@@ -112,8 +114,10 @@ def sweep(
 @click.option("--out", type=PathType, default=None, help="Folder [default: RUN_DIR/report].")
 @json_option()
 def report_(run_dir: Path, out: Path | None, as_json: bool) -> None:
-    """Write the report of the sweep folder RUN_DIR: cells.csv, the paper's figures (PNG) and
-    report.md / report.html with each claim of the paper next to the measured value."""
+    """Write the report of the sweep folder RUN_DIR.
+
+    The report holds cells.csv, the paper's figures (PNG) and report.md / report.html with
+    each claim of the paper next to the measured value."""
     rep = api.write_sweep_report(run_dir, out)
     for line in rep.unreadable_lines():
         click.echo(f"eviltwins: warning: {line}", err=True)
@@ -132,11 +136,13 @@ def report_(run_dir: Path, out: Path | None, as_json: bool) -> None:
 @quiet_option
 @json_option("the report summary")
 def demo(out: Path, seed: int, as_json: bool, **values: Any) -> None:
-    """The main job on the embedded digits dataset (no download, about 2.5 minutes on 2 CPU
-    cores): train a clean small CNN; run TrojanNN and TrojanNN* at the same re-training budget
-    at two trigger sizes; run NeuralCleanse and STRIP on every model; write the report
-    (OUT/report/report.md, .html, figures). Re-running resumes. Exits with 2 when any cell
-    failed (the report of the finished cells is still written)."""
+    """Run the paper's main experiment, in small, on the embedded digits dataset.
+
+    Nothing is downloaded and a CPU is enough: train a clean small CNN; run TrojanNN and
+    TrojanNN* at the same re-training budget at two trigger sizes; run NeuralCleanse and STRIP
+    on every model; write the report (OUT/report/report.md, .html, figures; OUT: --out).
+    Re-running resumes. Exits with 2 when any cell failed (the report of the finished cells is
+    still written)."""
     from eviltwins.experiments.demo import demo_spec  # read when run (tests replace it)
 
     run = _run_options(values)
