@@ -1,13 +1,13 @@
 """Evasion terms that IMC (Algorithm 2) can add to its losses, by detector name.
 
-This is the small, explicit interface between attacks and detectors (ARCHITECTURE.md): each
+This is the small, explicit interface between attacks and detectors (docs/architecture.md): each
 detector's term lives beside the detector, which registers it here (``EVASIONS``); an attack
 asks for terms by name with weights (:func:`evasion_weights`: ``{"strip": 0.2}``, or names
 alone for the terms' default weights) and never imports a detector.
 
 A term may act on the trigger-perturbation step (``trigger_loss``: added to the loss minimised
 over r, m with the model fixed) and/or on the model-perturbation step. Following the authors'
-re-training (ALGORITHMS.md, TrojanNN* step 2, "Evading STRIP" and "Evading ABS"), a model-step
+re-training (TrojanNN*, Algorithm 2, model step, with the STRIP and ABS evasion terms), a model-step
 term acts only on the re-training batches that carry stamped copies, and it never runs a forward
 of its own: its inputs go into the re-training batch, so batch norm sees one batch and makes one
 statistics update per step, exactly as in plain re-training (:class:`ModelStep` wires this into
@@ -170,7 +170,7 @@ def evasion_terms(value: Any) -> list[tuple[EvasionTerm, float]]:
 
 class ModelStep:
     """IMC's model-step evasion terms (``(term, weight)`` pairs) wired into the re-training
-    batch and its one forward (module docstring; ALGORITHMS.md, TrojanNN*, step 2).
+    batch and its one forward (module docstring; TrojanNN*, Algorithm 2, model step).
 
     Per outer iteration: :meth:`refresh` (terms' state on seed images). Per re-training batch
     that carries stamped copies, the batch hook calls :meth:`extend` and appends the rows it

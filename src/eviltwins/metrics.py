@@ -1,6 +1,6 @@
 """Metrics (the pure core; one home for each).
 
-Attack side (ALGORITHMS.md, Metrics): attack success rate over non-target inputs, attack
+Attack side (Pang et al., CCS 2020, Section 5.1): attack success rate over non-target inputs, attack
 efficacy (mean target probability on those stamped inputs: Fig. 10's "misclassification
 confidence"), clean accuracy and its drop, mask L1. Detector side: the MAD anomaly index of
 NeuralCleanse, and F1 / precision / recall / FRR / FAR and ROC AUC, where AUC always comes from

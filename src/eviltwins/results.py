@@ -1,5 +1,5 @@
 """The base of every typed result: a dataclass that lower layers return and upper layers
-render, with JSON as the interchange format (ARCHITECTURE.md, "API conventions").
+render, with JSON as the interchange format (docs/architecture.md, API conventions).
 
 :meth:`Result.to_dict` is derived from the dataclass fields (plus ``schema``, the class's
 :attr:`Result.SCHEMA`); fields marked with :func:`internal` (a model, a tensor kept for the

@@ -148,7 +148,7 @@ class Trainer:
     and updates its running statistics once per step, but take no part in the cross-entropy
     nor in the accuracy. ``extra_loss(model, x, y, step, logits)`` adds a term computed from
     that one forward (``logits``: every row of ``x``; e.g. IMC's evasion terms); nothing here
-    runs a second forward in train mode (ALGORITHMS.md, TrojanNN*, step 2). Dropout draws
+    runs a second forward in train mode (TrojanNN*, Algorithm 2, model step). Dropout draws
     from a private RNG seeded with ``cfg.seed`` (CPU and, on CUDA, the device's generator; see
     :class:`~eviltwins.utils.PrivateRNG`) that carries on across ``steps()`` calls, so each call
     draws fresh masks; the caller's global RNG state is untouched.

@@ -102,7 +102,7 @@ def detect(
     Model inspectors (neural-cleanse, abs) return an
     :class:`~eviltwins.detectors.InspectionReport`. Input filters (strip, ensemble) are fitted on
     ``n_clean`` random held-out test images and evaluated on ``n_clean`` other random ones (a
-    split seeded by the detector's ``seed`` parameter; ALGORITHMS.md, input-filter protocol
+    split seeded by the detector's ``seed`` parameter; the input-filter protocol of the Methods pages
     and "Subsets and seeds"): with ``protocol="effective"`` (the authors') the
     clean set is those the model classifies correctly and the triggered set those of them
     (true label != target) that, stamped with ``trigger`` (default: the model folder's

@@ -55,14 +55,14 @@ REASR_BATCH = 128
 
 @DETECTORS.register("abs")
 class ABS(ModelInspector):
-    """ABS (Liu et al., CCS 2019), following ALGORITHMS.md ("ABS"):
+    """ABS (Liu et al., CCS 2019), as the authors' code runs it:
 
     1. Stimulation: on ``seeds_per_class`` held-out images per class, each channel of
        ``layer`` (default: the model's feature layer) is set, over its whole map, to each of
        ``levels`` x the *layer's* largest activation on the seeds (0 included; one scalar for
        the layer, as the original ABS and TrojanZoo: :func:`stimulation_levels`), and the
        logits recorded.
-    2. Elevation (ALGORITHMS.md step 2; the original and TrojanZoo's ``find_min_max``): per
+    2. Elevation (step 2; the original and TrojanZoo's ``find_min_max``): per
        channel, seed image and label, the elevation is the label's maximum logit over the
        high stimulation levels minus its minimum over the low ones (levels sorted ascending;
        low = the first ``max(1, n // 5)``, high = the rest; see :func:`low_high_split`), not

@@ -2,7 +2,7 @@
 ``dataset_params`` of each dataset), and equal re-training budgets for the pairs the claims
 compare.
 
-ALGORITHMS.md ("TrojanNN*", fair comparison; "Subsets and seeds"): the attacks compared in one
+Equal budgets (Pang et al., CCS 2020, Section 5: TrojanNN* against TrojanNN): the attacks compared in one
 claim re-train for the same number of steps, and a sweep refuses a pair that does not, unless
 the spec says so (``unequal_budgets: true``). A pair is an attack with an ``init`` (IMC:
 TrojanNN*, BadNet*) and each attack of the sweep that its ``init`` names
@@ -78,7 +78,7 @@ def _same_budget(base: Any, b: Any, star: Any, s: Any, dataset: str, n_datasets:
         f"attacks {base.display!r} and {star.display!r} are compared in the claims but "
         f"re-train for different budgets{on}: {base.display} {mine.describe()}, {star.display} "
         f"{theirs.describe()} (N: training batches per epoch); give both the same budget "
-        "(ALGORITHMS.md, TrojanNN*: TrojanNN epochs = TrojanNN* outer_iters of one epoch, or "
+        "(TrojanNN epochs = TrojanNN* outer_iters of one epoch, as the IMC authors run both, or "
         "one max_steps for both), or set 'unequal_budgets: true' in the spec to compare them "
         "anyway"
     )

@@ -16,7 +16,7 @@ steps, which the sweeps in ``configs/`` keep); STRIP's original variant (N=100) 
 the configs.
 
 One seed (``eviltwins demo --seed``): three would not fit three minutes. A claim is a statement
-over at least three seeds (ALGORITHMS.md, "Subsets and seeds"), so the demo's report shows each
+over at least three seeds (one paired difference per seed), so the demo's report shows each
 claim's measured mean with the verdict "not measured: needs >= 3 seeds"; the sweeps in
 ``configs/`` run seeds 0, 1 and 2.
 """

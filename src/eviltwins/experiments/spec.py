@@ -100,7 +100,7 @@ def _param_name(name: str) -> str:
 class AttackEntry(Entry):
     """An attack of the sweep: an :class:`Entry` whose ``dataset_params`` replace some of its
     ``params`` on the datasets they name, e.g. ``{gtsrb: {evade: {strip: 0.2}}}`` (the authors'
-    STRIP evasion weight on GTSRB, ALGORITHMS.md "Evading STRIP")."""
+    STRIP evasion weight on GTSRB)."""
 
     dataset_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 

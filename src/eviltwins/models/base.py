@@ -308,7 +308,7 @@ def consumer_of(
     shortcut convolution after the main branch, on the block's input. Here the output of
     ``layer`` is made the only tensor that carries gradient (model parameters frozen, input
     without gradient) and the first linear/conv layer called with an input that carries
-    gradient, i.e. a function of that output, is the consumer (ALGORITHMS.md, TrojanNN,
+    gradient, i.e. a function of that output, is the consumer (TrojanNN,
     step 2, "next layer"). Normalisation layers in between (batch norm) are passed over.
     ``example_input`` defaults to one zero image of ``model.input_shape``.
 

@@ -3,7 +3,7 @@ pass goes through (with their output shapes), and the feature layer picked when 
 declares none.
 
 TrojanNN (neuron selection), TrojanNN* and ABS (neuron stimulation) work on one internal layer
-(ALGORITHMS.md, TrojanNN step 1 and ABS step 1: "the last convolutional layer" by default).
+(TrojanNN, Liu et al. NDSS 2018, and ABS, Liu et al. CCS 2019: "the last convolutional layer" by default).
 Our architectures declare it (``feature_layer``); for any other model it is found by tracing
 one forward pass, by the rule of :func:`auto_feature_layer`.
 """

@@ -1,8 +1,8 @@
-"""The paper's claims (ALGORITHMS.md, "Claims a faithful implementation should show"), each
+"""The paper's claims (Pang et al., CCS 2020, Section 5), each
 with a stable ``id``, evaluated on a sweep's rows over its seeds: the measured value beside the
 paper's and whether the claim holds here.
 
-A claim is a statement over seeds (ALGORITHMS.md, "Subsets and seeds"). Each claim reads one
+A claim is a statement over seeds (each seed gives one paired difference). Each claim reads one
 number per seed: a paired difference (a TrojanNN* cell minus its baseline's at the same dataset,
 model, size, transparency and seed, :func:`~eviltwins.report.table.pairs`; or the reverse where
 "lower" is the claim) averaged over the settings the claim covers within that seed, or a

@@ -121,7 +121,7 @@ def line_figure(
 ) -> Path | None:
     """Rows: (dataset, model) x metric; columns: values of ``panel_key``; a line per group:
     its mean over seeds with error bars and a band of one standard deviation (the spread over
-    seeds, ALGORITHMS.md "Subsets and seeds"). ``metrics`` are (column, axis label, threshold
+    seeds). ``metrics`` are (column, axis label, threshold
     line or None); ``clean_rows`` draw the clean model's mean over seeds as a dotted line."""
     blocks = datasets(rows)
     cols = panels(rows, panel_key) if panel_key else [None]

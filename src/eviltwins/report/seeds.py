@@ -1,4 +1,4 @@
-"""Claims over seeds (ALGORITHMS.md, "Subsets and seeds"): a claim is a statement over seeds,
+"""Claims over seeds (every compared figure is measured on several seeds): a claim is a statement over seeds,
 read from the mean of one number per seed and its 95% Student t interval, and called holding
 only when the interval lies on the claimed side; with fewer than :data:`MIN_SEEDS` seeds it is
 not measured (it needs more seeds), never holding.

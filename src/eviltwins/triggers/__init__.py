@@ -3,7 +3,7 @@
 This is the one stamping function of the toolkit (Pang et al., CCS 2020, Section 5.1.2): every
 attack, detector and metric stamps through :func:`stamp` / :meth:`Trigger.stamp`, batched.
 
-The square watermark (:meth:`Trigger.square`) follows ALGORITHMS.md: a square of side
+The square watermark (:meth:`Trigger.square`) follows the paper's trigger (Section 5.1): a square of side
 ``round(size * W)`` pixels (at least 1), default bottom-right, with m = 1 - p on covered pixels
 for transparency p (p = 0 is opaque). A trigger from another toolkit, a pattern image with a mask
 image or an opacity alpha = 1 - p, is :meth:`Trigger.from_image` (:mod:`.images`), and
