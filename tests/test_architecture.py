@@ -1,4 +1,4 @@
-"""The layer contract and the size rule (README, "Architecture"): checked on the source tree."""
+"""The layer contract and the size rule (docs/architecture.md): checked on the source tree."""
 
 from __future__ import annotations
 
