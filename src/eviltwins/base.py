@@ -169,6 +169,20 @@ def check_numbers(options: dict[str, Any], what: str) -> None:
             )
 
 
+class IntervalOr(Interval):
+    """An :class:`Interval`, or one of the words ``also`` (``target: random``)."""
+
+    def __init__(self, kind: type, low: float, high: float, also: tuple[str, ...]) -> None:
+        super().__init__(kind, low, high)
+        self.also = also
+
+    def ok(self, value: Any) -> bool:
+        return value in self.also if isinstance(value, str) else super().ok(value)
+
+    def describe(self) -> str:
+        return f"{super().describe()} or {' or '.join(repr(a) for a in self.also)}"
+
+
 class OneOf(Constraint):
     """One of a fixed set of values."""
 

@@ -55,7 +55,9 @@ REASR_BATCH = 128
 
 @DETECTORS.register("abs")
 class ABS(ModelInspector):
-    """ABS (Liu et al., CCS 2019), as the authors' code runs it:
+    """ABS: stimulate neurons, then reverse a trigger from the suspicious ones.
+
+    Liu et al., CCS 2019, as the authors' code runs it:
 
     1. Stimulation: on ``seeds_per_class`` held-out images per class, each channel of
        ``layer`` (default: the model's feature layer) is set, over its whole map, to each of

@@ -34,7 +34,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from eviltwins.base import CLASS_INDEX, N_CLEAN, SEED_RANGE, SUBSET_SIZE, Check, check_numbers
+from eviltwins.base import (
+    CLASS_INDEX,
+    N_CLEAN,
+    SEED_RANGE,
+    SUBSET_SIZE,
+    Check,
+    Interval,
+    IntervalOr,
+    check_numbers,
+)
 from eviltwins.config import Validated, grid_list, read_yaml, unit_grid_list, validate
 from eviltwins.data import check_dataset_options, is_path_dataset
 from eviltwins.errors import ParamError
@@ -202,12 +211,9 @@ class SweepSpec(Validated):
             lambda v: isinstance(v, list) and all(isinstance(e, Entry) for e in v),
             "a list of detectors ({name, label, params})",
         ),
-        "target": Check(lambda v: v == RANDOM or CLASS_INDEX.ok(v), f"a class index or {RANDOM!r}"),
+        "target": IntervalOr(int, CLASS_INDEX.low, CLASS_INDEX.high, (RANDOM,)),
         "position": Check(lambda v: v in (None, RANDOM), f"{RANDOM!r} (or absent)"),
-        "sample": Check(
-            lambda v: v is None or (type(v) is int and 1 <= v <= MAX_SAMPLE),
-            f"backdoored twins per clean model, an int in [1, {MAX_SAMPLE}]",
-        ),
+        "sample": Interval(int, 1, MAX_SAMPLE, allow_none=True),
         "train_limit": SUBSET_SIZE,
         "test_limit": SUBSET_SIZE,
         "clean": Check(lambda v: isinstance(v, dict), "a mapping of training options"),
