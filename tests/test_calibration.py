@@ -455,3 +455,18 @@ def test_scan_refuses_a_calibration_of_detectors_it_does_not_run(tmp_path, capsy
     argv = ["scan", "--model", str(tmp_path / "m"), "--detectors", "neural-cleanse"]
     code = main([*argv, "--calibration", str(cal), "--out", str(tmp_path / "s")])
     _one_line_error(code, capsys.readouterr().err, "does not run abs")
+
+
+def test_a_default_scan_of_a_28x28_model_gets_the_shipped_population_calibration():
+    dets = inspectors(DETS)
+    params = {
+        n: {k: v for k, v in d.resolved_params().items() if k != "quiet"} for n, d in dets.items()
+    }
+    cal, why = matching_calibration((1, 28, 28), list(dets), params)
+    assert cal is not None, why
+    assert cal.n_models == 60 and cal.n_trojaned == 30 and cal.cv["auc"] > 0.8
+    assert all(c > 0 for c in cal.coef)  # a larger anomaly never lowers p(trojan)
+    assert cal.p_trojan({"neural-cleanse": 4.0, "abs": 1.0}) > 0.9
+    assert cal.p_trojan({"neural-cleanse": 0.5, "abs": 0.3}) < 0.1
+    other = {**params, "abs": {**params["abs"], "mask_bound": 0.12}}
+    assert matching_calibration((1, 28, 28), list(dets), other)[0] is None
