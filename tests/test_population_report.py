@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 
 from eviltwins.detectors.calibration import out_of_fold_p
-from eviltwins.metrics import population_scores
+from eviltwins.metrics import population_scores, roc_curve
 from eviltwins.report.population import (
     COMBINED,
     POPULATION_HEAD,
     inspector_labels,
     population_table,
-    roc_points,
 )
 
 
@@ -102,8 +101,8 @@ def test_p_trojan_is_scored_out_of_fold_and_combined_rows_follow_it():
     assert both["flags clean"] == f"{np.mean(p2[~y] >= 0.5):.2f}"
 
 
-def test_roc_points_run_from_nothing_flagged_to_everything():
-    fpr, tpr = roc_points(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True]))
+def test_roc_curve_runs_from_nothing_flagged_to_everything():
+    fpr, tpr = roc_curve(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True]))
     assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     assert fpr.tolist() == pytest.approx([0, 0, 0.5, 0.5, 1])

@@ -143,6 +143,20 @@ def detection_metrics(
 CE_EPSILON = 1e-12
 
 
+def roc_curve(
+    scores: Sequence[float] | Tensor | np.ndarray, is_trojaned: Sequence[bool] | Tensor | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve (FPR, TPR) of per-model ``scores``: every distinct score as a threshold
+    (flags scores >= it), from one above all (nothing flagged) down to the lowest (all)."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(is_trojaned, dtype=bool).reshape(-1)
+    thresholds = np.append(np.inf, np.unique(s)[::-1])
+    flagged = s[None, :] >= thresholds[:, None]  # (thresholds, models)
+    return (flagged & ~y).sum(1) / max(1, int((~y).sum())), (flagged & y).sum(1) / max(
+        1, int(y.sum())
+    )
+
+
 def rank_scores(
     scores: Sequence[float] | Tensor | np.ndarray,
     is_trojaned: Sequence[bool] | Tensor | np.ndarray,
@@ -177,10 +191,7 @@ def rank_scores(
         "n_clean": float(n_neg),
     }
     if n_pos and n_neg:
-        thresholds = np.append(np.unique(s), np.inf)  # each flags s >= threshold
-        flagged = s[None, :] >= thresholds[:, None]  # (thresholds, models)
-        tpr = (flagged & y).sum(1) / n_pos
-        fpr = (flagged & ~y).sum(1) / n_neg
+        fpr, tpr = roc_curve(s, y)
         out["fpr_at_tpr"] = float(fpr[tpr >= tpr_at].min())
         out["tpr_at_fpr"] = float(tpr[fpr <= fpr_at].max())
     return out

@@ -151,9 +151,8 @@ def cells(spec: SweepSpec) -> list[Cell]:
                 if spec.sample is None:
                     chosen = [c for atk in spec.attacks for c in _grid(spec, ds, model, atk, seed)]
                 else:
-                    chosen = [
-                        Cell(ds, model, a, None, None, seed) for a in spec.attacks if a.is_clean
-                    ]
+                    clean = [a for a in spec.attacks if a.is_clean]
+                    chosen = [c for a in clean for c in _grid(spec, ds, model, a, seed)]
                     for _ in range(spec.sample):
                         atk = attacks[turn % len(attacks)]
                         turn += 1

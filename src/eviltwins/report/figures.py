@@ -391,8 +391,7 @@ def _by_inspector(data: FigureInput) -> list[tuple[str, np.ndarray, np.ndarray, 
 def population_roc(data: FigureInput, path: Path) -> Path | None:
     """Per model inspector, the ROC curve of its per-model statistic: each attack's backdoored
     models against all the clean ones, and all attacks together (AUC in the legend)."""
-    from eviltwins.metrics import roc_auc
-    from eviltwins.report.population import roc_points
+    from eviltwins.metrics import roc_auc, roc_curve
 
     panels_ = _by_inspector(data)
     fig, axes = _figure(1, len(panels_), (3.8 * len(panels_), 3.6))
@@ -401,7 +400,7 @@ def population_roc(data: FigureInput, path: Path) -> Path | None:
         for kind in [*kinds, "all attacks"]:
             keep = ~y | np.array([kind in (a, "all attacks") for a in attacks])
             if keep.sum() > (~y).sum():
-                fpr, tpr = roc_points(s[keep], y[keep])
+                fpr, tpr = roc_curve(s[keep], y[keep])
                 auc = roc_auc(s[keep], y[keep])
                 bold = {"linewidth": 2.2, "color": "black"} if kind == "all attacks" else {}
                 ax.step(fpr, tpr, where="post", label=f"{kind} ({auc:.2f})", **bold)

@@ -68,15 +68,6 @@ def inspector_labels(rows: Sequence[Row]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def roc_points(scores: np.ndarray, is_trojaned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ROC curve (FPR, TPR) of ``scores``: every distinct score as a threshold (flags
-    scores >= it), from the one above all (nothing flagged) down."""
-    s, y = np.asarray(scores, dtype=np.float64), np.asarray(is_trojaned, dtype=bool)
-    thresholds = np.append(np.inf, np.unique(s)[::-1])
-    flagged = s[None, :] >= thresholds[:, None]
-    return (flagged & ~y).sum(1) / max(1, (~y).sum()), (flagged & y).sum(1) / max(1, y.sum())
-
-
 def _flags(row: Row, labels: Sequence[str]) -> set[str]:
     return {f for lab in labels for f in str(row.get(f"{lab}.flagged") or "").split()}
 
