@@ -5,6 +5,7 @@ Examples::
     python -m benchmarks                                  # cnn + cnn-heavy, 5 methods, real MNIST
     python -m benchmarks --models cnn --methods nc,abs    # some rows only
     python -m benchmarks --quick                          # digits, cnn, tiny budgets: a smoke run
+    python -m benchmarks --scale                          # paper-size models (benchmarks/scale.py)
 
 Needs real MNIST (``EVILTWINS_DATA`` or ``--data-root``), except with ``--quick``.
 """
@@ -61,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
         help="auto: CPU rows, plus CUDA rows when a GPU is present",
     )
     ap.add_argument("--quick", action="store_true", help="digits and tiny budgets (smoke run)")
+    ap.add_argument(
+        "--scale",
+        action="store_true",
+        help="the scale rows instead (CIFAR-shape ResNet-18 and VGG-16, 43 classes, 224x224): "
+        "projected full and scheduled scans, see benchmarks/scale.py",
+    )
     ap.add_argument("--out", type=Path, default=None, help="results and cached models")
     ap.add_argument("--fresh", action="store_true", help="rebuild the cached models")
     ap.add_argument("--data-root", type=Path, default=None, help="sets EVILTWINS_DATA")
@@ -82,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = parser()
     args = ap.parse_args(argv)
+    if args.scale:
+        from benchmarks import scale
+
+        return scale.main(["--rows"])
     methods = args.methods
     from eviltwins.models import MODELS
 

@@ -192,7 +192,10 @@ def scan(
     """Scan a model with model inspectors (NeuralCleanse and ABS by default; ``detectors``:
     any of ``eviltwins list detectors`` that inspects a model), each with its ``params``
     (``{"neural-cleanse": {"steps": 100}}``), for one verdict (:attr:`ScanReport.verdict
-    <eviltwins.detectors.scan.ScanReport.verdict>`). ``calibration`` gives the report its
+    <eviltwins.detectors.scan.ScanReport.verdict>`). Parameters not given take each inspector's
+    ``scan_params`` (label scheduling, bfloat16 where native) over its class defaults, unless
+    a shipped calibration fitted without them applies
+    (:func:`~eviltwins.detectors.scan.scan_settings`). ``calibration`` gives the report its
     p(trojan) (:mod:`eviltwins.detectors.calibration`): ``"auto"``, the shipped calibration
     fitted for the model's input shape with these detectors and settings, if there is one;
     ``"none"`` (or None), none; a calibration file (from :func:`calibrate`) or a

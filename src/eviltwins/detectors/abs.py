@@ -23,6 +23,7 @@ from eviltwins.base import (
 )
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.abs_remask import MASK_SIZES, project_mask, remask_loss
+from eviltwins.detectors.abs_schedule import CANDIDATE_SCHEDULES, reasr, screen_candidates
 from eviltwins.detectors.abs_stimulation import (
     STIMULATION_ELEMENTS,
     low_high_split,
@@ -30,9 +31,11 @@ from eviltwins.detectors.abs_stimulation import (
     stimulation_levels,
 )
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
-from eviltwins.errors import DataError, OptimisationError
+from eviltwins.errors import OptimisationError
 from eviltwins.models import feature_tap, layer_or_feature_layer
+from eviltwins.models.fold import fold_batchnorm
 from eviltwins.models.layout import CHANNELS_LAST, channels_last
+from eviltwins.models.precision import PRECISIONS, autocast, dtype_of, low_precision
 from eviltwins.models.rewrite import thin_conv_grads
 from eviltwins.results import EvasionClaim, ShownMetric
 from eviltwins.triggers import stamp
@@ -42,15 +45,11 @@ from eviltwins.utils import (
     frozen_params,
     is_real,
     make_generator,
-    nonfinite_outputs_message,
     progress,
 )
 
 # Step 3 forwards and back-propagates at most this many images at a time (whole candidates).
 REVERSE_BATCH = 64
-
-# REASR forwards at most this many images at a time (memory stays flat in ``n_eval``).
-REASR_BATCH = 128
 
 
 @DETECTORS.register("abs")
@@ -86,17 +85,13 @@ class ABS(ModelInspector):
        the recovered trigger (projected mask) sends to the label; a label is flagged at
        REASR >= ``threshold`` (0.8).
 
-    Speed and memory (same arithmetic): step 1 runs the layers before ``layer`` once on the
-    seeds and replicates the layer's output inside the hook, so each stimulated copy runs
-    only the layers after it (checked against the plain path on the first channel; a model
-    that mixes a tensor from before the layer into a later one falls back to the plain path;
-    ``details["stimulation"]`` says which ran), in batches of at most 16 MB of stimulated
-    maps; step 3 runs whole candidates, at most 64 images (at least one candidate), per
-    forward and backward (the gradients add up to the batched loss's; cache-sized passes ran
-    faster on CPU); step 4 forwards at most 128 images at a time; ``channels_last`` (auto) and
-    ``rewrites`` (the thin-convolution input gradient only: ABS's hooks rule out reordering
-    layers) as in :class:`NeuralCleanse`. On the MNIST BadNet model: 31 s plain, 20 s with
-    both (same verdict and REASRs).
+    Speed (same method): step 1 runs the layers before ``layer`` once and only the layers
+    after it per stimulated copy (checked on the first channel; ``details["stimulation"]``);
+    steps 3 and 4 run in passes of at most 64 and 128 images; ``channels_last`` and
+    ``rewrites`` (batch norm folded, thin first convolution) as in :class:`NeuralCleanse`.
+    ``schedule="k-arm"`` screens every candidate for ``screen_steps`` (a quarter of ``steps``)
+    and finishes the ``keep`` best (:mod:`~eviltwins.detectors.abs_schedule`);
+    ``precision="bf16"`` runs the model under bfloat16 autocast (an approximation).
 
     A label without a candidate is untested: its entry in ``scores`` / ``anomaly`` is 0 by
     convention, not a measured REASR, ``details["label_reasr"]`` is None for it, it is missing
@@ -147,9 +142,14 @@ class ABS(ModelInspector):
         "threshold": Interval(float, 0, 1),
         "channels_last": CHANNELS_LAST,
         "rewrites": OneOf(True, False),
+        "schedule": OneOf(*CANDIDATE_SCHEDULES),
+        "screen_steps": Interval(int, 1, MAX_STEPS, allow_none=True),
+        "keep": Interval(int, 1, MAX_NEURONS),
+        "precision": PRECISIONS,
         "seed": SEED_RANGE,
     }
     fast_params: ClassVar[dict[str, Any]] = {"steps": 10, "n_eval": 100, "top_k": 3}
+    scan_params: ClassVar[dict[str, Any]] = {"schedule": "k-arm", "precision": "auto"}
 
     def __init__(
         self,
@@ -166,6 +166,10 @@ class ABS(ModelInspector):
         threshold: float = 0.8,
         channels_last: bool | None = None,
         rewrites: bool = True,
+        schedule: str = "full",
+        screen_steps: int | None = None,
+        keep: int = 3,
+        precision: str = "fp32",
         seed: int = 0,
         quiet: bool | None = None,
     ) -> None:
@@ -182,6 +186,10 @@ class ABS(ModelInspector):
         self.threshold = threshold
         self.channels_last = channels_last
         self.rewrites = rewrites
+        self.schedule = schedule
+        self.screen_steps = screen_steps
+        self.keep = keep
+        self.precision = precision
         self.seed = seed
         self.quiet = quiet
 
@@ -217,16 +225,21 @@ class ABS(ModelInspector):
             eval_mode(model),
             frozen_params(model),
             channels_last(model, xs[:4], self.channels_last) as nhwc,
+            fold_batchnorm(model, xs[:4], self.rewrites, keep=(layer,)) as n_folded,
             thin_conv_grads(model, xs[:4], self.rewrites) as n_thin,
+            low_precision(model, xs[:4], self.precision) as precision,
         ):
             cands, elev, tail_only = self._candidates(model, layer, xs, ys, data.num_classes)
-            masks, patterns, reasr = self._reverse(model, layer, cands, xs, xe, ye, g)
+            dtype = dtype_of(precision)
+            masks, patterns, rates, unfinished = self._reverse(
+                model, layer, cands, (xs, ys), xe, ye, g, dtype
+            )
         k = data.num_classes
         best = torch.zeros(k)
         best_i = torch.full((k,), -1, dtype=torch.long)
         for i, (_, label) in enumerate(cands):
-            if best_i[label] < 0 or reasr[i] > best[label]:
-                best[label], best_i[label] = reasr[i], i
+            if best_i[label] < 0 or rates[i] > best[label]:
+                best[label], best_i[label] = rates[i], i
         c, h, w = data.shape
         out_m = torch.zeros(k, 1, h, w)
         out_p = torch.zeros(k, c, h, w)
@@ -248,7 +261,7 @@ class ABS(ModelInspector):
                 "layer": layer,
                 "no_candidate": not cands,
                 "candidates": [[int(n), int(lab)] for n, lab in cands],
-                "candidate_reasr": [float(r) for r in reasr],
+                "candidate_reasr": [float(r) for r in rates],
                 "candidate_mask_l1": [float(v) for v in masks.sum(dim=(1, 2, 3))],
                 "mask_bound_l1": self.mask_bound * h * w,
                 "elevation": elev,
@@ -258,7 +271,10 @@ class ABS(ModelInspector):
                 "n_seeds": len(xs),
                 "n_eval": len(xe),
                 "channels_last": nhwc,
-                "rewrites": {"thin_conv_grads": n_thin},
+                "rewrites": {"fold_batchnorm": n_folded, "thin_conv_grads": n_thin},
+                "precision": precision,
+                "schedule": self.schedule,
+                "unfinished_candidates": unfinished,
                 "stimulation": "layers after the stimulated one" if tail_only else "whole model",
             },
             labels=list(range(k)),
@@ -326,16 +342,20 @@ class ABS(ModelInspector):
         model: nn.Module,
         layer: str,
         cands: list[tuple[int, int]],
-        xs: Tensor,
+        seeds: tuple[Tensor, Tensor],
         xe: Tensor,
         ye: Tensor,
         g: torch.Generator,
-    ) -> tuple[Tensor, Tensor, list[float]]:
-        """Steps 3-4: batched trigger reverse engineering for every candidate, projection of
-        each mask onto the bound, then REASR with the projected masks."""
+        dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor, list[float], list[int]]:
+        """Steps 3-4: batched trigger reverse engineering for every candidate (or, with the
+        ``k-arm`` schedule, the screen's survivors: :mod:`~eviltwins.detectors.abs_schedule`),
+        projection of each mask onto the bound, then REASR with the projected masks; returns
+        the masks, patterns, REASRs and the indices of the candidates left unfinished."""
+        xs, ys = seeds
         c, h, w = xs.shape[1:]
         if not cands:
-            return torch.zeros(0, 1, h, w), torch.zeros(0, c, h, w), []
+            return torch.zeros(0, 1, h, w), torch.zeros(0, c, h, w), [], []
         n_k, dev = len(cands), xs.device
         chans = torch.tensor([n for n, _ in cands], device=dev)
         labels = torch.tensor([lab for _, lab in cands], device=dev)
@@ -350,13 +370,20 @@ class ABS(ModelInspector):
         # candidates per forward/backward: at most REVERSE_BATCH images (the loss is a sum of
         # independent per-candidate terms, so the chunks' gradients add up to the full one)
         per = max(1, REVERSE_BATCH // len(xs))
+        screen_at = self.screen_at()
+        held = None  # the unfinished candidates' screen parameters
         for step in range(self.steps):
+            if step == screen_at:
+                held = screen_candidates(
+                    model, (xs, ys), w_m, w_p, labels, bound, (self.keep, self.threshold), dtype
+                )
+                rows = (~held[0]).nonzero().flatten()
             opt.zero_grad(set_to_none=True)
             total = 0.0
-            for k0 in range(0, n_k, per):
+            for k0 in range(0, len(rows), per):
                 ks = rows[k0 : k0 + per]
                 total += float(
-                    self._reverse_loss(model, layer, xs, w_m, w_p, chans, labels, ks, step)
+                    self._reverse_loss(model, layer, xs, w_m, w_p, chans, labels, ks, step, dtype)
                 )
             if not math.isfinite(total):
                 bar.close()
@@ -367,11 +394,23 @@ class ABS(ModelInspector):
             opt.step()
             bar.update(1)
         bar.close()
+        unfinished: list[int] = []
         with torch.no_grad():
+            if held is not None:  # Adam's momentum moved them: back to the screen's triggers
+                stop, w_m[stop], w_p[stop] = held[0], held[1], held[2]
+                unfinished = stop.nonzero().flatten().tolist()
             m = project_mask((torch.tanh(w_m) + 1) / 2, bound)
             p = (torch.tanh(w_p) + 1) / 2
-            reasr = self._reasr(model, m, p, labels, xe, ye)
-        return m.cpu(), p.cpu(), reasr
+            rates = reasr(model, m, p, labels, xe, ye, dtype)
+        return m.cpu(), p.cpu(), rates, unfinished
+
+    def screen_at(self) -> int | None:
+        """The step at which the ``k-arm`` schedule's screen ends (``screen_steps``, by default a
+        quarter of ``steps``); None for the ``full`` schedule or a screen as long as ``steps``."""
+        if self.schedule != "k-arm":
+            return None
+        at = self.screen_steps or max(1, self.steps // 4)
+        return at if at < self.steps else None
 
     def _reverse_loss(
         self,
@@ -384,6 +423,7 @@ class ABS(ModelInspector):
         labels: Tensor,
         ks: Tensor,
         step: int,
+        dtype: torch.dtype | None = None,
     ) -> Tensor:
         """Step 3's loss for candidates ``ks`` at ``step``, back-propagated into ``w_m`` and
         ``w_p`` (their rows ``ks``); returns the loss (detached)."""
@@ -391,43 +431,18 @@ class ABS(ModelInspector):
         m = (torch.tanh(w_m[ks]) + 1) / 2
         p = (torch.tanh(w_p[ks]) + 1) / 2
         stamped = stamp(xs[None], m[:, None], p[:, None])
-        with feature_tap(model, layer) as tap:
+        with feature_tap(model, layer) as tap, autocast(xs.device, dtype):
             logits = model(stamped.reshape(-1, c, h, w))
         late = step >= self.steps // 2  # the label's logit joins in the second half
         loss = remask_loss(
-            tap["out"],
+            tap["out"].float(),
             chans[ks],
             m,
             self.mask_bound * h * w,
-            logits if late else None,
+            logits.float() if late else None,
             labels[ks] if late else None,
             self.mask_size,
         ).sum()
         if torch.isfinite(loss):
             loss.backward()
         return loss.detach()
-
-    @torch.no_grad()
-    def _reasr(
-        self,
-        model: nn.Module,
-        masks: Tensor,
-        patterns: Tensor,
-        labels: Tensor,
-        xe: Tensor,
-        ye: Tensor,
-    ) -> list[float]:
-        """Step 4: per candidate, the share of held-out images of other labels that the
-        trigger (``masks`` already projected onto the bound) sends to its label."""
-        out = []
-        for k in range(len(masks)):
-            xk = xe[ye != labels[k]]
-            hits = 0
-            for i in range(0, len(xk), REASR_BATCH):
-                xb = xk[i : i + REASR_BATCH]
-                logits = model(stamp(xb, masks[k], patterns[k]))
-                if not bool(torch.isfinite(logits).all()):
-                    raise DataError(nonfinite_outputs_message("trigger-stamped held-out"))
-                hits += int((logits.argmax(1) == labels[k]).sum())
-            out.append(hits / len(xk) if len(xk) else 0.0)
-        return out

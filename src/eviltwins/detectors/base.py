@@ -43,6 +43,9 @@ class ModelInspector(Estimator, abc.ABC):
     scan_measure: ClassVar[str] = "anomaly"
     #: The paper's claim that TrojanNN* evades this detector (None: no claim checked).
     evasion_claim: ClassVar[EvasionClaim | None] = None
+    #: What ``scan`` changes from the class defaults to run faster (parameters the user did
+    #: not set); a shipped calibration fitted without them takes precedence.
+    scan_params: ClassVar[dict[str, Any]] = {}
 
     def inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
         """Inspect ``model`` (left untouched) with held-out ``data.test`` images.

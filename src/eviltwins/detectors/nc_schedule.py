@@ -1,5 +1,17 @@
-"""NeuralCleanse's cost schedule (Wang et al., S&P 2019, and their released code), one check
-at a time for a batch of labels, as Wang et al.'s ``visualizer.py`` runs it.
+"""NeuralCleanse's schedules: the cost schedule (Wang et al., S&P 2019, and their released
+code), one check at a time for a batch of labels, as Wang et al.'s ``visualizer.py`` runs it;
+and the label schedule, which spends the budget on the labels whose triggers shrink fastest
+(after K-Arm, Shen et al., ICML 2021).
+
+Label schedule ``k-arm``: every label is optimised for a short screen (``screen_steps``); the
+rest of the budget goes to the ``keep`` labels whose masks are then smallest and to any label
+the screen's own outlier test would flag (:func:`labels_to_finish`); the others stop there.
+Each label's optimisation depends only on its own mask, pattern, cost and Adam state and the
+shared mini-batches, so a finished label runs exactly the steps, and reaches exactly the norm,
+it reaches when every label gets the whole budget. An unfinished label enters the MAD test
+with its screen norm scaled by the finished labels' median shrink from the screen to the end
+(:func:`projected_norms`): the anomaly index is scale-free, so when the clean labels shrink
+alike after the screen the finished labels' indices are those of the full run.
 """
 
 from __future__ import annotations
@@ -76,4 +88,71 @@ def next_cost(state: CostState, ok: Tensor, init_cost: float, patience: int) -> 
     )
 
 
-__all__ = ["COST_DOWN", "COST_UP", "CostState", "next_cost"]
+#: NeuralCleanse's label schedules: every label the whole budget, or K-Arm-style scheduling.
+LABEL_SCHEDULES = ("full", "k-arm")
+
+
+def default_keep(n_labels: int) -> int:
+    """Labels finished after the screen by default: the nearest integer to sqrt(n), at least 2
+    (3 of 10, 7 of 43, 10 of 100)."""
+    return max(2, round(n_labels**0.5))
+
+
+def screen_norms(best_l1: Tensor, last_l1: Tensor) -> Tensor:
+    """Each label's norm at the end of the screen: its best mask's L1 so far, else (no check
+    reached the success rate yet) the L1 of its mask at the last check."""
+    return torch.where(torch.isfinite(best_l1), best_l1, last_l1)
+
+
+def labels_to_finish(screen: Tensor, running: Tensor, keep: int, threshold: float) -> Tensor:
+    """The labels that get the rest of the budget after the screen (K-Arm's arms worth pulling):
+    among those still ``running``, the ``keep`` with the smallest screen norms (the triggers
+    that shrank most), and every one whose anomaly index on the screen norms of all labels
+    exceeds ``threshold`` (a label the screen alone would flag is always finished)."""
+    from eviltwins.metrics import anomaly_index
+
+    finish = torch.zeros_like(running)
+    order = torch.where(running, screen, torch.full_like(screen, float("inf"))).argsort()
+    finish[order[: min(keep, int(running.sum()))]] = True
+    if len(screen) > 2:
+        index = torch.tensor(anomaly_index(screen.tolist()), device=screen.device)
+        finish |= index > threshold
+    return finish & running
+
+
+def projected_norms(norms: Tensor, screen: Tensor, finished: Tensor, unfinished: Tensor) -> float:
+    """Put the unfinished labels' norms on the finished labels' footing, in place: each becomes
+    its screen norm x the median over the labels finished after the screen of (final norm /
+    screen norm); returns that shrink factor (1.0 when no label ran past the screen)."""
+    if not bool(unfinished.any()) or not bool(finished.any()):
+        return 1.0
+    ratio = (norms[finished] / screen[finished].clamp_min(1e-12)).median()
+    norms[unfinished] = screen[unfinished] * ratio
+    return float(ratio)
+
+
+def merged_schedules(parts: list[dict]) -> dict:
+    """The report's record of the label schedule over the label chunks: the screen's end
+    (``screen_at``, None when no screen ran), the ``unfinished`` labels, the ``shrink`` factor
+    of each chunk that screened and the ``screen_norms`` of its labels."""
+    ran = [p for p in parts if p.get("screen_norms") is not None]
+    return {
+        "screen_at": parts[0]["screen_at"] if ran else None,
+        "unfinished": [lab for p in parts for lab in p["unfinished"]],
+        "shrink": [p["shrink"] for p in ran],
+        "screen_norms": [v for p in ran for v in p["screen_norms"]] if ran else None,
+    }
+
+
+__all__ = [
+    "COST_DOWN",
+    "COST_UP",
+    "LABEL_SCHEDULES",
+    "CostState",
+    "default_keep",
+    "labels_to_finish",
+    "merged_schedules",
+    "next_cost",
+    "projected_norms",
+    "screen_norms",
+]

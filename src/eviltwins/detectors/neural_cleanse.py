@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from torch import Generator, Tensor, nn
+from torch import Tensor, nn
 
 from eviltwins.base import (
     MAX_BATCH,
@@ -25,15 +25,21 @@ from eviltwins.base import (
 )
 from eviltwins.data import DatasetSpec, load_all
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
-from eviltwins.detectors.nc_schedule import CostState, next_cost
-from eviltwins.errors import OptimisationError, ParamError
+from eviltwins.detectors.nc_reverse import reverse_labels
+from eviltwins.detectors.nc_schedule import (
+    LABEL_SCHEDULES,
+    merged_schedules,
+)
+from eviltwins.errors import ParamError
 from eviltwins.evasion import EVASIONS, EvasionTerm
 from eviltwins.metrics import anomaly_index
+from eviltwins.models.fold import fold_batchnorm
 from eviltwins.models.layout import CHANNELS_LAST, channels_last, images_per_pass, nhwc
+from eviltwins.models.precision import PRECISIONS, autocast, dtype_of, low_precision
 from eviltwins.models.rewrite import pool_before_relu, thin_conv_grads
 from eviltwins.results import EvasionClaim, ShownMetric
 from eviltwins.triggers import stamp
-from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator, progress
+from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator
 
 # Images per forward/backward pass on CPU (see NeuralCleanse.pass_images_on).
 CPU_PASS_IMAGES = 64
@@ -54,50 +60,36 @@ class NeuralCleanse(ModelInspector):
     For every label y, min over (m, delta) of CE(f((1 - m) x + m delta), y) + cost_y * ||m||_1
     with a single-channel HxW mask and tanh parameters (Adam lr 0.1, betas (0.5, 0.9)); then the
     MAD outlier test on the per-label L1 norms of the best masks (anomaly index > ``threshold``
-    = 2 flags the label).
+    = 2 flags the label). All labels (or ``labels``) are optimised together, each with its own
+    mask, pattern, cost and schedule state (chunks of ``label_chunk`` labels when memory
+    requires); the batch shrinks as labels stop.
 
-    All labels (or ``labels``) are optimised together: one forward pass per step over
-    ``batch_size`` images x every label, each label with its own mask, pattern, cost and
-    schedule state (chunks of ``label_chunk`` labels when memory requires).
+    Cost schedule and early stop: Wang et al.'s ``visualizer.py`` (see
+    :func:`~eviltwins.detectors.nc_schedule.next_cost`): cost 0 until success >= ``success``
+    held for ``patience`` checks, then ``init_cost``, x1.5 / ÷1.5^1.5 after ``patience``
+    successful / failing checks; the best mask is the smallest L1 with success >= 0.99; a label
+    stops once its best L1 has not fallen below ``early_stop_threshold`` x the best before it
+    for ``early_stop_patience`` (2 x ``patience``) checks, with the cost raised and lowered at
+    least once. A check is every ``check_every`` mini-batches (None: once per epoch).
 
-    Cost schedule (original code, :func:`~eviltwins.detectors.nc_schedule.next_cost`): the cost
-    starts at 0; once success >= ``success`` (0.99) held for ``patience`` checks it becomes
-    ``init_cost`` (1e-3); then it is multiplied by 1.5 after ``patience`` successful checks and
-    divided by 1.5^1.5 after ``patience`` failing ones (the check that sets the cost counts as
-    the first successful one, as in Wang et al.'s ``visualizer.py``); the best mask (smallest L1
-    with success >= 0.99) is kept; a label stops early once its best L1 has not improved by more
-    than a factor ``early_stop_threshold`` (0.99: a check counts as no progress unless the best
-    L1 fell below 0.99 x the best before it) for ``early_stop_patience`` (2 x ``patience``)
-    checks in a row, with the cost both raised and lowered at least once (Wang et al.'s
-    ``visualizer.py`` defaults, also TrojanZoo's; ``early_stop_threshold=1.0`` counts any
-    decrease as progress, as their GTSRB example). The optimisation runs only on the labels
-    still active: the batch shrinks as labels stop. A check is every ``check_every``
-    mini-batches (``None``: once per epoch, the original).
+    Budget in optimisation steps: ``steps``, or ``epochs`` x ceil(``n_inputs`` /
+    ``batch_size``) with the nominal ``n_inputs`` (``imc``: 10 x 1,600 / 32 = 500 steps per
+    label), drawn at random from ``data.test`` and cycled through when it holds fewer.
+    ``details["steps"]`` records the steps each label ran, ``details["budget_steps"]`` the
+    budget.
 
-    Budget in optimisation steps (Pang et al.'s epochs, counted as steps): ``steps``, or by
-    default ``epochs`` x ceil(``n_inputs`` / ``batch_size``) with the *nominal* ``n_inputs``
-    (``imc``: 10 x 1,600 / 32 = 500 steps per label). ``n_inputs`` random images are drawn from
-    ``data.test`` (held-out clean data); when it holds fewer, every image is used and the
-    optimisation cycles through them (a fresh shuffle per pass) until the steps are spent, so a
-    small split never silently runs fewer steps. An "epoch" (the check interval when
-    ``check_every`` is None) is ceil(``n_inputs`` / ``batch_size``) steps, as in Wang et al.'s
-    code, whose data generator also cycles. Early stopping (``early_stop``, on by default: the
-    original rule) may still end a label before the budget; ``details["steps"]`` records the
-    steps each label actually ran and ``details["budget_steps"]`` the budget.
+    Label schedule: ``schedule="full"`` (default) gives every label the budget;
+    ``schedule="k-arm"`` screens every label for ``screen_steps`` (a fifth of the budget) and
+    finishes only the ``keep`` most promising ones (after K-Arm, Shen et al., ICML 2021; see
+    :mod:`eviltwins.detectors.nc_schedule` for how the other labels enter the MAD test).
 
-    Passes: each step's forward and backward run over whole labels, ``pass_images`` images at
-    a time (None: 64 on CPU, where the activations then stay in cache, one pass on a GPU);
-    the per-label losses are independent, so the gradients are the one-batch gradients and
-    one Adam step follows (the method is unchanged, only the order of the arithmetic).
-
-    Layout: ``channels_last`` (None = auto, the default: on CPU for a model with 2-D
-    convolutions; True / False) holds the convolution weights and the stamped batch in NHWC for
-    the run, after checking that the model gives the same logits in that layout (see
-    :func:`eviltwins.models.layout.channels_last`); ``details["channels_last"]`` records
-    whether it was used. ``rewrites`` (on by default) runs ReLU -> max-pool pairs pool-first
-    (exact) and back-propagates through thin first convolutions with one matrix product (same
-    sums, float rounding), each checked on a few inputs first (see
-    :mod:`eviltwins.models.rewrite`); ``details["rewrites"]`` counts what was used.
+    Same method, other order of arithmetic: passes of ``pass_images`` images (64 on CPU);
+    ``channels_last`` (auto); ``rewrites`` (batch norm folded into its convolution,
+    ReLU -> max-pool run pool-first, thin first convolutions' input gradient as one matrix
+    product), each checked on a few inputs first (:mod:`eviltwins.models.fold`,
+    :mod:`eviltwins.models.rewrite`). ``precision="bf16"`` (or ``"auto"`` on hardware with
+    native bfloat16) runs the model under bfloat16 autocast (:mod:`eviltwins.models.precision`):
+    an approximation, recorded in ``details["precision"]``.
 
     Presets: ``imc`` (default; Pang et al.: 1,600 inputs, 10 epochs, checks every 10 batches)
     and ``original`` (80 epochs, checks once per epoch). Explicit parameters override a preset.
@@ -142,6 +134,10 @@ class NeuralCleanse(ModelInspector):
         "channels_last": CHANNELS_LAST,
         "rewrites": OneOf(True, False),
         "pass_images": Interval(int, 1, MAX_IMAGES, allow_none=True),
+        "schedule": OneOf(*LABEL_SCHEDULES),
+        "screen_steps": Interval(int, 1, MAX_STEPS, allow_none=True),
+        "keep": Interval(int, 1, MAX_CLASSES, allow_none=True),
+        "precision": PRECISIONS,
         "seed": SEED_RANGE,
         "labels": Check(
             lambda v: (
@@ -160,6 +156,7 @@ class NeuralCleanse(ModelInspector):
         ),
     }
     fast_params: ClassVar[dict[str, Any]] = {"steps": 20, "n_inputs": 64, "labels": [0, 1, 2]}
+    scan_params: ClassVar[dict[str, Any]] = {"schedule": "k-arm", "precision": "auto"}
     _presets = ("preset", PRESETS)
 
     def __init__(
@@ -183,6 +180,10 @@ class NeuralCleanse(ModelInspector):
         channels_last: bool | None = None,
         rewrites: bool = True,
         pass_images: int | None = None,
+        schedule: str = "full",
+        screen_steps: int | None = None,
+        keep: int | None = None,
+        precision: str = "fp32",
         seed: int = 0,
         quiet: bool | None = None,
     ) -> None:
@@ -205,6 +206,10 @@ class NeuralCleanse(ModelInspector):
         self.channels_last = channels_last
         self.rewrites = rewrites
         self.pass_images = pass_images
+        self.schedule = schedule
+        self.screen_steps = screen_steps
+        self.keep = keep
+        self.precision = precision
         self.seed = seed
         self.quiet = quiet
 
@@ -232,21 +237,25 @@ class NeuralCleanse(ModelInspector):
         pick = torch.randperm(len(x_all), generator=g)[: self.resolved("n_inputs")]
         x, y = x_all[pick].to(device_of(model)), y_all[pick].to(device_of(model))
         chunk = self.label_chunk or len(labels)
-        norms, masks, patterns, succ, steps = [], [], [], [], []
+        norms, masks, patterns, succ, steps, sched = [], [], [], [], [], []
         with (
             eval_mode(model),
             frozen_params(model),
             channels_last(model, x[:4], self.channels_last) as nhwc_on,
+            fold_batchnorm(model, x[:4], self.rewrites) as n_folded,
             pool_before_relu(model, x[:4], self.rewrites) as n_reordered,
             thin_conv_grads(model, x[:4], self.rewrites) as n_thin,
+            low_precision(model, x[:4], self.precision) as precision,
         ):
             for i in range(0, len(labels), chunk):
-                out = self._reverse(model, x, y, labels[i : i + chunk], g, nhwc_on)
+                part = labels[i : i + chunk]
+                out = reverse_labels(self, model, x, y, part, g, nhwc_on, dtype_of(precision))
                 norms += out[0]
                 masks.append(out[1])
                 patterns.append(out[2])
                 succ += out[3]
                 steps += out[4]
+                sched.append(out[5])
         idx = anomaly_index(norms) if len(norms) > 2 else [0.0] * len(norms)
         flagged = [lab for lab, a in zip(labels, idx, strict=True) if a > self.threshold]
         return InspectionReport(
@@ -270,11 +279,28 @@ class NeuralCleanse(ModelInspector):
                 "early_stop_threshold": self.early_stop_threshold,
                 "preset": self.preset,
                 "channels_last": nhwc_on,
-                "rewrites": {"pool_before_relu": n_reordered, "thin_conv_grads": n_thin},
+                "rewrites": {
+                    "fold_batchnorm": n_folded,
+                    "pool_before_relu": n_reordered,
+                    "thin_conv_grads": n_thin,
+                },
                 "pass_images": self.pass_images_on(x.device),
+                "precision": precision,
+                "schedule": self.schedule,
+                **merged_schedules(sched),
             },
             labels=[int(lab) for lab in labels],
         )
+
+    def screen_at(self, check_every: int) -> int | None:
+        """The step at which the ``k-arm`` label schedule's screen ends (``screen_steps``, by
+        default a fifth of the budget, rounded up to a check); None for the ``full`` schedule
+        or when the screen would last the whole budget."""
+        if self.schedule != "k-arm":
+            return None
+        wanted = self.screen_steps or max(1, self.budget_steps() // 5)
+        at = math.ceil(wanted / check_every) * check_every
+        return at if at < self.budget_steps() else None
 
     def pass_images_on(self, device: torch.device) -> int:
         """Images per forward/backward pass: ``pass_images``, else 64 on CPU and unbounded on
@@ -294,6 +320,7 @@ class NeuralCleanse(ModelInspector):
         target: Tensor,
         cost: Tensor,
         fast: bool,
+        dtype: torch.dtype | None = None,
     ) -> tuple[Tensor, Tensor, float]:
         """One forward and backward pass for labels ``kk`` on the mini-batch ``xb`` / ``yb``: the
         loss CE(f((1 - m) x + m p), y) + cost_y ||m||_1 (+ :meth:`_extra_loss`) summed over the
@@ -303,7 +330,9 @@ class NeuralCleanse(ModelInspector):
         m = (torch.tanh(w_m[kk]) + 1) / 2  # (k, 1, H, W)
         p = (torch.tanh(w_p[kk]) + 1) / 2  # (k, C, H, W)
         stamped = stamp(xb[None], m[:, None], p[:, None]).reshape(-1, c, h, w)
-        logits = model(nhwc(stamped) if fast else stamped).view(len(kk), len(xb), -1)
+        with autocast(xb.device, dtype):
+            logits = model(nhwc(stamped) if fast else stamped)
+        logits = logits.float().view(len(kk), len(xb), -1)
         y = target[kk][:, None].expand(-1, len(xb))
         ce = nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
@@ -322,112 +351,6 @@ class NeuralCleanse(ModelInspector):
     ) -> Tensor | float:
         """Per-label terms (k,) added to the losses of labels ``t``: none (TABOR's hook)."""
         return 0.0
-
-    def _reverse(
-        self, model: nn.Module, x: Tensor, y: Tensor, labels: list[int], g: Generator, fast: bool
-    ) -> tuple[list[float], Tensor, Tensor, list[float], list[int]]:
-        """Batched reverse engineering of the triggers of ``labels`` (Wang et al., Alg. 1):
-        :meth:`budget_steps` steps per label, cycling through ``x``; returns the norms, masks,
-        patterns, success rates of the best masks and the steps each label ran."""
-        n_lab, (c, h, w), dev = len(labels), x.shape[1:], x.device
-        # tanh parameters, initialised at random like the original (uniform in [0, 1] space).
-        w_m = torch.atanh((torch.rand(n_lab, 1, h, w, generator=g) * 2 - 1) * 0.999).to(dev)
-        w_p = torch.atanh((torch.rand(n_lab, c, h, w, generator=g) * 2 - 1) * 0.999).to(dev)
-        w_m.requires_grad_(True)
-        w_p.requires_grad_(True)
-        opt = torch.optim.Adam([w_m, w_p], lr=self.lr, betas=(0.5, 0.9))
-        target = torch.tensor(labels, device=dev)
-        n_batches = math.ceil(len(x) / self.batch_size)  # per pass over the available x
-        budget = self.budget_steps()
-        check_every = self.resolved("check_every") or self.steps_per_epoch()
-        patience = self.resolved("patience")
-        es_patience = self.early_stop_patience or 2 * patience
-        inf = float("inf")
-        sched = CostState.start(n_lab, dev)
-        best_l1 = torch.full((n_lab,), inf, device=dev)
-        best_m = torch.zeros(n_lab, 1, h, w, device=dev)
-        best_p = torch.zeros(n_lab, c, h, w, device=dev)
-        best_succ = torch.zeros(n_lab, device=dev)
-        es_cnt = torch.zeros(n_lab, dtype=torch.long, device=dev)
-        es_best = torch.full((n_lab,), inf, device=dev)
-        active = torch.ones(n_lab, dtype=torch.bool, device=dev)
-        steps_run = torch.zeros(n_lab, dtype=torch.long, device=dev)
-        acc_sum = torch.zeros(n_lab, device=dev)
-        l1_sum = torch.zeros(n_lab, device=dev)
-        seen = 0
-        ids = torch.arange(n_lab, device=dev)  # the labels still active
-        per = max(1, self.pass_images_on(dev) // self.batch_size)  # labels per pass
-        bar = progress(
-            total=budget, desc=f"{self.name} labels {labels[0]}..{labels[-1]}", quiet=self.quiet
-        )
-        step = 0
-        while step < budget and active.any():  # passes over x, cycling until the budget
-            order = torch.randperm(len(x), generator=g).to(dev)
-            for b in range(n_batches):
-                if step >= budget or not active.any():
-                    break
-                rows = order[b * self.batch_size : (b + 1) * self.batch_size]
-                xb, yb = x[rows], y[rows]
-                # whole labels per forward/backward (``per``): the loss is a sum of per-label
-                # terms, so the passes' gradients add up to the one-batch gradient
-                opt.zero_grad(set_to_none=True)
-                acc = torch.empty(len(ids), device=dev)
-                l1 = torch.empty(len(ids), device=dev)
-                for k0 in range(0, len(ids), per):
-                    kk = ids[k0 : k0 + per]
-                    acc_k, l1_k, loss_k = self._pass(
-                        model, xb, yb, w_m, w_p, kk, target, sched.cost, fast
-                    )
-                    if not math.isfinite(loss_k):
-                        bar.close()
-                        raise OptimisationError(
-                            f"{type(self).__name__} diverged at step {step + 1} (loss {loss_k}): "
-                            "the model's outputs on stamped inputs are NaN/inf or huge; check the "
-                            f"model, or lower lr (now {self.lr:g})"
-                        )
-                    acc[k0 : k0 + per], l1[k0 : k0 + per] = acc_k, l1_k
-                opt.step()
-                acc_sum[ids] += acc
-                l1_sum[ids] += l1
-                steps_run[ids] += 1
-                seen += 1
-                step += 1
-                bar.update(1)
-                if seen < check_every:
-                    continue
-                with torch.no_grad():
-                    avg_acc, avg_l1 = acc_sum / seen, l1_sum / seen
-                    acc_sum.zero_()
-                    l1_sum.zero_()
-                    seen = 0
-                    ok = avg_acc >= self.success
-                    # best mask: smallest L1 among successful checks (current parameters)
-                    better = active & ok & (avg_l1 < best_l1)
-                    if better.any():
-                        best_l1[better] = avg_l1[better]
-                        best_m[better] = (torch.tanh(w_m[better]) + 1) / 2
-                        best_p[better] = (torch.tanh(w_p[better]) + 1) / 2
-                        best_succ[better] = avg_acc[better]
-                    # early stop
-                    has_best = best_l1 < inf
-                    stalled = best_l1 >= self.early_stop_threshold * es_best
-                    es_cnt = torch.where(has_best & stalled, es_cnt + 1, torch.zeros_like(es_cnt))
-                    es_best = torch.minimum(es_best, best_l1)
-                    if self.early_stop:
-                        done = sched.up_flag & sched.down_flag & (es_cnt >= es_patience)
-                        active &= ~done
-                        ids = active.nonzero().squeeze(1)
-                    sched = next_cost(sched, ok, self.init_cost, patience)  # cost schedule
-                bar.set_postfix(active=int(active.sum()))
-        bar.close()
-        with torch.no_grad():
-            final_m = (torch.tanh(w_m) + 1) / 2
-            final_p = (torch.tanh(w_p) + 1) / 2
-            none = best_l1 == inf  # never reached the success rate: report the final mask
-            best_m[none] = final_m[none]
-            best_p[none] = final_p[none]
-            norms = best_m.abs().sum(dim=(1, 2, 3))
-        return norms.tolist(), best_m, best_p, best_succ.tolist(), steps_run.tolist()
 
 
 def neural_cleanse_fidelity(

@@ -14,6 +14,7 @@ report's files (``scan.json``, the reversed triggers, ``scan.html``) is
 from __future__ import annotations
 
 import difflib
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -127,7 +128,26 @@ def inspectors(
             )
         given[key] = values or {}
     built = {k: DETECTORS.build(k, given.get(k), quiet) for k in keys}
-    return {k: det for k, det in built.items() if isinstance(det, ModelInspector)}
+    out = {k: det for k, det in built.items() if isinstance(det, ModelInspector)}
+    for k, det in out.items():  # scan's speed defaults, where the user did not choose
+        applied = {p: v for p, v in det.scan_params.items() if p not in given.get(k, {})}
+        det.set_params(**applied)
+        det._scan_applied = applied  # type: ignore[attr-defined]
+    return out
+
+
+def _without_scan_params(det: ModelInspector) -> ModelInspector:
+    """``det`` with the scan defaults it was given (:func:`inspectors`) back at the class's."""
+    applied = getattr(det, "_scan_applied", {})
+    sig = inspect.signature(type(det)).parameters
+    return type(det)(**{**det.get_params(), **{p: sig[p].default for p in applied}})
+
+
+def _params_of(detectors: Mapping[str, ModelInspector]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {k: v for k, v in det.resolved_params().items() if k != "quiet"}
+        for name, det in detectors.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -340,6 +360,28 @@ def _described(cal: Any, used: bool) -> bool:
     return all(isinstance(d, str) for d in dets) and all(is_real(c) for c in coef)
 
 
+def scan_settings(
+    detectors: Mapping[str, ModelInspector],
+    calibration: Calibration | str | None,
+    input_shape: Sequence[int],
+) -> tuple[
+    Mapping[str, ModelInspector], dict[str, dict[str, Any]], Calibration | None, dict[str, Any]
+]:
+    """The inspectors a scan runs, their parameters, its calibration and what the report says
+    of it (:func:`~eviltwins.detectors.calibration_choice.scan_calibration`). With
+    ``calibration="auto"``, when no shipped calibration applies to the inspectors as given but
+    one applies to them without the scan's speed defaults (``scan_params``: label scheduling,
+    bfloat16), those defaults give way and the inspectors run as the calibration was fitted."""
+    params = _params_of(detectors)
+    cal, about = scan_calibration(calibration, list(detectors), params, input_shape)
+    if cal is None and calibration == "auto":
+        plain = {n: _without_scan_params(d) for n, d in detectors.items()}
+        found, why = scan_calibration("auto", list(plain), _params_of(plain), input_shape)
+        if found is not None:
+            return plain, _params_of(plain), found, why
+    return detectors, params, cal, about
+
+
 def run_scan(
     detectors: Mapping[str, ModelInspector],
     model: nn.Module,
@@ -353,11 +395,7 @@ def run_scan(
     held-out ``data.test`` images; ``source`` names the model in the report and ``classes``
     its class names (default: the dataset's). ``calibration`` (see :func:`scan_calibration`;
     checked before any inspector runs) gives the report its p(trojan)."""
-    params = {
-        name: {k: v for k, v in det.resolved_params().items() if k != "quiet"}
-        for name, det in detectors.items()
-    }
-    cal, about = scan_calibration(calibration, list(detectors), params, data.shape)
+    detectors, params, cal, about = scan_settings(detectors, calibration, data.shape)
     start = time.perf_counter()
     reports: dict[str, InspectionReport] = {}
     for name, det in detectors.items():
@@ -384,6 +422,7 @@ def run_scan(
 
 __all__ = [
     "DEFAULT_DETECTORS",
+    "scan_settings",
     "P_TROJAN_CUT",
     "SCAN_SCHEMA",
     "ScanReport",

@@ -178,6 +178,10 @@ class TABOR(NeuralCleanse):
         channels_last: bool | None = None,
         rewrites: bool = True,
         pass_images: int | None = None,
+        schedule: str = "full",
+        screen_steps: int | None = None,
+        keep: int | None = None,
+        precision: str = "fp32",
         seed: int = 0,
         quiet: bool | None = None,
     ) -> None:
@@ -201,6 +205,10 @@ class TABOR(NeuralCleanse):
             channels_last=channels_last,
             rewrites=rewrites,
             pass_images=pass_images,
+            schedule=schedule,
+            screen_steps=screen_steps,
+            keep=keep,
+            precision=precision,
             seed=seed,
             quiet=quiet,
         )

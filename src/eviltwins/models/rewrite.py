@@ -86,22 +86,24 @@ class _ThinConvInputGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor | None, pad: tuple[int, int]) -> Tensor:
         ctx.save_for_backward(w)
-        ctx.meta = (x.shape, pad)
+        ctx.meta = (x.shape, pad, x.dtype)
         return nn.functional.conv2d(x, w, b, 1, pad)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
         (w,) = ctx.saved_tensors
-        (n, ci, h, wd), (ph, pw) = ctx.meta
+        (n, ci, h, wd), (ph, pw), dtype = ctx.meta
         co, _, kh, kw = w.shape
         ho, wo = g.shape[-2:]
+        g = g.to(w.dtype)  # a bfloat16 gradient under autocast: the product runs in w's dtype
         gm = g.permute(1, 0, 2, 3).reshape(co, -1)  # C_out x (N H W); a view for NHWC g
         t = (w.reshape(co, -1).t() @ gm).view(ci, kh, kw, n, ho, wo)
         dxp = g.new_zeros(ci, n, ho + kh - 1, wo + kw - 1)
         for a in range(kh):
             for b in range(kw):
                 dxp[:, :, a : a + ho, b : b + wo] += t[:, a, b]
-        return dxp[:, :, ph : ph + h, pw : pw + wd].permute(1, 0, 2, 3), None, None, None
+        dx = dxp[:, :, ph : ph + h, pw : pw + wd].permute(1, 0, 2, 3)
+        return dx.to(dtype), None, None, None
 
 
 def _thin_padding(m: nn.Conv2d) -> tuple[int, int] | None:
@@ -143,11 +145,27 @@ def _thin_forward(m: nn.Conv2d, pad: tuple[int, int]) -> Any:
     return forward
 
 
-def _input_grad(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+def input_gradient(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``model``'s logits on ``x`` and the gradient of their log-sum-exp with respect to ``x``:
+    what a rewrite is checked against before it is used."""
     xi = x.detach().clone().requires_grad_(True)
     out = model(xi)
     (grad,) = torch.autograd.grad(out.float().logsumexp(-1).sum(), xi)
     return out.detach(), grad
+
+
+@contextlib.contextmanager
+def used_if(ok: bool, count: int, restore: Any) -> Iterator[int]:
+    """Yield ``count`` and call ``restore`` on exit when the rewrite passed its check (``ok``);
+    else restore at once and yield 0."""
+    if not ok:
+        restore()
+        yield 0
+        return
+    try:
+        yield count
+    finally:
+        restore()
 
 
 @contextlib.contextmanager
@@ -163,7 +181,7 @@ def thin_conv_grads(model: nn.Module, example: Tensor, enabled: bool = True) -> 
     if not convs:
         yield 0
         return
-    ref_out, ref_grad = _input_grad(model, example)
+    ref_out, ref_grad = input_gradient(model, example)
     for m, pad in convs:
         m.forward = _thin_forward(m, pad)  # type: ignore[method-assign]
 
@@ -172,19 +190,13 @@ def thin_conv_grads(model: nn.Module, example: Tensor, enabled: bool = True) -> 
             m.__dict__.pop("forward", None)
 
     try:
-        out, grad = _input_grad(model, example)
+        out, grad = input_gradient(model, example)
         scale = ref_grad.abs().max().clamp_min(1e-12)
         ok = torch.equal(out, ref_out) and bool((grad - ref_grad).abs().max() <= 1e-4 * scale)
     except RuntimeError:
         ok = False
-    if not ok:
-        restore()
-        yield 0
-        return
-    try:
-        yield len(convs)
-    finally:
-        restore()
+    with used_if(ok, len(convs), restore) as n:
+        yield n
 
 
 @contextlib.contextmanager

@@ -84,7 +84,11 @@ def scan(config: Path | None, **values: Any) -> int:
     inspector to --out. Exit code 0 when the scan ran (3 with --fail-on-detect when the verdict
     is backdoor suspected). Detector parameters go in a --config YAML, one mapping per detector
     (neural-cleanse: {steps: 200}); their defaults are the paper's budgets (NeuralCleanse
-    preset imc: 500 steps per label)."""
+    preset imc: 500 steps per label), spent with label scheduling (schedule: k-arm: a short
+    screen of every label, the rest for the few whose triggers shrink fastest) and in bfloat16
+    where the hardware multiplies it natively (precision: auto). Where a shipped calibration
+    fitted with the full budget in float32 applies, the scan runs that way; set schedule: full
+    and precision: fp32 to choose it yourself."""
     opts, params = resolve(config, {})
     known = inspector_names()
     for key in params:  # a config's keys read with "_" for "-"

@@ -1,0 +1,201 @@
+"""Scans at the paper's scale: wall time, peak memory and projected full budget of NeuralCleanse
+and ABS on CIFAR-shape ResNet-18 / VGG-16, 43 classes and 224x224 inputs, with label scheduling
+and without, and how the cost grows with the number of classes.
+
+    python -m benchmarks.scale --rows               # projected full vs scheduled, every shape
+    python -m benchmarks.scale --classes 10,20,43,100   # cost vs classes, table and plot
+    python -m benchmarks.scale --scan resnet18:10:32    # one full `scan`, end to end
+    python -m benchmarks --scale                    # the same as --rows
+
+The cost of an optimisation step does not depend on the weights, so the timed models are
+seeded random initialisations and the images real MNIST digits (or, without MNIST, the digits
+that ship with scikit-learn) resized to the input shape in colour, with labels drawn at random
+over the classes. Projections time a few steps of each phase after one warm-up step and
+multiply by the steps the budget gives (``full``: every label / candidate the whole budget;
+``k-arm``: the screen for all, the rest for the kept ones, the largest share the schedule can
+give, before early stopping). ABS runs with ``consistency=0`` so that a random model still
+yields its 10 candidates (the most reverse engineering ABS does). ``--scan`` runs the real
+``scan`` (its defaults: label scheduling and bfloat16 where native) and reads the process's
+peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eviltwins.data import DatasetSpec
+from eviltwins.data.base import TensorImageDataset
+from eviltwins.detectors import ABS, NeuralCleanse
+from eviltwins.detectors.nc_schedule import default_keep
+from eviltwins.models import build_model
+from eviltwins.utils import eval_mode, frozen_params
+
+#: (architecture, classes, side) of the scale rows.
+ROWS = (
+    ("resnet18", 10, 32),
+    ("vgg16", 10, 32),
+    ("resnet18", 43, 32),
+    ("resnet18-imagenet", 10, 224),
+)
+
+
+def images(n: int, side: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` real grey digit images as 3 x side x side colour tensors in [0, 1] (real MNIST
+    where ``EVILTWINS_DATA`` holds it, else scikit-learn's digits), labels drawn at random."""
+    from eviltwins.data import load_all, load_dataset
+
+    try:
+        spec = load_dataset("mnist")
+    except Exception:  # noqa: BLE001 - no MNIST here: the shipped digits
+        spec = load_dataset("digits")
+    x = load_all(spec.test)[0]
+    g = torch.Generator().manual_seed(seed)
+    x = x[torch.randint(len(x), (n,), generator=g)]
+    x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear")
+    x = (x - x.amin()) / (x.amax() - x.amin()).clamp_min(1e-6)
+    return x.expand(-1, 3, -1, -1).contiguous(), torch.randint(classes, (n,), generator=g)
+
+
+def setting(arch: str, classes: int, side: int, n: int = 400) -> tuple[Any, DatasetSpec]:
+    """A seeded random model of ``arch`` and a held-out split of ``n`` images for it."""
+    torch.manual_seed(0)
+    model = build_model(arch, (3, side, side), classes).eval()
+    x, y = images(n, side, classes)
+    split = TensorImageDataset(x, y)
+    names = tuple(str(k) for k in range(classes))
+    spec = DatasetSpec(
+        f"timing-{side}", (3, side, side), names, (0.0,) * 3, (1.0,) * 3, split, split
+    )
+    return model, spec
+
+
+def _seconds(det: Any, model: Any, spec: DatasetSpec) -> float:
+    start = time.perf_counter()
+    det.inspect(model, spec)
+    return time.perf_counter() - start
+
+
+def per_step(make: Any, model: Any, spec: DatasetSpec) -> tuple[float, float]:
+    """(fixed seconds, seconds per step) of the detector ``make(steps)`` builds: one run of 1
+    step and one of 3 (after a warm-up run), the difference halved."""
+    _seconds(make(1), model, spec)  # warm-up
+    one, three = _seconds(make(1), model, spec), _seconds(make(3), model, spec)
+    step = max(0.0, (three - one) / 2)
+    return max(0.0, one - step), step
+
+
+def projected(arch: str, classes: int, side: int, precision: str) -> dict:
+    """Seconds per NeuralCleanse step over all labels and per ABS reverse step over its 10
+    candidates (timed), and the projected full and k-arm scans (NeuralCleanse ``imc``: 500
+    steps; ABS: 200 steps)."""
+    model, spec = setting(arch, classes, side)
+    nc_base, nc_step = per_step(
+        lambda k: NeuralCleanse(steps=k, n_inputs=64, precision=precision, quiet=True),
+        model,
+        spec,
+    )
+    abs_base, abs_step = per_step(
+        lambda k: ABS(steps=k, n_eval=100, consistency=0.0, precision=precision, quiet=True),
+        model,
+        spec,
+    )
+    nc_budget, abs_budget, keep_abs = 500, 200, 3
+    keep, screen = default_keep(classes), nc_budget // 5
+    nc_sched = nc_step * (screen + keep / classes * (nc_budget - screen))
+    a_screen = abs_budget // 4
+    abs_sched = abs_step * (a_screen + keep_abs / 10 * (abs_budget - a_screen))
+    fixed = nc_base + abs_base
+    return {
+        "arch": arch,
+        "classes": classes,
+        "side": side,
+        "precision": precision,
+        "nc_step_s": round(nc_step, 3),
+        "abs_step_s": round(abs_step, 3),
+        "fixed_s": round(fixed, 1),
+        "full_s": round(fixed + nc_step * nc_budget + abs_step * abs_budget),
+        "k_arm_s": round(fixed + nc_sched + abs_sched),
+    }
+
+
+def scan_once(arch: str, classes: int, side: int) -> dict:
+    """One real ``scan`` at its defaults; wall time, the inspectors' seconds and peak RSS."""
+    from eviltwins.detectors.scan import inspectors, run_scan
+
+    model, spec = setting(arch, classes, side, n=1600 if side <= 64 else 800)
+    start = time.perf_counter()
+    dets = inspectors(params={"abs": {"consistency": 0.0}}, quiet=True)  # all 10 candidates
+    with eval_mode(model), frozen_params(model):
+        report = run_scan(dets, model, spec, source=arch, calibration="none")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "arch": arch,
+        "classes": classes,
+        "side": side,
+        "seconds": round(time.perf_counter() - start, 1),
+        "inspectors": {n: r.seconds for n, r in report.reports.items()},
+        "precision": {n: r.details.get("precision") for n, r in report.reports.items()},
+        "peak_mib": round(peak),
+        "verdict": report.verdict,
+    }
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    """The projected cost against the number of classes, full and k-arm budgets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    xs = [r["classes"] for r in rows]
+    ax.plot(xs, [r["full_s"] / 60 for r in rows], "o-", label="full budget")
+    ax.plot(xs, [r["k_arm_s"] / 60 for r in rows], "s-", label="k-arm schedule")
+    ax.set_xlabel("classes")
+    ax.set_ylabel("projected scan, minutes")
+    ax.set_title(f"{rows[0]['arch']} {rows[0]['side']}x{rows[0]['side']}, 2 CPU cores")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__)
+    ap.add_argument("--rows", action="store_true", help="projected full and k-arm budgets")
+    ap.add_argument("--classes", default=None, help="class counts for the cost-vs-classes rows")
+    ap.add_argument("--scan", default=None, help="arch:classes:side, one real scan")
+    ap.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    found: list[dict] = []
+    if args.rows:
+        found += [projected(a, c, s, args.precision) for a, c, s in ROWS]
+    if args.classes:
+        counts = [int(c) for c in args.classes.split(",")]
+        by_class = [projected("resnet18", c, 32, args.precision) for c in counts]
+        plot(by_class, args.out / "scale-classes.png")
+        found += by_class
+    if args.scan:
+        arch, classes, side = args.scan.split(":")
+        found.append(scan_once(arch, int(classes), int(side)))
+    if not found:
+        ap.error("choose --rows, --classes or --scan")
+    for row in found:
+        print(json.dumps(row), flush=True)
+    with open(args.out / "scale.jsonl", "a") as fh:
+        for row in found:
+            fh.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

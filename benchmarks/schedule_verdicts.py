@@ -1,0 +1,63 @@
+"""Label scheduling against the full budget on trained models: for each clean model folder
+given, a BadNet twin (opaque square, size 0.15, target 0, 200 re-training steps), then
+NeuralCleanse and ABS with ``schedule="full"`` and ``schedule="k-arm"`` (both float32) on the
+clean model and the twin; one JSON line per model and detector with the flagged labels and
+the anomaly indices (REASRs for ABS) side by side, and the seconds.
+
+    EVILTWINS_DATA=../shared/data python -m benchmarks.schedule_verdicts CLEAN_FOLDER...
+
+A folder's model card names its dataset (``mnist``, ``fashion-mnist``, or an image folder with
+its ``dataset_options``), which is loaded for the attack and the detectors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from eviltwins.attacks import BadNet
+from eviltwins.data import load_dataset
+from eviltwins.detectors import ABS, NeuralCleanse
+from eviltwins.io import load_model
+
+
+def compare(name: str, model: object, spec: object) -> list[dict]:
+    """NeuralCleanse and ABS, full and k-arm, on ``model``: one row per detector."""
+    rows = []
+    for det_cls in (NeuralCleanse, ABS):
+        row: dict = {"model": name, "detector": det_cls.name}
+        for schedule in ("full", "k-arm"):
+            start = time.perf_counter()
+            rep = det_cls(schedule=schedule, quiet=True).inspect(model, spec)
+            row[schedule] = {
+                "seconds": round(time.perf_counter() - start, 1),
+                "flagged": rep.flagged,
+                "anomaly": [round(float(a), 2) for a in rep.anomaly],
+                "unfinished": rep.details.get("unfinished")
+                or rep.details.get("unfinished_candidates"),
+            }
+        row["same_flags"] = row["full"]["flagged"] == row["k-arm"]["flagged"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    for folder in map(Path, argv):
+        clean, card = load_model(folder)
+        spec = load_dataset(card.dataset, **(card.dataset_options or {}))
+        tag = f"{card.dataset.rsplit('/', 1)[-1]} {card.architecture}"
+        compare(f"{tag} clean", clean, spec)
+        bad = BadNet(size=0.15, target=0, max_steps=200, epochs=1000, quiet=True).fit(clean, spec)
+        print(json.dumps({"model": tag, "badnet": bad.metrics}), flush=True)
+        compare(f"{tag} BadNet", bad.model, spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,212 @@
+"""Scans at scale: label / candidate scheduling (k-arm) reaches the full budget's result on the
+labels it finishes, batch norm folded for inspection gives the same logits and gradients, and
+bfloat16 runs only after its check."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from eviltwins.cli import main
+from eviltwins.detectors import ABS, NeuralCleanse
+from eviltwins.detectors.nc_schedule import (
+    default_keep,
+    labels_to_finish,
+    projected_norms,
+)
+from eviltwins.detectors.tabor import TABOR
+from eviltwins.models import build_model
+from eviltwins.models.fold import conv_bn_pairs, fold_batchnorm
+from eviltwins.models.precision import low_precision, native_bf16
+
+NC_FAST = {"steps": 60, "n_inputs": 64, "check_every": 5, "patience": 2, "quiet": True}
+
+
+# --- NeuralCleanse label schedule ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def nc_pair(digits_badnet, digits_spec):
+    full = NeuralCleanse(**NC_FAST).inspect(digits_badnet.model, digits_spec)
+    karm = NeuralCleanse(schedule="k-arm", keep=3, **NC_FAST).inspect(
+        digits_badnet.model, digits_spec
+    )
+    return full, karm
+
+
+def test_k_arm_finishes_labels_exactly_as_the_full_budget(nc_pair):
+    full, karm = nc_pair
+    d = karm.details
+    assert d["schedule"] == "k-arm" and d["screen_at"] == 15  # a fifth of 60, on a check
+    unfinished = set(d["unfinished"])
+    assert 1 <= len(unfinished) <= 7  # 3 kept (plus any the screen flags), the rest stop
+    for lab in range(10):
+        if lab in unfinished:
+            assert d["steps"][lab] == 15
+        else:  # the same steps, the same norm, to the last digit
+            assert d["steps"][lab] == full.details["steps"][lab]
+            assert karm.scores[lab] == full.scores[lab]
+    # the unfinished norms: screen norm x the finished labels' median shrink
+    shrink = d["shrink"][0]
+    for lab in unfinished:
+        assert karm.scores[lab] == pytest.approx(d["screen_norms"][lab] * shrink, rel=1e-5)
+    assert 0 < shrink <= 1.0  # the finished labels' masks only shrink after the screen
+
+
+def test_k_arm_flags_the_backdoor_like_the_full_budget(nc_pair):
+    full, karm = nc_pair
+    assert 0 in full.flagged and karm.flagged == full.flagged
+    assert 0 not in karm.details["unfinished"]
+
+
+def test_the_full_schedule_is_the_default_and_spends_every_step(nc_pair):
+    full, _ = nc_pair
+    assert NeuralCleanse().schedule == "full" and NeuralCleanse().precision == "fp32"
+    assert full.details["unfinished"] == [] and full.details["screen_at"] is None
+    assert set(full.details["steps"]) == {60}  # early stop off the table at this budget
+
+
+def test_labels_to_finish_keeps_the_smallest_and_what_the_screen_flags():
+    screen = torch.tensor([50.0, 10.0, 52.0, 49.0, 51.0, 48.0, 53.0, 47.0])
+    running = torch.ones(8, dtype=torch.bool)
+    running[3] = False  # stopped early: already finished, not re-kept
+    keep = labels_to_finish(screen, running, 2, threshold=2.0)
+    assert keep.tolist() == [False, True, False, False, False, False, False, True]
+    norms = torch.tensor([40.0, 5.0, 40.0, 49.0, 40.0, 40.0, 40.0, 23.5])
+    unfinished = running & ~keep
+    shrink = projected_norms(norms, screen, keep, unfinished)
+    assert shrink == pytest.approx(0.5)  # median of 5/10 and 23.5/47
+    assert norms[0] == pytest.approx(25.0) and norms[3] == 49.0  # finished: untouched
+    assert [default_keep(n) for n in (3, 10, 43, 100)] == [2, 3, 7, 10]
+
+
+def test_tabor_accepts_the_label_schedule():
+    t = TABOR(schedule="k-arm", screen_steps=10, keep=2, precision="bf16")
+    assert t.get_params()["schedule"] == "k-arm" and t.precision == "bf16"
+
+
+# --- ABS candidate schedule ----------------------------------------------------------------
+def test_abs_k_arm_finishes_candidates_exactly_as_the_full_budget(digits_badnet, digits_spec):
+    fast = {"steps": 20, "n_eval": 100, "top_k": 6, "quiet": True}
+    full = ABS(**fast).inspect(digits_badnet.model, digits_spec)
+    karm = ABS(schedule="k-arm", keep=2, **fast).inspect(digits_badnet.model, digits_spec)
+    assert karm.details["candidates"] == full.details["candidates"]
+    stopped = set(karm.details["unfinished_candidates"])
+    assert stopped and len(stopped) <= len(full.details["candidates"]) - 2
+    for i, (a, b) in enumerate(
+        zip(full.details["candidate_reasr"], karm.details["candidate_reasr"], strict=True)
+    ):
+        if i not in stopped:
+            assert a == b
+    assert karm.flagged == full.flagged
+
+
+# --- batch norm folded ---------------------------------------------------------------------
+def _bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model("resnet18", (3, 32, 32), 10, width=4).eval()
+    for m in model.modules():  # running statistics far from (0, 1): folding must matter
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def test_folding_gives_the_same_logits_and_gradients_and_restores_the_model():
+    model = _bn_model()
+    x = torch.rand(6, 3, 32, 32)
+    before = {n: p for n, p in model.named_parameters()}
+    mods = dict(model.named_modules())
+    xi = x.clone().requires_grad_(True)
+    ref = model(xi)
+    (ref_g,) = torch.autograd.grad(ref.logsumexp(-1).sum(), xi)
+    with fold_batchnorm(model, x[:2]) as n:
+        assert n == 20  # every conv -> bn pair of a ResNet-18, shortcuts included
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        xi = x.clone().requires_grad_(True)
+        out = model(xi)
+        (g,) = torch.autograd.grad(out.logsumexp(-1).sum(), xi)
+        assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4)
+        assert torch.allclose(g, ref_g, rtol=1e-3, atol=1e-6)
+    assert {n: p for n, p in model.named_parameters()} == before  # the same objects
+    assert all(dict(model.named_modules())[k] is m for k, m in mods.items())
+
+
+def test_folding_leaves_kept_names_and_training_models_alone():
+    model = _bn_model()
+    pairs = conv_bn_pairs(model)
+    name = pairs[0][1]
+    assert len(conv_bn_pairs(model, keep=(name,))) == len(pairs) - 1
+    model.train()
+    with fold_batchnorm(model, torch.rand(2, 3, 32, 32)) as n:
+        assert n == 0
+    with fold_batchnorm(model.eval(), torch.rand(2, 3, 32, 32), enabled=False) as n:
+        assert n == 0
+
+
+def test_neural_cleanse_folds_a_batch_norm_model(digits_spec):
+    model = build_model("resnet-small", digits_spec.shape, 10).eval()
+    pairs = conv_bn_pairs(model)
+    assert len(pairs) == 7  # stem, two blocks of two plus a shortcut each
+    rep = NeuralCleanse(steps=2, n_inputs=16, labels=[0, 1, 2], quiet=True).inspect(
+        model, digits_spec
+    )
+    assert rep.details["rewrites"]["fold_batchnorm"] == 7
+
+
+# --- bfloat16 ------------------------------------------------------------------------------
+class Sensitive(nn.Module):
+    """Logits that bfloat16 rounding changes completely (a tiny difference scaled up)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.nn.functional.linear(x.flatten(1), torch.ones(2, x[0].numel()) * 1e-3)
+        return (z - z.detach().float().round(decimals=2)) * 1e4
+
+
+def test_bfloat16_runs_only_when_asked_and_checked():
+    model = _bn_model()
+    x = torch.rand(4, 3, 32, 32)
+    with low_precision(model, x, "fp32") as p:
+        assert p == "fp32"
+    with low_precision(model, x, "bf16") as p:
+        assert p == "bf16"
+    with low_precision(model, x, "auto") as p:
+        assert p == ("bf16" if native_bf16(x.device) else "fp32")
+    with low_precision(Sensitive(), x, "bf16") as p:
+        assert p == "fp32"  # the check refuses it
+
+
+def test_bfloat16_neural_cleanse_flags_the_same_label(digits_badnet, digits_spec, nc_pair):
+    full, _ = nc_pair
+    half = NeuralCleanse(precision="bf16", **NC_FAST).inspect(digits_badnet.model, digits_spec)
+    assert half.details["precision"] == "bf16" and half.flagged == full.flagged
+    assert half.scores[0] == pytest.approx(full.scores[0], rel=0.2)
+
+
+# --- from the command line -----------------------------------------------------------------
+def test_detect_cli_takes_the_schedule(digits_badnet_folder, tmp_path, capsys):
+    argv = ["detect", "neural-cleanse", "--model", str(digits_badnet_folder), "--steps", "60"]
+    argv += ["--n-inputs", "64", "--check-every", "5", "--patience", "2"]
+    argv += ["--schedule", "k-arm", "--keep", "3", "--json"]
+    code = main([*argv, "--out", str(tmp_path / "nc")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert '"schedule": "k-arm"' in (tmp_path / "nc" / "report.json").read_text()
+    d = json.loads(out.out)
+    assert d["flagged"] == [0]
+    code = main([*argv[:-1], "--schedule", "sometimes"])
+    err = capsys.readouterr().err
+    assert code == 2 and "k-arm" in err and "Traceback" not in err
+
+
+def test_a_copy_is_not_needed_to_keep_the_model(digits_badnet, digits_spec):
+    model = copy.deepcopy(digits_badnet.model)
+    ref = {n: p.clone() for n, p in model.state_dict().items()}
+    NeuralCleanse(schedule="k-arm", precision="bf16", **NC_FAST).inspect(model, digits_spec)
+    assert all(torch.equal(ref[n], p) for n, p in model.state_dict().items())
