@@ -5,6 +5,7 @@ and without, and how the cost grows with the number of classes.
     python -m benchmarks.scale --rows               # projected full vs scheduled, every shape
     python -m benchmarks.scale --classes 10,20,43,100   # cost vs classes, table and plot
     python -m benchmarks.scale --scan resnet18:10:32    # one full `scan`, end to end
+    python -m benchmarks.scale --model runs/r18         # the same on a trained model folder
     python -m benchmarks --scale                    # the same as --rows
 
 The cost of an optimisation step does not depend on the weights, so the timed models are
@@ -126,13 +127,23 @@ def projected(arch: str, classes: int, side: int, precision: str) -> dict:
     }
 
 
-def scan_once(arch: str, classes: int, side: int) -> dict:
-    """One real ``scan`` at its defaults; wall time, the inspectors' seconds and peak RSS."""
+def scan_once(arch: str, classes: int, side: int, folder: Path | None = None) -> dict:
+    """One real ``scan`` at its defaults of a seeded random ``arch`` (ABS at consistency 0:
+    all 10 candidates), or of the trained model in ``folder`` on its own dataset (ABS at its
+    defaults); wall time, the inspectors' seconds and peak RSS."""
+    from eviltwins.data import load_dataset
     from eviltwins.detectors.scan import inspectors, run_scan
+    from eviltwins.io import load_model
 
-    model, spec = setting(arch, classes, side, n=1600 if side <= 64 else 800)
+    if folder is None:
+        model, spec = setting(arch, classes, side, n=1600 if side <= 64 else 400)
+        dets = inspectors(params={"abs": {"consistency": 0.0}}, quiet=True)
+    else:
+        model, card = load_model(folder)
+        spec = load_dataset(card.dataset, **(card.dataset_options or {}))
+        arch, classes, side = card.architecture, card.num_classes, card.input_shape[-1]
+        dets = inspectors(quiet=True)
     start = time.perf_counter()
-    dets = inspectors(params={"abs": {"consistency": 0.0}}, quiet=True)  # all 10 candidates
     with eval_mode(model), frozen_params(model):
         report = run_scan(dets, model, spec, source=arch, calibration="none")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -172,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", action="store_true", help="projected full and k-arm budgets")
     ap.add_argument("--classes", default=None, help="class counts for the cost-vs-classes rows")
     ap.add_argument("--scan", default=None, help="arch:classes:side, one real scan")
+    ap.add_argument("--model", type=Path, default=None, help="scan this trained model folder")
     ap.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args(argv)
@@ -184,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         by_class = [projected("resnet18", c, 32, args.precision) for c in counts]
         plot(by_class, args.out / "scale-classes.png")
         found += by_class
-    if args.scan:
+    if args.model is not None:
+        found.append(scan_once("", 0, 0, args.model))
+    elif args.scan:
         arch, classes, side = args.scan.split(":")
         found.append(scan_once(arch, int(classes), int(side)))
     if not found:
-        ap.error("choose --rows, --classes or --scan")
+        ap.error("choose --rows, --classes, --scan or --model")
     for row in found:
         print(json.dumps(row), flush=True)
     with open(args.out / "scale.jsonl", "a") as fh:

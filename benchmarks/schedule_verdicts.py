@@ -5,6 +5,7 @@ clean model and the twin; one JSON line per model and detector with the flagged 
 the anomaly indices (REASRs for ABS) side by side, and the seconds.
 
     EVILTWINS_DATA=../shared/data python -m benchmarks.schedule_verdicts CLEAN_FOLDER...
+    python -m benchmarks.schedule_verdicts --only neural-cleanse CLEAN_FOLDER...
 
 A folder's model card names its dataset (``mnist``, ``fashion-mnist``, or an image folder with
 its ``dataset_options``), which is loaded for the attack and the detectors.
@@ -23,10 +24,13 @@ from eviltwins.detectors import ABS, NeuralCleanse
 from eviltwins.io import load_model
 
 
-def compare(name: str, model: object, spec: object) -> list[dict]:
-    """NeuralCleanse and ABS, full and k-arm, on ``model``: one row per detector."""
+def compare(name: str, model: object, spec: object, only: str | None = None) -> list[dict]:
+    """NeuralCleanse and ABS (or the ``only`` one), full and k-arm, on ``model``: one row per
+    detector."""
     rows = []
     for det_cls in (NeuralCleanse, ABS):
+        if only and det_cls.name != only:
+            continue
         row: dict = {"model": name, "detector": det_cls.name}
         for schedule in ("full", "k-arm"):
             start = time.perf_counter()
@@ -35,6 +39,8 @@ def compare(name: str, model: object, spec: object) -> list[dict]:
                 "seconds": round(time.perf_counter() - start, 1),
                 "flagged": rep.flagged,
                 "anomaly": [round(float(a), 2) for a in rep.anomaly],
+                "scores": [round(float(a), 3) for a in rep.scores],
+                "screen_norms": rep.details.get("screen_norms"),
                 "unfinished": rep.details.get("unfinished")
                 or rep.details.get("unfinished_candidates"),
             }
@@ -45,6 +51,9 @@ def compare(name: str, model: object, spec: object) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
+    only = None
+    if argv[:1] == ["--only"]:
+        only, argv = argv[1], argv[2:]
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
@@ -52,10 +61,10 @@ def main(argv: list[str]) -> int:
         clean, card = load_model(folder)
         spec = load_dataset(card.dataset, **(card.dataset_options or {}))
         tag = f"{card.dataset.rsplit('/', 1)[-1]} {card.architecture}"
-        compare(f"{tag} clean", clean, spec)
+        compare(f"{tag} clean", clean, spec, only)
         bad = BadNet(size=0.15, target=0, max_steps=200, epochs=1000, quiet=True).fit(clean, spec)
         print(json.dumps({"model": tag, "badnet": bad.metrics}), flush=True)
-        compare(f"{tag} BadNet", bad.model, spec)
+        compare(f"{tag} BadNet", bad.model, spec, only)
     return 0
 
 
