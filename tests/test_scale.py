@@ -210,3 +210,12 @@ def test_a_copy_is_not_needed_to_keep_the_model(digits_badnet, digits_spec):
     ref = {n: p.clone() for n, p in model.state_dict().items()}
     NeuralCleanse(schedule="k-arm", precision="bf16", **NC_FAST).inspect(model, digits_spec)
     assert all(torch.equal(ref[n], p) for n, p in model.state_dict().items())
+
+
+def test_larger_images_get_smaller_cpu_passes():
+    nc, cpu = NeuralCleanse(), torch.device("cpu")
+    assert nc.pass_images_on(cpu, 28 * 28) == nc.pass_images_on(cpu, 32 * 32) == 64
+    assert nc.pass_images_on(cpu, 64 * 64) == 16
+    assert nc.pass_images_on(cpu, 224 * 224) == 1  # one label (32 images) per pass
+    assert NeuralCleanse(pass_images=8).pass_images_on(cpu, 224 * 224) == 8
+    assert nc.pass_images_on(torch.device("cuda"), 224 * 224) > 10**6

@@ -284,7 +284,7 @@ class NeuralCleanse(ModelInspector):
                     "pool_before_relu": n_reordered,
                     "thin_conv_grads": n_thin,
                 },
-                "pass_images": self.pass_images_on(x.device),
+                "pass_images": self.pass_images_on(x.device, x[0, 0].numel()),
                 "precision": precision,
                 "schedule": self.schedule,
                 **merged_schedules(sched),
@@ -302,12 +302,14 @@ class NeuralCleanse(ModelInspector):
         at = math.ceil(wanted / check_every) * check_every
         return at if at < self.budget_steps() else None
 
-    def pass_images_on(self, device: torch.device) -> int:
-        """Images per forward/backward pass: ``pass_images``, else 64 on CPU and unbounded on
-        a GPU (:func:`~eviltwins.models.layout.images_per_pass`)."""
+    def pass_images_on(self, device: torch.device, pixels: int = 1024) -> int:
+        """Images per forward/backward pass: ``pass_images``, else on CPU 64 images of up to
+        32 x 32 ``pixels`` (fewer for larger images, so memory stays near that of 64 such
+        images: one label, 32 images, per pass at 224 x 224) and unbounded on a GPU
+        (:func:`~eviltwins.models.layout.images_per_pass`)."""
         if self.pass_images is not None:
             return int(self.pass_images)
-        return images_per_pass(device, CPU_PASS_IMAGES)
+        return images_per_pass(device, max(1, CPU_PASS_IMAGES * 1024 // max(1024, pixels)))
 
     def _pass(
         self,
