@@ -189,11 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     found: list[dict] = []
+
+    def run(arch: str, classes: int, side: int) -> dict:
+        row = projected(arch, classes, side, args.precision)
+        print(json.dumps(row), file=sys.stderr, flush=True)  # as soon as it is measured
+        return row
+
     if args.rows:
-        found += [projected(a, c, s, args.precision) for a, c, s in ROWS]
+        found += [run(a, c, s) for a, c, s in ROWS]
     if args.classes:
-        counts = [int(c) for c in args.classes.split(",")]
-        by_class = [projected("resnet18", c, 32, args.precision) for c in counts]
+        by_class = [run("resnet18", int(c), 32) for c in args.classes.split(",")]
         plot(by_class, args.out / "scale-classes.png")
         found += by_class
     if args.model is not None:
