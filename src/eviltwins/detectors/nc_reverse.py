@@ -5,7 +5,7 @@ step, with Wang et al.'s cost schedule and early stop per label and the optional
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Generator, Tensor, nn
@@ -21,12 +21,9 @@ from eviltwins.detectors.nc_schedule import (
 from eviltwins.errors import OptimisationError
 from eviltwins.utils import progress
 
-if TYPE_CHECKING:
-    from eviltwins.detectors.neural_cleanse import NeuralCleanse
-
 
 def reverse_labels(
-    det: NeuralCleanse,
+    det: Any,
     model: nn.Module,
     x: Tensor,
     y: Tensor,
@@ -35,7 +32,8 @@ def reverse_labels(
     fast: bool,
     dtype: torch.dtype | None = None,
 ) -> tuple[list[float], Tensor, Tensor, list[float], list[int], dict[str, Any]]:
-    """Batched reverse engineering of the triggers of ``labels`` (Wang et al., Alg. 1):
+    """Batched reverse engineering of the triggers of ``labels`` by the NeuralCleanse (or
+    TABOR) ``det``, with its settings and its ``_pass`` (Wang et al., Alg. 1):
     ``det.budget_steps()`` steps per label (or the label schedule's share), cycling through
     ``x``; returns the norms, masks, patterns, success rates of the best masks, the steps
     each label ran and what the label schedule did."""
