@@ -21,6 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from eviltwins.metrics import anomaly_index
+
 #: The cost is multiplied by this after ``patience`` successful checks (``cost_multiplier_up``).
 COST_UP = 1.5
 #: ... and divided by this after ``patience`` failing ones (``cost_multiplier_down`` = 1.5^1.5).
@@ -109,8 +111,6 @@ def labels_to_finish(screen: Tensor, running: Tensor, keep: int, threshold: floa
     among those still ``running``, the ``keep`` with the smallest screen norms (the triggers
     that shrank most), and every one whose anomaly index on the screen norms of all labels
     exceeds ``threshold`` (a label the screen alone would flag is always finished)."""
-    from eviltwins.metrics import anomaly_index
-
     finish = torch.zeros_like(running)
     order = torch.where(running, screen, torch.full_like(screen, float("inf"))).argsort()
     finish[order[: min(keep, int(running.sum()))]] = True
