@@ -6,6 +6,7 @@ and without, and how the cost grows with the number of classes.
     python -m benchmarks.scale --classes 10,20,43,100   # cost vs classes, table and plot
     python -m benchmarks.scale --scan resnet18:10:32    # one full `scan`, end to end
     python -m benchmarks.scale --model runs/r18         # the same on a trained model folder
+    python -m benchmarks.scale --scan resnet18-imagenet:10:224 --steps 3   # peak memory
     python -m benchmarks --scale                    # the same as --rows
 
 The cost of an optimisation step does not depend on the weights, so the timed models are
@@ -14,7 +15,7 @@ that ship with scikit-learn) resized to the input shape in colour, with labels d
 over the classes. Projections time a few steps of each phase after one warm-up step and
 multiply by the steps the budget gives (``full``: every label / candidate the whole budget;
 ``k-arm``: the screen for all, the rest for the kept ones, the largest share the schedule can
-give, before early stopping). ABS runs with ``consistency=0`` so that a random model still
+give, before early stopping; ABS's steps at ``scan``'s seed batches). ABS runs with ``consistency=0`` so that a random model still
 yields its 10 candidates (the most reverse engineering ABS does). ``--scan`` runs the real
 ``scan`` (its defaults: label scheduling and bfloat16 where native) and reads the process's
 peak RSS.
@@ -108,11 +109,27 @@ def projected(arch: str, classes: int, side: int, precision: str) -> dict:
         model,
         spec,
     )
+    batch = ABS.scan_params["seed_batch"]  # scan's seed batches: a step's cost stops growing
+    if classes * 5 > batch:
+        _, abs_step_batched = per_step(
+            lambda k: ABS(
+                steps=k,
+                n_eval=100,
+                consistency=0.0,
+                precision=precision,
+                seed_batch=batch,
+                quiet=True,
+            ),
+            model,
+            spec,
+        )
+    else:
+        abs_step_batched = abs_step
     nc_budget, abs_budget, keep_abs = 500, 200, 3
     keep, screen = default_keep(classes), nc_budget // 5
     nc_sched = nc_step * (screen + keep / classes * (nc_budget - screen))
     a_screen = abs_budget // 4
-    abs_sched = abs_step * (a_screen + keep_abs / 10 * (abs_budget - a_screen))
+    abs_sched = abs_step_batched * (a_screen + keep_abs / 10 * (abs_budget - a_screen))
     fixed = nc_base + abs_base
     return {
         "arch": arch,
@@ -121,28 +138,32 @@ def projected(arch: str, classes: int, side: int, precision: str) -> dict:
         "precision": precision,
         "nc_step_s": round(nc_step, 3),
         "abs_step_s": round(abs_step, 3),
+        "abs_step_seed_batch_s": round(abs_step_batched, 3),
         "fixed_s": round(fixed, 1),
         "full_s": round(fixed + nc_step * nc_budget + abs_step * abs_budget),
         "k_arm_s": round(fixed + nc_sched + abs_sched),
     }
 
 
-def scan_once(arch: str, classes: int, side: int, folder: Path | None = None) -> dict:
+def scan_once(
+    arch: str, classes: int, side: int, folder: Path | None = None, steps: int | None = None
+) -> dict:
     """One real ``scan`` at its defaults of a seeded random ``arch`` (ABS at consistency 0:
     all 10 candidates), or of the trained model in ``folder`` on its own dataset (ABS at its
-    defaults); wall time, the inspectors' seconds and peak RSS."""
+    defaults); wall time, the inspectors' seconds and peak RSS. ``steps`` caps both budgets
+    (a memory probe: the peak does not depend on the number of steps)."""
     from eviltwins.data import load_dataset
     from eviltwins.detectors.scan import inspectors, run_scan
     from eviltwins.io import load_model
 
     if folder is None:
         model, spec = setting(arch, classes, side, n=1600 if side <= 64 else 400)
-        dets = inspectors(params={"abs": {"consistency": 0.0}}, quiet=True)
+        dets = inspectors(params=_params({"abs": {"consistency": 0.0}}, steps), quiet=True)
     else:
         model, card = load_model(folder)
         spec = load_dataset(card.dataset, **(card.dataset_options or {}))
         arch, classes, side = card.architecture, card.num_classes, card.input_shape[-1]
-        dets = inspectors(quiet=True)
+        dets = inspectors(params=_params({}, steps), quiet=True)
     start = time.perf_counter()
     with eval_mode(model), frozen_params(model):
         report = run_scan(dets, model, spec, source=arch, calibration="none")
@@ -155,8 +176,16 @@ def scan_once(arch: str, classes: int, side: int, folder: Path | None = None) ->
         "inspectors": {n: r.seconds for n, r in report.reports.items()},
         "precision": {n: r.details.get("precision") for n, r in report.reports.items()},
         "peak_mib": round(peak),
+        "steps": steps or "default",
         "verdict": report.verdict,
     }
+
+
+def _params(params: dict, steps: int | None) -> dict:
+    if steps is None:
+        return params
+    out = {name: {**params.get(name, {}), "steps": steps} for name in ("neural-cleanse", "abs")}
+    return {**params, **out}
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -184,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classes", default=None, help="class counts for the cost-vs-classes rows")
     ap.add_argument("--scan", default=None, help="arch:classes:side, one real scan")
     ap.add_argument("--model", type=Path, default=None, help="scan this trained model folder")
+    ap.add_argument("--steps", type=int, default=None, help="cap the scan's budgets (memory)")
     ap.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args(argv)
@@ -202,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         plot(by_class, args.out / "scale-classes.png")
         found += by_class
     if args.model is not None:
-        found.append(scan_once("", 0, 0, args.model))
+        found.append(scan_once("", 0, 0, args.model, args.steps))
     elif args.scan:
         arch, classes, side = args.scan.split(":")
-        found.append(scan_once(arch, int(classes), int(side)))
+        found.append(scan_once(arch, int(classes), int(side), steps=args.steps))
     if not found:
         ap.error("choose --rows, --classes, --scan or --model")
     for row in found:

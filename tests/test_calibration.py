@@ -193,7 +193,8 @@ def test_a_bad_calibration_file_stops_scan_in_one_line(cal_dict, tmp_path, capsy
 # --- which calibration applies ----------------------------------------------------------------
 def _resolved(params=None) -> dict:
     faithful = {"schedule": "full", "precision": "fp32"}  # the class defaults, not scan's
-    params = {d: {**faithful, **(params or {}).get(d, {})} for d in DETS}
+    own = {"abs": {"seed_batch": None}}
+    params = {d: {**faithful, **own.get(d, {}), **(params or {}).get(d, {})} for d in DETS}
     dets = inspectors(DETS, params)
     return {
         n: {k: v for k, v in d.resolved_params().items() if k != "quiet"} for n, d in dets.items()
@@ -468,6 +469,7 @@ def test_a_default_scan_of_a_28x28_model_gets_the_shipped_population_calibration
     assert cal is not None, why
     # the calibration was fitted with the full budget in float32: the scan runs it so
     assert dets["neural-cleanse"].schedule == "full" and dets["abs"].precision == "fp32"
+    assert fast["abs"].seed_batch == 50 and dets["abs"].seed_batch is None
     assert scan_settings(fast, "auto", (3, 32, 32))[0]["neural-cleanse"].schedule == "k-arm"
     assert cal.n_models == 60 and cal.n_trojaned == 30 and cal.cv["auc"] > 0.8
     assert all(c > 0 for c in cal.coef)  # a larger anomaly never lowers p(trojan)

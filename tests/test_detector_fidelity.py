@@ -20,7 +20,8 @@ from eviltwins.detectors import (
     NeuralCleanse,
     evaluate_filter,
 )
-from eviltwins.detectors.abs import low_high_split, project_mask
+from eviltwins.detectors.abs import low_high_split
+from eviltwins.detectors.abs_remask import project_mask
 from eviltwins.detectors.evaluation import split_filter_data
 from eviltwins.errors import ParamError
 from eviltwins.training import predict
@@ -251,7 +252,7 @@ def test_project_mask_keeps_the_largest_entries_within_the_bound():
 
 
 def test_abs_mask_never_exceeds_its_bound_at_reasr_time(digits_badnet, digits_spec, monkeypatch):
-    import eviltwins.detectors.abs as abs_mod
+    import eviltwins.detectors.abs_reverse as abs_mod
 
     seen = []
 

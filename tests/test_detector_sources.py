@@ -15,6 +15,7 @@ from eviltwins.data import DatasetSpec, TensorImageDataset
 from eviltwins.detectors import ABS, STRIP, InspectionReport, NCStripEnsemble, evaluate_filter
 from eviltwins.detectors import abs as abs_mod
 from eviltwins.detectors.abs_remask import LOGIT_WEIGHT, MASK_EPS, mask_weight
+from eviltwins.detectors.abs_reverse import remask_step
 from eviltwins.detectors.base import quantile_threshold
 from eviltwins.detectors.evaluation import non_target_examples, split_filter_data
 from eviltwins.detectors.nc_schedule import COST_DOWN, COST_UP, CostState, next_cost
@@ -116,9 +117,9 @@ def test_abs_stimulates_every_channel_at_multiples_of_the_layers_maximum(monkeyp
     seen = []
     real = abs_mod.stimulated
 
-    def spy(model, layer, xs_, chans, vals, n_lv, expand):
+    def spy(model, layer, xs_, chans, vals, n_lv, expand, base=None):
         seen.append((chans.clone(), vals.clone(), n_lv))
-        return real(model, layer, xs_, chans, vals, n_lv, expand)
+        return real(model, layer, xs_, chans, vals, n_lv, expand, base)
 
     monkeypatch.setattr(abs_mod, "stimulated", spy)
     levels = (0.0, 1.0, 2.0, 4.0, 8.0)
@@ -135,6 +136,13 @@ def test_abs_stimulates_every_channel_at_multiples_of_the_layers_maximum(monkeyp
 
 
 # --- ABS step 3: the summed re-mask loss (defect 2b) -----------------------------------------
+def _remask(det, model, xs, w_m, w_p, chans, labels, late):
+    """Step 3's loss of every candidate on ``xs``, as ``det`` runs it."""
+    bound = det.mask_bound * xs.shape[-2] * xs.shape[-1]
+    params = (w_m, w_p, torch.arange(len(chans)))
+    return remask_step(model, "feat", xs, params, (chans, labels, bound, det.mask_size), late)
+
+
 def test_abs_reverse_loss_is_summed_with_small_weight_within_the_bound():
     torch.manual_seed(0)
     model = TwoChannels().eval()
@@ -148,7 +156,7 @@ def test_abs_reverse_loss_is_summed_with_small_weight_within_the_bound():
         w_p = torch.zeros(2, 1, 4, 4)
         w_m.requires_grad_(True)
         w_p.requires_grad_(True)
-        got = det._reverse_loss(model, "feat", xs, w_m, w_p, chans, labels, torch.arange(2), 0)
+        got = _remask(det, model, xs, w_m, w_p, chans, labels, late=False)
         m = (torch.tanh(w_m.detach()) + 1) / 2
         p = (torch.tanh(w_p.detach()) + 1) / 2
         want = 0.0
@@ -164,7 +172,7 @@ def test_abs_reverse_loss_is_summed_with_small_weight_within_the_bound():
             want += float(-own + 1e-4 * others) + w * l1
         assert float(got) == pytest.approx(want, rel=1e-5)
     # the second half subtracts the label's logit summed over the seed images (weight 1e2)
-    late = det._reverse_loss(model, "feat", xs, w_m, w_p, chans, labels, torch.arange(2), 5)
+    late = _remask(det, model, xs, w_m, w_p, chans, labels, late=True)
     with torch.no_grad():
         logit = sum(model(xs * (1 - m[k]) + p[k] * m[k])[:, labels[k]].sum() for k in range(2))
     assert float(late) == pytest.approx(want - LOGIT_WEIGHT * float(logit), rel=1e-5)
@@ -180,9 +188,9 @@ def test_mask_weight_steps_and_count_mode():
     m.view(-1)[:5] = MASK_EPS * 1.2
     w_m = torch.atanh(m * 2 - 1).clamp(-20, 20).requires_grad_(True)
     w_p = torch.zeros(1, 1, 4, 4, requires_grad=True)
-    args = (model, "feat", xs, w_m, w_p, torch.tensor([0]), torch.tensor([1]), torch.arange(1), 0)
-    by_count = float(det._reverse_loss(*args))
-    by_l1 = float(det.set_params(mask_size="l1")._reverse_loss(*args))
+    args = (model, xs, w_m, w_p, torch.tensor([0]), torch.tensor([1]))
+    by_count = float(_remask(det, *args, late=False))
+    by_l1 = float(_remask(det.set_params(mask_size="l1"), *args, late=False))
     l1 = float(((torch.tanh(w_m.detach()) + 1) / 2).sum())
     assert by_count - by_l1 == pytest.approx((500.0 - 0.01) * l1, rel=1e-4)
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from eviltwins.cli import main
 from eviltwins.detectors import ABS, NeuralCleanse
+from eviltwins.detectors.abs_reverse import pass_images, passes, seed_cycle, step_seeds
 from eviltwins.detectors.nc_schedule import (
     default_keep,
     labels_to_finish,
@@ -219,3 +220,55 @@ def test_larger_images_get_smaller_cpu_passes():
     assert nc.pass_images_on(cpu, 224 * 224) == 1  # one label (32 images) per pass
     assert NeuralCleanse(pass_images=8).pass_images_on(cpu, 224 * 224) == 8
     assert nc.pass_images_on(torch.device("cuda"), 224 * 224) > 10**6
+
+
+# --- ABS seed batches and bounded passes ---------------------------------------------------
+def test_seed_cycle_interleaves_the_classes_and_batches_wrap():
+    ys = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    cycle = seed_cycle(ys)
+    assert ys[cycle].tolist() == [0, 1, 2] * 3
+    assert sorted(cycle.tolist()) == list(range(9))  # every seed once per cycle
+    assert step_seeds(cycle, 0, None).tolist() == cycle.tolist()
+    assert step_seeds(cycle, 0, 20).tolist() == cycle.tolist()  # a batch that covers them
+    for step in range(5):
+        batch = step_seeds(cycle, step, 4)
+        counts = torch.bincount(ys[batch], minlength=3)
+        assert len(batch) == 4 and int(counts.max() - counts.min()) <= 1, (step, counts)
+    assert step_seeds(cycle, 2, 4).tolist() == cycle[[8, 0, 1, 2]].tolist()  # wraps around
+
+
+def test_passes_cover_every_candidate_image_pair_once():
+    rows = torch.tensor([0, 2, 3])
+    whole = passes(rows, 10, 64)  # six candidates of 10 images fit: all three together
+    assert [(k.tolist(), s) for k, s in whole] == [([0, 2, 3], slice(0, 10))]
+    split = passes(rows, 50, 16)  # one candidate at a time, its images in 16s
+    pairs = [(int(k), i) for ks, s in split for k in ks for i in range(50)[s]]
+    assert sorted(pairs) == [(k, i) for k in (0, 2, 3) for i in range(50)]
+    assert max(s.stop - s.start for _, s in split) == 16
+    cpu = torch.device("cpu")
+    assert pass_images(cpu, 32 * 32) == 64 and pass_images(cpu, 224 * 224) == 16
+    assert pass_images(torch.device("cuda"), 224 * 224) > 10**6
+
+
+def test_abs_image_chunks_and_seed_batches(digits_badnet, digits_spec, monkeypatch):
+    """Splitting a candidate's images over passes (mask penalty once) gives the steps of one
+    pass; a ``seed_batch`` that covers every seed is the default; a smaller one runs."""
+    import eviltwins.detectors.abs_reverse as rev
+
+    fast = {"steps": 6, "n_eval": 100, "top_k": 3, "quiet": True}
+    ref = ABS(**fast).inspect(digits_badnet.model, digits_spec)
+    monkeypatch.setattr(rev, "REVERSE_BATCH", 7)
+    monkeypatch.setattr(rev, "MIN_PASS_IMAGES", 7)  # 50 seeds: 8 passes per candidate
+    chunked = ABS(**fast).inspect(digits_badnet.model, digits_spec)
+    monkeypatch.undo()
+    assert chunked.details["candidates"] == ref.details["candidates"]
+    assert (chunked.masks - ref.masks).abs().max() < 1e-3
+    assert chunked.details["candidate_reasr"] == pytest.approx(
+        ref.details["candidate_reasr"], abs=0.02
+    )
+    same = ABS(seed_batch=50, **fast).inspect(digits_badnet.model, digits_spec)
+    assert torch.equal(same.masks, ref.masks)
+    half = ABS(seed_batch=20, **fast).inspect(digits_badnet.model, digits_spec)
+    assert half.details["params"]["seed_batch"] == 20
+    assert not torch.equal(half.masks, ref.masks)
+    assert ABS.scan_params["seed_batch"] == 50

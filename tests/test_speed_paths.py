@@ -12,6 +12,7 @@ from torch import nn
 
 from eviltwins.data import load_all
 from eviltwins.detectors import InspectionReport, NeuralCleanse
+from eviltwins.detectors.abs_stimulation import layer_output
 from eviltwins.errors import ParamError
 from eviltwins.models.layout import channels_last
 
@@ -190,9 +191,39 @@ def test_abs_stimulation_after_the_layer_equals_the_plain_path(digits_badnet, di
         plain = _stimulated(model, "net.features.conv2", xs, chans, vals, 4, expand=False)
     assert fast is not None and fast.shape == (3 * 4 * 6, 10)
     assert torch.allclose(fast, plain, atol=1e-4)
+    # with the layer's output cached, the layers before it run on a two-image stub
+    base = layer_output(model, "net.features.conv2", xs)
+    seen = []
+    hook = model.register_forward_pre_hook(lambda _m, inp: seen.append(len(inp[0])))
+    with torch.no_grad():
+        cached = _stimulated(model, "net.features.conv2", xs, chans, vals, 4, True, base)
+    hook.remove()
+    assert seen == [2]
+    assert cached is not None and torch.allclose(cached, plain, atol=1e-4)
+
+
+def test_abs_cached_layer_output_is_taken_before_in_place_changes():
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Conv2d(1, 2, 3, padding=1)
+            self.head = nn.Linear(2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.body(x)
+            h += 1.0  # a residual-style in-place add after the tapped layer
+            return self.head(h.mean(dim=(2, 3)))
+
+    net = InPlace().eval()
+    xs = torch.rand(3, 1, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(layer_output(net, "body", xs), net.body(xs))
 
 
 def test_abs_stimulation_falls_back_when_a_skip_crosses_the_layer():
+    """The skip's tensor has the seeds' (or the stub's) batch, the stimulated copies another:
+    the expanded path cannot run, or (stub) its logits differ from the plain path's, which is
+    what ABS's check on the first channel sees."""
     from eviltwins.detectors.abs_stimulation import stimulated as _stimulated
 
     net = SkipAcross().eval()
@@ -201,13 +232,16 @@ def test_abs_stimulation_falls_back_when_a_skip_crosses_the_layer():
     assert _stimulated(net, "body", xs, torch.tensor([1]), vals, 3, expand=True) is None
     plain = _stimulated(net, "body", xs, torch.tensor([1]), vals, 3, expand=False)
     assert plain.shape == (9, 3)
+    base = layer_output(net, "body", xs)
+    stub = _stimulated(net, "body", xs, torch.tensor([1]), vals, 3, True, base)
+    assert stub is None or not torch.allclose(stub, plain, atol=1e-4)
 
 
 def test_abs_chunked_reverse_gives_the_batched_gradients(
     digits_badnet, digits_spec, monkeypatch, first_steps
 ):
     from eviltwins.detectors import ABS
-    from eviltwins.detectors import abs as abs_mod
+    from eviltwins.detectors import abs_reverse as abs_mod
 
     kw = dict(steps=6, n_eval=200, quiet=True)
     one = first_steps.run(ABS(**kw), digits_badnet.model, digits_spec, 6)

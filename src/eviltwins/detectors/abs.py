@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -22,23 +21,23 @@ from eviltwins.base import (
     OneOf,
 )
 from eviltwins.data import DatasetSpec, load_all
-from eviltwins.detectors.abs_remask import MASK_SIZES, project_mask, remask_loss
-from eviltwins.detectors.abs_schedule import CANDIDATE_SCHEDULES, reasr, screen_candidates
+from eviltwins.detectors.abs_remask import MASK_SIZES
+from eviltwins.detectors.abs_reverse import reverse_candidates
+from eviltwins.detectors.abs_schedule import CANDIDATE_SCHEDULES
 from eviltwins.detectors.abs_stimulation import (
     STIMULATION_ELEMENTS,
+    layer_output,
     low_high_split,
     stimulated,
     stimulation_levels,
 )
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
-from eviltwins.errors import OptimisationError
-from eviltwins.models import feature_tap, layer_or_feature_layer
+from eviltwins.models import layer_or_feature_layer
 from eviltwins.models.fold import fold_batchnorm
 from eviltwins.models.layout import CHANNELS_LAST, channels_last
-from eviltwins.models.precision import PRECISIONS, autocast, dtype_of, low_precision
+from eviltwins.models.precision import PRECISIONS, dtype_of, low_precision
 from eviltwins.models.rewrite import thin_conv_grads
 from eviltwins.results import EvasionClaim, ShownMetric
-from eviltwins.triggers import stamp
 from eviltwins.utils import (
     device_of,
     eval_mode,
@@ -47,9 +46,6 @@ from eviltwins.utils import (
     make_generator,
     progress,
 )
-
-# Step 3 forwards and back-propagates at most this many images at a time (whole candidates).
-REVERSE_BATCH = 64
 
 
 @DETECTORS.register("abs")
@@ -80,17 +76,20 @@ class ABS(ModelInspector):
        (``mask_size``: the mask's L1, default, or as the original ABS the count of its
        pixels above 0.01); in the second half 100 x the label's logit (summed) is subtracted
        too, as in the original code (:data:`~eviltwins.detectors.abs_remask.LOGIT_WEIGHT`). The penalty is soft, so each mask is then projected onto the
-       bound (:func:`project_mask`) before REASR; the report holds the projected masks.
+       bound (:func:`~eviltwins.detectors.abs_remask.project_mask`) before REASR; the report holds the projected masks.
     4. REASR: the share of other held-out images (not the seeds, label != candidate label) that
        the recovered trigger (projected mask) sends to the label; a label is flagged at
        REASR >= ``threshold`` (0.8).
 
     Speed (same method): step 1 runs the layers before ``layer`` once and only the layers
     after it per stimulated copy (checked on the first channel; ``details["stimulation"]``);
-    steps 3 and 4 run in passes of at most 64 and 128 images; ``channels_last`` and
+    steps 3 and 4 run in passes of at most 64 and 128 images (step 3: fewer for images larger
+    than 32 x 32, :mod:`~eviltwins.detectors.abs_reverse`); ``channels_last`` and
     ``rewrites`` (batch norm folded, thin first convolution) as in :class:`NeuralCleanse`.
     ``schedule="k-arm"`` screens every candidate for ``screen_steps`` (a quarter of ``steps``)
     and finishes the ``keep`` best (:mod:`~eviltwins.detectors.abs_schedule`);
+    ``seed_batch`` runs each step of 3 on that many seed images, a class-balanced batch, as
+    the original code's re-mask mini-batches (default: every seed, as TrojanZoo);
     ``precision="bf16"`` runs the model under bfloat16 autocast (an approximation).
 
     A label without a candidate is untested: its entry in ``scores`` / ``anomaly`` is 0 by
@@ -145,11 +144,16 @@ class ABS(ModelInspector):
         "schedule": OneOf(*CANDIDATE_SCHEDULES),
         "screen_steps": Interval(int, 1, MAX_STEPS, allow_none=True),
         "keep": Interval(int, 1, MAX_NEURONS),
+        "seed_batch": Interval(int, 1, MAX_IMAGES, allow_none=True),
         "precision": PRECISIONS,
         "seed": SEED_RANGE,
     }
     fast_params: ClassVar[dict[str, Any]] = {"steps": 10, "n_eval": 100, "top_k": 3}
-    scan_params: ClassVar[dict[str, Any]] = {"schedule": "k-arm", "precision": "auto"}
+    scan_params: ClassVar[dict[str, Any]] = {
+        "schedule": "k-arm",
+        "precision": "auto",
+        "seed_batch": 50,
+    }
 
     def __init__(
         self,
@@ -169,6 +173,7 @@ class ABS(ModelInspector):
         schedule: str = "full",
         screen_steps: int | None = None,
         keep: int = 3,
+        seed_batch: int | None = None,
         precision: str = "fp32",
         seed: int = 0,
         quiet: bool | None = None,
@@ -189,6 +194,7 @@ class ABS(ModelInspector):
         self.schedule = schedule
         self.screen_steps = screen_steps
         self.keep = keep
+        self.seed_batch = seed_batch
         self.precision = precision
         self.seed = seed
         self.quiet = quiet
@@ -231,8 +237,8 @@ class ABS(ModelInspector):
         ):
             cands, elev, tail_only = self._candidates(model, layer, xs, ys, data.num_classes)
             dtype = dtype_of(precision)
-            masks, patterns, rates, unfinished = self._reverse(
-                model, layer, cands, (xs, ys), xe, ye, g, dtype
+            masks, patterns, rates, unfinished = reverse_candidates(
+                self, model, layer, cands, (xs, ys), (xe, ye), g, dtype
             )
         k = data.num_classes
         best = torch.zeros(k)
@@ -287,9 +293,7 @@ class ABS(ModelInspector):
         returns the candidates, their robust margins and whether the stimulation ran only the
         layers after ``layer``
         (:func:`~eviltwins.detectors.abs_stimulation.stimulated`)."""
-        with torch.no_grad(), feature_tap(model, layer) as tap:
-            model(xs)
-            base = tap["out"]
+        base = layer_output(model, layer, xs)
         n_ch = base.shape[1]
         levels = stimulation_levels(base, self.levels)
         n_lv, n_s = len(levels), len(xs)
@@ -306,7 +310,7 @@ class ABS(ModelInspector):
             vals = levels.repeat(len(chans))  # (channel, level): the same levels for each
             logits = None
             if tail_only:
-                logits = stimulated(model, layer, xs, chans, vals, n_lv, expand=True)
+                logits = stimulated(model, layer, xs, chans, vals, n_lv, True, base)
                 if logits is not None and c0 == 0:  # check the shortcut once (channel 0)
                     ref = stimulated(model, layer, xs, chans[:1], vals[:n_lv], n_lv, False)
                     if not torch.allclose(logits[: n_lv * n_s], ref, rtol=1e-4, atol=1e-4):
@@ -337,73 +341,6 @@ class ABS(ModelInspector):
         cands = [(int(c), int(mode[c])) for c in order if torch.isfinite(score[c])]
         return cands, [float(score[c]) for c, _ in cands], tail_only
 
-    def _reverse(
-        self,
-        model: nn.Module,
-        layer: str,
-        cands: list[tuple[int, int]],
-        seeds: tuple[Tensor, Tensor],
-        xe: Tensor,
-        ye: Tensor,
-        g: torch.Generator,
-        dtype: torch.dtype | None = None,
-    ) -> tuple[Tensor, Tensor, list[float], list[int]]:
-        """Steps 3-4: batched trigger reverse engineering for every candidate (or, with the
-        ``k-arm`` schedule, the screen's survivors: :mod:`~eviltwins.detectors.abs_schedule`),
-        projection of each mask onto the bound, then REASR with the projected masks; returns
-        the masks, patterns, REASRs and the indices of the candidates left unfinished."""
-        xs, ys = seeds
-        c, h, w = xs.shape[1:]
-        if not cands:
-            return torch.zeros(0, 1, h, w), torch.zeros(0, c, h, w), [], []
-        n_k, dev = len(cands), xs.device
-        chans = torch.tensor([n for n, _ in cands], device=dev)
-        labels = torch.tensor([lab for _, lab in cands], device=dev)
-        w_m = torch.atanh(torch.rand(n_k, 1, h, w, generator=g) * 0.2 - 0.9).to(dev)
-        w_p = torch.atanh((torch.rand(n_k, c, h, w, generator=g) * 2 - 1) * 0.99).to(dev)
-        w_m.requires_grad_(True)
-        w_p.requires_grad_(True)
-        opt = torch.optim.Adam([w_m, w_p], lr=self.lr, betas=(0.5, 0.9))
-        bound = self.mask_bound * h * w
-        rows = torch.arange(n_k, device=dev)
-        bar = progress(total=self.steps, desc="abs reverse-engineering", quiet=self.quiet)
-        # candidates per forward/backward: at most REVERSE_BATCH images (the loss is a sum of
-        # independent per-candidate terms, so the chunks' gradients add up to the full one)
-        per = max(1, REVERSE_BATCH // len(xs))
-        screen_at = self.screen_at()
-        held = None  # the unfinished candidates' screen parameters
-        for step in range(self.steps):
-            if step == screen_at:
-                held = screen_candidates(
-                    model, (xs, ys), w_m, w_p, labels, bound, (self.keep, self.threshold), dtype
-                )
-                rows = (~held[0]).nonzero().flatten()
-            opt.zero_grad(set_to_none=True)
-            total = 0.0
-            for k0 in range(0, len(rows), per):
-                ks = rows[k0 : k0 + per]
-                total += float(
-                    self._reverse_loss(model, layer, xs, w_m, w_p, chans, labels, ks, step, dtype)
-                )
-            if not math.isfinite(total):
-                bar.close()
-                raise OptimisationError(
-                    f"ABS reverse-engineering diverged at step {step + 1} (loss {total}); "
-                    f"lower lr (now {self.lr:g}) or check the model"
-                )
-            opt.step()
-            bar.update(1)
-        bar.close()
-        unfinished: list[int] = []
-        with torch.no_grad():
-            if held is not None:  # Adam's momentum moved them: back to the screen's triggers
-                stop, w_m[stop], w_p[stop] = held[0], held[1], held[2]
-                unfinished = stop.nonzero().flatten().tolist()
-            m = project_mask((torch.tanh(w_m) + 1) / 2, bound)
-            p = (torch.tanh(w_p) + 1) / 2
-            rates = reasr(model, m, p, labels, xe, ye, dtype)
-        return m.cpu(), p.cpu(), rates, unfinished
-
     def screen_at(self) -> int | None:
         """The step at which the ``k-arm`` schedule's screen ends (``screen_steps``, by default a
         quarter of ``steps``); None for the ``full`` schedule or a screen as long as ``steps``."""
@@ -411,38 +348,3 @@ class ABS(ModelInspector):
             return None
         at = self.screen_steps or max(1, self.steps // 4)
         return at if at < self.steps else None
-
-    def _reverse_loss(
-        self,
-        model: nn.Module,
-        layer: str,
-        xs: Tensor,
-        w_m: Tensor,
-        w_p: Tensor,
-        chans: Tensor,
-        labels: Tensor,
-        ks: Tensor,
-        step: int,
-        dtype: torch.dtype | None = None,
-    ) -> Tensor:
-        """Step 3's loss for candidates ``ks`` at ``step``, back-propagated into ``w_m`` and
-        ``w_p`` (their rows ``ks``); returns the loss (detached)."""
-        c, h, w = xs.shape[1:]
-        m = (torch.tanh(w_m[ks]) + 1) / 2
-        p = (torch.tanh(w_p[ks]) + 1) / 2
-        stamped = stamp(xs[None], m[:, None], p[:, None])
-        with feature_tap(model, layer) as tap, autocast(xs.device, dtype):
-            logits = model(stamped.reshape(-1, c, h, w))
-        late = step >= self.steps // 2  # the label's logit joins in the second half
-        loss = remask_loss(
-            tap["out"].float(),
-            chans[ks],
-            m,
-            self.mask_bound * h * w,
-            logits.float() if late else None,
-            labels[ks] if late else None,
-            self.mask_size,
-        ).sum()
-        if torch.isfinite(loss):
-            loss.backward()
-        return loss.detach()

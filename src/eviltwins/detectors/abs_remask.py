@@ -41,6 +41,7 @@ def remask_loss(
     logits: Tensor | None = None,
     labels: Tensor | None = None,
     mask_size: str = "l1",
+    penalty: bool = True,
 ) -> Tensor:
     """Step 3's loss per candidate (Liu et al., CCS 2019; the original code), summed, not averaged:
     ``-act(candidate) + 1e-4 * sum(act(other channels)) + w * ||m||_1``.
@@ -52,7 +53,9 @@ def remask_loss(
     above :data:`MASK_EPS` as the original ABS switches it) against ``bound``. With ``logits``
     (K x n, classes) and ``labels`` (K,), :data:`LOGIT_WEIGHT` times each candidate's label
     logit summed over the images is subtracted too (the original ABS code's logits term, used
-    in the second half of the optimisation). Returns K values."""
+    in the second half of the optimisation). ``penalty=False`` leaves the ``w * ||m||_1`` term
+    out (a pass that holds a later share of a candidate's images: the term enters once).
+    Returns K values."""
     k = len(chans)
     per = feats if feats.ndim == 2 else feats.sum(dim=(2, 3))
     per = per.reshape(k, -1, per.shape[1]).sum(1)  # (K, C): summed over images and positions
@@ -62,6 +65,8 @@ def remask_loss(
     if logits is not None and labels is not None:
         label_logit = logits.reshape(k, -1, logits.shape[-1])[rows, :, labels].sum(1)
         loss = loss - LOGIT_WEIGHT * label_logit
+    if not penalty:
+        return loss
     l1 = mask.sum(dim=(1, 2, 3))
     size = l1 if mask_size == "l1" else (mask > MASK_EPS).sum(dim=(1, 2, 3)).to(l1.dtype)
     return loss + mask_weight(size.detach(), bound) * l1

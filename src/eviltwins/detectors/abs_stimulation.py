@@ -11,8 +11,12 @@ from torch import Tensor, nn
 
 from eviltwins.models import get_layer
 
-# Stimulation batch bound: the stimulated copies of the layer's output, in floats (16 MB).
-STIMULATION_ELEMENTS = 1 << 22
+# Stimulation batch bound: the stimulated copies of the layer's output, in floats (64 MB).
+STIMULATION_ELEMENTS = 1 << 24
+#: Images the layers before the stimulated one run on per batch of channels once the layer's
+#: output is cached (:func:`stimulated`'s ``base``); two, so that a batch dimension of one
+#: never broadcasts silently against the stimulated copies.
+STUB_IMAGES = 2
 
 
 def low_high_split(n_levels: int) -> int:
@@ -34,6 +38,23 @@ def stimulation_levels(base: Tensor, levels: Sequence[float]) -> Tensor:
 
 
 @torch.no_grad()
+def layer_output(model: nn.Module, layer: str, xs: Tensor) -> Tensor:
+    """The output of ``layer`` on the seed images ``xs``, copied as the layer returns it
+    (before any in-place operation of a later layer, such as a residual ``+=``, changes it)."""
+    store: list[Tensor] = []
+
+    def hook(_m: nn.Module, _i: object, out: Tensor) -> None:
+        store.append(out.clone())
+
+    handle = get_layer(model, layer).register_forward_hook(hook)
+    try:
+        model(xs)
+    finally:
+        handle.remove()
+    return store[0]
+
+
+@torch.no_grad()
 def stimulated(
     model: nn.Module,
     layer: str,
@@ -42,6 +63,7 @@ def stimulated(
     vals: Tensor,
     n_lv: int,
     expand: bool,
+    base: Tensor | None = None,
 ) -> Tensor | None:
     """Logits with each channel of ``chans`` of ``layer`` set, over its whole map, to each of its
     ``n_lv`` values in ``vals`` (channel-major), for every seed image of ``xs``: rows ordered
@@ -52,13 +74,22 @@ def stimulated(
     the same thing for every copy). Returns None when the model does not allow it (a layer
     after ``layer`` mixes in a tensor computed before it, e.g. a skip connection across it);
     the caller then uses the plain path (``expand=False``: the seeds repeated at the input).
+    With ``base``, the layer's output on ``xs`` computed once by the caller, the expanded path
+    replicates it instead and the model's layers before ``layer`` run on :data:`STUB_IMAGES`
+    images only (their output is replaced), not on every seed for every batch of channels;
+    a stub that changes the result (a later layer mixing in a tensor of the stub's batch)
+    shows in the caller's check against the plain path.
     """
     n_s, n_rep = len(xs), len(vals)
     ch = chans.repeat_interleave(n_lv * n_s)
     val = vals.repeat_interleave(n_s)
 
     def hook(_m: nn.Module, _i: object, out: Tensor) -> Tensor:
-        out = out.repeat(n_rep, *([1] * (out.ndim - 1))) if expand else out.clone()
+        if expand:
+            src = out if base is None else base.to(out.dtype)
+            out = src.repeat(n_rep, *([1] * (src.ndim - 1)))
+        else:
+            out = out.clone()
         rows = torch.arange(len(out), device=out.device)
         if out.ndim == 2:
             out[rows, ch] = val
@@ -71,7 +102,7 @@ def stimulated(
         if not expand:
             return model(xs.repeat(n_rep, *([1] * (xs.ndim - 1))))
         try:
-            logits = model(xs)
+            logits = model(xs if base is None else xs[:STUB_IMAGES])
         except RuntimeError:
             return None
         return logits if logits.shape[0] == n_rep * n_s else None
