@@ -14,6 +14,7 @@ from torch import nn
 from eviltwins.cli import main
 from eviltwins.detectors import ABS, NeuralCleanse
 from eviltwins.detectors.abs_reverse import pass_images, passes, seed_cycle, step_seeds
+from eviltwins.detectors.abs_stimulation import forward_images
 from eviltwins.detectors.nc_schedule import (
     default_keep,
     labels_to_finish,
@@ -248,6 +249,8 @@ def test_passes_cover_every_candidate_image_pair_once():
     cpu = torch.device("cpu")
     assert pass_images(cpu, 32 * 32) == 64 and pass_images(cpu, 224 * 224) == 16
     assert pass_images(torch.device("cuda"), 224 * 224) > 10**6
+    sizes = [forward_images(torch.empty(1, 3, s, s)) for s in (28, 32, 224)]
+    assert sizes == [128, 128, 16] and forward_images(torch.empty(1, 20)) == 128
 
 
 def test_abs_image_chunks_and_seed_batches(digits_badnet, digits_spec, monkeypatch):

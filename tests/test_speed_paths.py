@@ -183,13 +183,13 @@ def test_abs_stimulation_after_the_layer_equals_the_plain_path(digits_badnet, di
     from eviltwins.detectors.abs_stimulation import stimulated as _stimulated
 
     model = copy.deepcopy(digits_badnet.model).eval()  # as ABS runs it
-    xs = load_all(digits_spec.test)[0][:6]
+    xs = load_all(digits_spec.test)[0][:12]
     chans = torch.tensor([0, 5, 17])
     vals = torch.rand(3 * 4) * 3  # 3 channels x 4 levels
     with torch.no_grad():
         fast = _stimulated(model, "net.features.conv2", xs, chans, vals, 4, expand=True)
         plain = _stimulated(model, "net.features.conv2", xs, chans, vals, 4, expand=False)
-    assert fast is not None and fast.shape == (3 * 4 * 6, 10)
+    assert fast is not None and fast.shape == (3 * 4 * 12, 10)  # plain: forwards of 128 + 16
     assert torch.allclose(fast, plain, atol=1e-4)
     # with the layer's output cached, the layers before it run on a two-image stub
     base = layer_output(model, "net.features.conv2", xs)

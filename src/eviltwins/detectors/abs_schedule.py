@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from eviltwins.detectors.abs_remask import project_mask
+from eviltwins.detectors.abs_stimulation import forward_images
 from eviltwins.errors import DataError
 from eviltwins.models.precision import autocast
 from eviltwins.triggers import stamp
@@ -24,9 +25,6 @@ from eviltwins.utils import nonfinite_outputs_message
 
 #: ABS's candidate schedules: every candidate the whole budget, or K-Arm-style scheduling.
 CANDIDATE_SCHEDULES = ("full", "k-arm")
-
-# REASR forwards at most this many images at a time (memory stays flat in ``n_eval``).
-REASR_BATCH = 128
 
 
 @torch.no_grad()
@@ -43,16 +41,17 @@ def reasr(
     the trigger (``masks[k]``, already projected onto the bound, and ``patterns[k]``) sends to
     ``labels[k]`` (Liu et al.'s REASR, step 4)."""
     out = []
+    per = forward_images(x)
     for k in range(len(masks)):
-        xk = x[y != labels[k]]
+        rows = (y != labels[k]).nonzero().flatten()  # indices: no copy of the images
         hits = 0
-        for i in range(0, len(xk), REASR_BATCH):
-            with autocast(xk.device, dtype):
-                logits = model(stamp(xk[i : i + REASR_BATCH], masks[k], patterns[k])).float()
+        for i in range(0, len(rows), per):
+            with autocast(x.device, dtype):
+                logits = model(stamp(x[rows[i : i + per]], masks[k], patterns[k])).float()
             if not bool(torch.isfinite(logits).all()):
                 raise DataError(nonfinite_outputs_message("trigger-stamped held-out"))
             hits += int((logits.argmax(1) == labels[k]).sum())
-        out.append(hits / len(xk) if len(xk) else 0.0)
+        out.append(hits / len(rows) if len(rows) else 0.0)
     return out
 
 
@@ -91,7 +90,6 @@ def screen_candidates(
 
 __all__ = [
     "CANDIDATE_SCHEDULES",
-    "REASR_BATCH",
     "candidates_to_finish",
     "reasr",
     "screen_candidates",

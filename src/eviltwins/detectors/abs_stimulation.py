@@ -19,6 +19,15 @@ STIMULATION_ELEMENTS = 1 << 24
 STUB_IMAGES = 2
 
 
+def forward_images(x: Tensor) -> int:
+    """Images per gradient-free forward of ABS (the plain stimulation path, the seeds' layer
+    output, REASR) on inputs like ``x``: 128 images of up to 32 x 32 pixels (or inputs that
+    are not images), proportionally fewer for larger images, at least 16 (16 at 224 x 224),
+    so that one forward's activations stay near those of 128 images of 32 x 32."""
+    pixels = x.shape[-2] * x.shape[-1] if x.ndim == 4 else 1024
+    return max(16, 128 * 1024 // max(1024, pixels))
+
+
 def low_high_split(n_levels: int) -> int:
     """How many of the (ascending) stimulation levels count as "low": ``n // 5`` as in
     TrojanZoo's ``find_min_max`` (low = levels[:n // 5], high = levels[n // 5:]), at least 1
@@ -40,18 +49,21 @@ def stimulation_levels(base: Tensor, levels: Sequence[float]) -> Tensor:
 @torch.no_grad()
 def layer_output(model: nn.Module, layer: str, xs: Tensor) -> Tensor:
     """The output of ``layer`` on the seed images ``xs``, copied as the layer returns it
-    (before any in-place operation of a later layer, such as a residual ``+=``, changes it)."""
+    (before any in-place operation of a later layer, such as a residual ``+=``, changes it),
+    in forwards of :func:`forward_images` images."""
     store: list[Tensor] = []
 
     def hook(_m: nn.Module, _i: object, out: Tensor) -> None:
         store.append(out.clone())
 
+    per = forward_images(xs)
     handle = get_layer(model, layer).register_forward_hook(hook)
     try:
-        model(xs)
+        for i in range(0, len(xs), per):
+            model(xs[i : i + per])
     finally:
         handle.remove()
-    return store[0]
+    return torch.cat(store)
 
 
 @torch.no_grad()
@@ -73,16 +85,17 @@ def stimulated(
     hook, so only the layers after ``layer`` run per copy (the layers before it would compute
     the same thing for every copy). Returns None when the model does not allow it (a layer
     after ``layer`` mixes in a tensor computed before it, e.g. a skip connection across it);
-    the caller then uses the plain path (``expand=False``: the seeds repeated at the input).
-    With ``base``, the layer's output on ``xs`` computed once by the caller, the expanded path
-    replicates it instead and the model's layers before ``layer`` run on :data:`STUB_IMAGES`
-    images only (their output is replaced), not on every seed for every batch of channels;
-    a stub that changes the result (a later layer mixing in a tensor of the stub's batch)
+    the caller then uses the plain path (``expand=False``: the seeds repeated at the input,
+    in forwards of :func:`forward_images` images). With ``base``, the layer's output on
+    ``xs`` computed once by the caller, the expanded path replicates it instead and the
+    model's layers before ``layer`` run on :data:`STUB_IMAGES` images only (their output is
+    replaced), not on every seed for every batch of channels; a stub that changes the result (a later layer mixing in a tensor of the stub's batch)
     shows in the caller's check against the plain path.
     """
     n_s, n_rep = len(xs), len(vals)
-    ch = chans.repeat_interleave(n_lv * n_s)
-    val = vals.repeat_interleave(n_s)
+    ch_all = chans.repeat_interleave(n_lv * n_s)
+    val_all = vals.repeat_interleave(n_s)
+    now = {"rows": slice(0, n_rep * n_s)}  # the copies the current forward holds
 
     def hook(_m: nn.Module, _i: object, out: Tensor) -> Tensor:
         if expand:
@@ -90,6 +103,7 @@ def stimulated(
             out = src.repeat(n_rep, *([1] * (src.ndim - 1)))
         else:
             out = out.clone()
+        ch, val = ch_all[now["rows"]], val_all[now["rows"]]
         rows = torch.arange(len(out), device=out.device)
         if out.ndim == 2:
             out[rows, ch] = val
@@ -100,7 +114,13 @@ def stimulated(
     handle = get_layer(model, layer).register_forward_hook(hook)
     try:
         if not expand:
-            return model(xs.repeat(n_rep, *([1] * (xs.ndim - 1))))
+            seed_of = torch.arange(n_rep * n_s, device=xs.device) % n_s
+            per = forward_images(xs)
+            outs = []
+            for i in range(0, len(seed_of), per):
+                now["rows"] = slice(i, i + per)
+                outs.append(model(xs[seed_of[i : i + per]]))
+            return torch.cat(outs)
         try:
             logits = model(xs if base is None else xs[:STUB_IMAGES])
         except RuntimeError:
