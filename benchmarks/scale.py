@@ -6,7 +6,7 @@ and without, and how the cost grows with the number of classes.
     python -m benchmarks.scale --classes 10,20,43,100   # cost vs classes, table and plot
     python -m benchmarks.scale --scan resnet18:10:32    # one full `scan`, end to end
     python -m benchmarks.scale --model runs/r18         # the same on a trained model folder
-    python -m benchmarks.scale --scan resnet18-imagenet:10:224 --steps 3   # peak memory
+    python -m benchmarks.scale --scan resnet18-imagenet:10:224 --steps 3   # memory, quickly
     python -m benchmarks --scale                    # the same as --rows
 
 The cost of an optimisation step does not depend on the weights, so the timed models are
@@ -152,7 +152,7 @@ def scan_once(
     """One real ``scan`` at its defaults of a seeded random ``arch`` (ABS at consistency 0:
     all 10 candidates), or of the trained model in ``folder`` on its own dataset (ABS at its
     defaults); wall time, the inspectors' seconds and peak RSS. ``steps`` caps both budgets
-    (a memory probe: the peak does not depend on the number of steps)."""
+    (a quick memory probe: the same passes, a lower estimate of the full scan's peak)."""
     from eviltwins.data import load_dataset
     from eviltwins.detectors.scan import inspectors, run_scan
     from eviltwins.io import load_model
