@@ -58,6 +58,12 @@ def reset_peak_rss() -> bool:
     return True
 
 
+def current_rss_mb() -> float | None:
+    """The process's resident set size now (MiB; VmRSS), None where it cannot be read."""
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
 def peak_rss_mb() -> float:
     """The process's peak resident set size (MiB) since the last reset (VmHWM), else
     ``ru_maxrss``."""
@@ -128,7 +134,7 @@ def run_row(cfg: dict[str, Any]) -> dict[str, Any]:
     before = methods.phases(method, est, ctx)
     timings = floors.time_phases(model, x, before, k, **timing_kw)
     reset = reset_peak_rss()
-    rss_start = (_status_kb("VmRSS") or 0) / 1024
+    rss_start = current_rss_mb() or 0.0
     result, wall = methods.run(method, est, ctx)
     peak = peak_rss_mb()
     tuned = allocator.reuse_freed_memory()

@@ -15,16 +15,15 @@ that ship with scikit-learn) resized to the input shape in colour, with labels d
 over the classes. Projections time a few steps of each phase after one warm-up step and
 multiply by the steps the budget gives (``full``: every label / candidate the whole budget;
 ``k-arm``: the screen for all, the rest for the kept ones, the largest share the schedule can
-give, before early stopping; ABS's steps at ``scan``'s seed batches). ABS runs with ``consistency=0`` so that a random model still
-yields its 10 candidates (the most reverse engineering ABS does). ``--scan`` runs the real
-``scan`` (its defaults: label scheduling and bfloat16 where native) and reads the process's
-peak RSS.
+give, before early stopping; ABS's steps at ``scan``'s seed batches). ABS runs with
+``consistency=0`` so that a random model still yields its 10 candidates (the most reverse
+engineering ABS does). ``--scan`` runs the real ``scan`` (its defaults: label scheduling,
+seed batches and bfloat16 where native) and reads the process's peak RSS and the scan's own.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import resource
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.row import current_rss_mb, peak_rss_mb, reset_peak_rss
 from eviltwins.data import DatasetSpec
 from eviltwins.data.base import TensorImageDataset
 from eviltwins.detectors import ABS, NeuralCleanse
@@ -111,7 +111,7 @@ def projected(arch: str, classes: int, side: int, precision: str) -> dict:
         spec,
     )
     batch = ABS.scan_params["seed_batch"]  # scan's seed batches: a step's cost stops growing
-    if classes * 5 > batch:
+    if classes * ABS().seeds_per_class > batch:
         _, abs_step_batched = per_step(
             lambda k: ABS(
                 steps=k,
@@ -165,13 +165,13 @@ def scan_once(
         spec = load_dataset(card.dataset, **(card.dataset_options or {}))
         arch, classes, side = card.architecture, card.num_classes, card.input_shape[-1]
         dets = inspectors(params=_params({}, steps), quiet=True)
-    before = resident_mib("VmRSS")
-    reset_peak()  # the peak of the scan itself, not of building the model and images
+    reset_peak_rss()  # the peak of the scan itself, not of building the model and images
+    before = current_rss_mb()
     start = time.perf_counter()
     with eval_mode(model), frozen_params(model):
         report = run_scan(dets, model, spec, source=arch, calibration="none")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    scan_peak = resident_mib("VmHWM")
+    scan_peak = peak_rss_mb()
     return {
         "arch": arch,
         "classes": classes,
@@ -180,30 +180,11 @@ def scan_once(
         "inspectors": {n: r.seconds for n, r in report.reports.items()},
         "precision": {n: r.details.get("precision") for n, r in report.reports.items()},
         "peak_mib": round(peak),
-        "rss_at_start_mib": before,
-        "scan_peak_mib": scan_peak,
+        "rss_at_start_mib": None if before is None else round(before),
+        "scan_peak_mib": round(scan_peak),
         "steps": steps or "default",
         "verdict": report.verdict,
     }
-
-
-def reset_peak() -> None:
-    """Reset the process's peak resident memory (Linux: ``/proc/self/clear_refs``), so that
-    :func:`resident_mib` ("VmHWM") then reads the peak from here on; a no-op elsewhere."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def resident_mib(field: str) -> int | None:
-    """``field`` of ``/proc/self/status`` ("VmRSS": now; "VmHWM": the peak since
-    :func:`reset_peak`) in MiB; None where there is no such file."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return round(int(line.split()[1]) / 1024)
-    except OSError:
-        pass
-    return None
 
 
 def _params(params: dict, steps: int | None) -> dict:

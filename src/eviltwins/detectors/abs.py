@@ -75,8 +75,10 @@ class ABS(ModelInspector):
        mask is within the bound ``mask_bound`` x H x W, 500 above it, 1000 above 1.2x
        (``mask_size``: the mask's L1, default, or as the original ABS the count of its
        pixels above 0.01); in the second half 100 x the label's logit (summed) is subtracted
-       too, as in the original code (:data:`~eviltwins.detectors.abs_remask.LOGIT_WEIGHT`). The penalty is soft, so each mask is then projected onto the
-       bound (:func:`~eviltwins.detectors.abs_remask.project_mask`) before REASR; the report holds the projected masks.
+       too, as in the original code (:data:`~eviltwins.detectors.abs_remask.LOGIT_WEIGHT`).
+       The penalty is soft, so each mask is then projected onto the bound
+       (:func:`~eviltwins.detectors.abs_remask.project_mask`) before REASR; the report holds
+       the projected masks.
     4. REASR: the share of other held-out images (not the seeds, label != candidate label) that
        the recovered trigger (projected mask) sends to the label; a label is flagged at
        REASR >= ``threshold`` (0.8).

@@ -30,7 +30,7 @@ from eviltwins.detectors.abs_remask import project_mask, remask_loss
 from eviltwins.detectors.abs_schedule import reasr, screen_candidates
 from eviltwins.errors import OptimisationError
 from eviltwins.models import feature_tap
-from eviltwins.models.layout import images_per_pass
+from eviltwins.models.layout import images_per_pass, pixel_scaled
 from eviltwins.models.precision import autocast
 from eviltwins.triggers import stamp
 from eviltwins.utils import progress
@@ -46,8 +46,7 @@ def pass_images(device: torch.device, pixels: int) -> int:
     """Images per forward/backward pass of step 3: :data:`REVERSE_BATCH` images of up to
     32 x 32 ``pixels``, proportionally fewer for larger images (at least
     :data:`MIN_PASS_IMAGES`), so that memory stays bounded on CPU; unbounded on a GPU."""
-    cpu = max(MIN_PASS_IMAGES, REVERSE_BATCH * 1024 // max(1024, pixels))
-    return images_per_pass(device, cpu)
+    return images_per_pass(device, pixel_scaled(REVERSE_BATCH, pixels, MIN_PASS_IMAGES))
 
 
 def seed_cycle(ys: Tensor) -> Tensor:
@@ -99,7 +98,8 @@ def reverse_candidates(
     opt = torch.optim.Adam([w_m, w_p], lr=det.lr, betas=(0.5, 0.9))
     bound = det.mask_bound * h * w
     rows = torch.arange(n_k, device=dev)
-    cycle = seed_cycle(ys)
+    batched = det.seed_batch is not None and det.seed_batch < len(xs)
+    cycle = seed_cycle(ys) if batched else None
     per_pass = pass_images(dev, h * w)
     bar = progress(total=det.steps, desc="abs reverse-engineering", quiet=det.quiet)
     screen_at = det.screen_at()
@@ -110,7 +110,7 @@ def reverse_candidates(
                 model, (xs, ys), w_m, w_p, labels, bound, (det.keep, det.threshold), dtype
             )
             rows = (~held[0]).nonzero().flatten()
-        xb = xs[step_seeds(cycle, step, det.seed_batch)]
+        xb = xs[step_seeds(cycle, step, det.seed_batch)] if cycle is not None else xs
         late = step >= det.steps // 2  # the label's logit joins in the second half
         opt.zero_grad(set_to_none=True)
         total = 0.0

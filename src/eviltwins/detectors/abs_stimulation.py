@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from eviltwins.models import get_layer
+from eviltwins.models.layout import pixel_scaled
 
 # Stimulation batch bound: the stimulated copies of the layer's output, in floats (64 MB).
 STIMULATION_ELEMENTS = 1 << 24
@@ -25,7 +26,7 @@ def forward_images(x: Tensor) -> int:
     are not images), proportionally fewer for larger images, at least 16 (16 at 224 x 224),
     so that one forward's activations stay near those of 128 images of 32 x 32."""
     pixels = x.shape[-2] * x.shape[-1] if x.ndim == 4 else 1024
-    return max(16, 128 * 1024 // max(1024, pixels))
+    return pixel_scaled(128, pixels, 16)
 
 
 def low_high_split(n_levels: int) -> int:

@@ -34,7 +34,13 @@ from eviltwins.errors import ParamError
 from eviltwins.evasion import EVASIONS, EvasionTerm
 from eviltwins.metrics import anomaly_index
 from eviltwins.models.fold import fold_batchnorm
-from eviltwins.models.layout import CHANNELS_LAST, channels_last, images_per_pass, nhwc
+from eviltwins.models.layout import (
+    CHANNELS_LAST,
+    channels_last,
+    images_per_pass,
+    nhwc,
+    pixel_scaled,
+)
 from eviltwins.models.precision import PRECISIONS, autocast, dtype_of, low_precision
 from eviltwins.models.rewrite import pool_before_relu, thin_conv_grads
 from eviltwins.results import EvasionClaim, ShownMetric
@@ -309,7 +315,7 @@ class NeuralCleanse(ModelInspector):
         (:func:`~eviltwins.models.layout.images_per_pass`)."""
         if self.pass_images is not None:
             return int(self.pass_images)
-        return images_per_pass(device, max(1, CPU_PASS_IMAGES * 1024 // max(1024, pixels)))
+        return images_per_pass(device, pixel_scaled(CPU_PASS_IMAGES, pixels))
 
     def _pass(
         self,

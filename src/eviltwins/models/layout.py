@@ -31,6 +31,13 @@ def images_per_pass(device: torch.device, cpu_images: int) -> int:
     return cpu_images if device.type == "cpu" else 1 << 30
 
 
+def pixel_scaled(images: int, pixels: int, floor: int = 1) -> int:
+    """``images`` for inputs of up to 32 x 32 ``pixels``, proportionally fewer for larger
+    ones, at least ``floor``: how many images a pass holds so that its activations stay near
+    those of ``images`` images of 32 x 32."""
+    return max(floor, images * 1024 // max(1024, pixels))
+
+
 def nhwc(x: Tensor) -> Tensor:
     """``x`` (N, C, H, W) copied into channels-last strides ``(H*W*C, 1, W*C, C)``, spelled out
     also for C = 1: there ``x.contiguous(memory_format=torch.channels_last)`` keeps the NCHW
