@@ -82,6 +82,22 @@ class ParameterOption(click.Option):
         return extra
 
 
+def inspectors_option(what: str, more: str = "") -> Callable[..., Any]:
+    """``--detectors NAME,NAME,...``: the model inspectors a command runs or reads (``scan``,
+    ``calibrate``), by default ``scan``'s set; the help names them after "Model inspectors
+    ``what``", then ``more``."""
+    from eviltwins.detectors.scan import DEFAULT_DETECTORS, inspector_names
+
+    return click.option(
+        "--detectors",
+        type=ListOf(str),
+        default=",".join(DEFAULT_DETECTORS),
+        show_default=True,
+        metavar="NAME,NAME,...",
+        help=f"Model inspectors {what} ({', '.join(inspector_names())}){more}.",
+    )
+
+
 def signature_option(fn: Callable[..., Any], name: str, help: str, **kwargs: Any) -> Any:
     """A click option decorator for parameter ``name`` of ``fn``, showing its default."""
     default = inspect.signature(fn).parameters[name].default

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Collection
+from inspect import signature
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -46,6 +48,23 @@ class ModelInspector(Estimator, abc.ABC):
     #: What ``scan`` changes from the class defaults to run faster (parameters the user did
     #: not set); a shipped calibration fitted without them takes precedence.
     scan_params: ClassVar[dict[str, Any]] = {}
+    #: The ``scan_params`` :meth:`apply_scan_params` set on this inspector (empty until then).
+    scan_params_applied_: dict[str, Any]
+
+    def apply_scan_params(self, chosen: Collection[str] = ()) -> ModelInspector:
+        """Set the class's ``scan_params`` except those the user ``chosen`` explicitly, and
+        remember which were set (``scan_params_applied_``) for :meth:`without_scan_params`;
+        returns ``self``."""
+        self.scan_params_applied_ = {p: v for p, v in self.scan_params.items() if p not in chosen}
+        self.set_params(**self.scan_params_applied_)
+        return self
+
+    def without_scan_params(self) -> ModelInspector:
+        """A new inspector with this one's parameters, the scan defaults that
+        :meth:`apply_scan_params` set back at the class's defaults."""
+        applied = getattr(self, "scan_params_applied_", {})
+        sig = signature(type(self)).parameters
+        return type(self)(**{**self.get_params(), **{p: sig[p].default for p in applied}})
 
     def inspect(self, model: nn.Module, data: DatasetSpec) -> InspectionReport:
         """Inspect ``model`` (left untouched) with held-out ``data.test`` images.

@@ -14,7 +14,6 @@ report's files (``scan.json``, the reversed triggers, ``scan.html``) is
 from __future__ import annotations
 
 import difflib
-import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,17 +129,8 @@ def inspectors(
     built = {k: DETECTORS.build(k, given.get(k), quiet) for k in keys}
     out = {k: det for k, det in built.items() if isinstance(det, ModelInspector)}
     for k, det in out.items():  # scan's speed defaults, where the user did not choose
-        applied = {p: v for p, v in det.scan_params.items() if p not in given.get(k, {})}
-        det.set_params(**applied)
-        det._scan_applied = applied  # type: ignore[attr-defined]
+        det.apply_scan_params(given.get(k, {}))
     return out
-
-
-def _without_scan_params(det: ModelInspector) -> ModelInspector:
-    """``det`` with the scan defaults it was given (:func:`inspectors`) back at the class's."""
-    applied = getattr(det, "_scan_applied", {})
-    sig = inspect.signature(type(det)).parameters
-    return type(det)(**{**det.get_params(), **{p: sig[p].default for p in applied}})
 
 
 def _params_of(detectors: Mapping[str, ModelInspector]) -> dict[str, dict[str, Any]]:
@@ -375,7 +365,7 @@ def scan_settings(
     params = _params_of(detectors)
     cal, about = scan_calibration(calibration, list(detectors), params, input_shape)
     if cal is None and calibration == "auto":
-        plain = {n: _without_scan_params(d) for n, d in detectors.items()}
+        plain = {n: d.without_scan_params() for n, d in detectors.items()}
         found, why = scan_calibration("auto", list(plain), _params_of(plain), input_shape)
         if found is not None:
             return plain, _params_of(plain), found, why

@@ -10,10 +10,9 @@ import click
 from eviltwins import api
 from eviltwins.base import SEED_RANGE
 from eviltwins.cli.common import PathType, emit, json_option, must
-from eviltwins.cli.estimators import ListOf
+from eviltwins.cli.estimators import inspectors_option
 from eviltwins.cli.types import Bounded
 from eviltwins.detectors.calibration import FOLDS
-from eviltwins.detectors.scan import DEFAULT_DETECTORS, inspector_names
 
 
 @click.command()
@@ -24,15 +23,7 @@ from eviltwins.detectors.scan import DEFAULT_DETECTORS, inspector_names
     required=True,
     help="The calibration file to write (JSON), for 'eviltwins scan --calibration FILE'.",
 )
-@click.option(
-    "--detectors",
-    type=ListOf(str),
-    default=",".join(DEFAULT_DETECTORS),
-    show_default=True,
-    metavar="NAME,NAME,...",
-    help=f"Model inspectors whose statistics are combined ({', '.join(inspector_names())}); "
-    "each sweep must have run them.",
-)
+@inspectors_option("whose statistics are combined", "; each sweep must have run them")
 @click.option(
     "--folds",
     type=Bounded(FOLDS),

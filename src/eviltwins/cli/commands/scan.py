@@ -23,8 +23,8 @@ from eviltwins.cli.common import (
     resolve,
     test_limit_option,
 )
-from eviltwins.cli.estimators import ListOf
-from eviltwins.detectors.scan import DEFAULT_DETECTORS, inspector_names, inspectors
+from eviltwins.cli.estimators import inspectors_option
+from eviltwins.detectors.scan import inspector_names, inspectors
 from eviltwins.errors import ParamError
 
 #: The exit code of ``scan --fail-on-detect`` when an inspector flags a label.
@@ -36,14 +36,7 @@ EXIT_DETECTED = 3
 @dataset_of_model_option
 @data_options
 @test_limit_option
-@click.option(
-    "--detectors",
-    type=ListOf(str),
-    default=",".join(DEFAULT_DETECTORS),
-    show_default=True,
-    metavar="NAME,NAME,...",
-    help=f"Model inspectors to run ({', '.join(inspector_names())}).",
-)
+@inspectors_option("to run")
 @click.option(
     "--calibration",
     default="auto",
