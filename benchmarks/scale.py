@@ -68,11 +68,12 @@ def images(n: int, side: int, classes: int, seed: int = 0) -> tuple[torch.Tensor
 
 
 def setting(arch: str, classes: int, side: int, n: int = 400) -> tuple[Any, DatasetSpec]:
-    """A seeded random model of ``arch`` and a held-out split of ``n`` images for it."""
+    """A seeded random model of ``arch`` and a held-out split of ``n`` images for it, held as
+    uint8 as an image folder's are."""
     torch.manual_seed(0)
     model = build_model(arch, (3, side, side), classes).eval()
     x, y = images(n, side, classes)
-    split = TensorImageDataset(x, y)
+    split = TensorImageDataset((x * 255).round().to(torch.uint8), y)
     names = tuple(str(k) for k in range(classes))
     spec = DatasetSpec(
         f"timing-{side}", (3, side, side), names, (0.0,) * 3, (1.0,) * 3, split, split
@@ -179,12 +180,29 @@ def scan_once(
         "seconds": round(time.perf_counter() - start, 1),
         "inspectors": {n: r.seconds for n, r in report.reports.items()},
         "precision": {n: r.details.get("precision") for n, r in report.reports.items()},
+        "work": _work(report.reports),
         "peak_mib": round(peak),
         "rss_at_start_mib": None if before is None else round(before),
         "scan_peak_mib": round(scan_peak),
         "steps": steps or "default",
         "verdict": report.verdict,
     }
+
+
+def _work(reports: dict) -> dict:
+    """What the scan's inspectors did: NeuralCleanse's label-steps and labels run past its
+    screen, ABS's candidates and those run past its screen."""
+    out: dict = {}
+    if (nc := reports.get("neural-cleanse")) is not None:
+        steps = nc.details.get("steps") or []
+        unfinished = nc.details.get("unfinished") or []
+        out["nc_label_steps"] = int(sum(steps))
+        out["nc_labels_finished"] = len(steps) - len(unfinished)
+    if (ab := reports.get("abs")) is not None:
+        cands = ab.details.get("candidates") or []
+        out["abs_candidates"] = len(cands)
+        out["abs_finished"] = len(cands) - len(ab.details.get("unfinished_candidates") or [])
+    return out
 
 
 def _params(params: dict, steps: int | None) -> dict:

@@ -23,7 +23,7 @@ from eviltwins.detectors.nc_schedule import (
 from eviltwins.detectors.tabor import TABOR
 from eviltwins.models import build_model
 from eviltwins.models.fold import conv_bn_pairs, fold_batchnorm
-from eviltwins.models.precision import low_precision, native_bf16
+from eviltwins.models.precision import checked_precision, native_bf16
 
 NC_FAST = {"steps": 60, "n_inputs": 64, "check_every": 5, "patience": 2, "quiet": True}
 
@@ -174,14 +174,10 @@ class Sensitive(nn.Module):
 def test_bfloat16_runs_only_when_asked_and_checked():
     model = _bn_model()
     x = torch.rand(4, 3, 32, 32)
-    with low_precision(model, x, "fp32") as p:
-        assert p == "fp32"
-    with low_precision(model, x, "bf16") as p:
-        assert p == "bf16"
-    with low_precision(model, x, "auto") as p:
-        assert p == ("bf16" if native_bf16(x.device) else "fp32")
-    with low_precision(Sensitive(), x, "bf16") as p:
-        assert p == "fp32"  # the check refuses it
+    assert checked_precision(model, x, "fp32") == "fp32"
+    assert checked_precision(model, x, "bf16") == "bf16"
+    assert checked_precision(model, x, "auto") == ("bf16" if native_bf16(x.device) else "fp32")
+    assert checked_precision(Sensitive(), x, "bf16") == "fp32"  # the check refuses it
 
 
 def test_bfloat16_neural_cleanse_flags_the_same_label(digits_badnet, digits_spec, nc_pair):
@@ -247,7 +243,7 @@ def test_passes_cover_every_candidate_image_pair_once():
     assert sorted(pairs) == [(k, i) for k in (0, 2, 3) for i in range(50)]
     assert max(s.stop - s.start for _, s in split) == 16
     cpu = torch.device("cpu")
-    assert pass_images(cpu, 32 * 32) == 64 and pass_images(cpu, 224 * 224) == 16
+    assert pass_images(cpu, 32 * 32) == 128 and pass_images(cpu, 224 * 224) == 16
     assert pass_images(torch.device("cuda"), 224 * 224) > 10**6
     sizes = [forward_images(torch.empty(1, 3, s, s)) for s in (28, 32, 224)]
     assert sizes == [128, 128, 16] and forward_images(torch.empty(1, 20)) == 128
@@ -275,3 +271,45 @@ def test_abs_image_chunks_and_seed_batches(digits_badnet, digits_spec, monkeypat
     assert half.details["params"]["seed_batch"] == 20
     assert not torch.equal(half.masks, ref.masks)
     assert ABS.scan_params["seed_batch"] == 50
+
+
+class _PlainDataset(torch.utils.data.Dataset):
+    """A dataset with no tensor access: items one at a time, as a user's own class gives them."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], int(self.y[i])
+
+
+def test_inspectors_convert_only_the_images_they_use(digits_badnet, digits_spec, monkeypatch):
+    """NeuralCleanse and ABS pick their random subsets by position and convert only those
+    images to float: a held-out split of uint8 images (an image folder) is never converted
+    whole. ``load_at`` and ``load_labels`` give what indexing the whole split gives."""
+    from dataclasses import replace
+
+    from eviltwins.data import TensorImageDataset, load_all, load_at, load_labels
+
+    x, y = load_all(digits_spec.test)
+    u8 = TensorImageDataset((x * 255).round().to(torch.uint8), y)
+    idx = torch.tensor([7, 0, 31, 7])
+    whole_x, whole_y = load_all(u8)
+    for ds in (u8, _PlainDataset(whole_x, whole_y)):
+        at_x, at_y = load_at(ds, idx)
+        assert torch.equal(at_x, whole_x[idx]) and torch.equal(at_y, whole_y[idx])
+        assert torch.equal(load_labels(ds), whole_y)
+    spec = replace(digits_spec, test=u8)
+    model = digits_badnet.model
+    ref = NeuralCleanse(**NC_FAST).inspect(model, spec)
+
+    def refuse(self: TensorImageDataset) -> None:
+        raise AssertionError("the whole held-out split was converted to float")
+
+    monkeypatch.setattr(TensorImageDataset, "tensors", refuse)
+    nc = NeuralCleanse(**NC_FAST).inspect(model, spec)
+    ABS(steps=2, n_eval=50, top_k=2, quiet=True).inspect(model, spec)
+    assert nc.scores == ref.scores

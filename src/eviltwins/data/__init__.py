@@ -10,6 +10,8 @@ from eviltwins.data.base import (
     check_images,
     iter_batches,
     load_all,
+    load_at,
+    load_labels,
     read_image,
     resolve_data_root,
 )
@@ -40,6 +42,8 @@ __all__ = [
     "is_path_dataset",
     "iter_batches",
     "load_all",
+    "load_at",
+    "load_labels",
     "load_dataset",
     "load_path_dataset",
     "npz_dataset",

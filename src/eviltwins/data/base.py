@@ -246,8 +246,9 @@ def load_all(dataset: Dataset, limit: int | None = None) -> tuple[Tensor, Tensor
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ParamError(f"limit must be a non-negative int or None; got {limit!r}")
     if isinstance(dataset, TensorImageDataset):
-        x, y = dataset.tensors()
-        return (x, y) if limit is None else (x[:limit], y[:limit])
+        if limit is None:
+            return dataset.tensors()
+        return to_float(dataset.images[:limit]), dataset.labels[:limit]  # only those converted
     xs, ys, seen = [], [], 0
     for x, y in iter_batches(dataset, 256):
         xs.append(x)
@@ -259,6 +260,22 @@ def load_all(dataset: Dataset, limit: int | None = None) -> tuple[Tensor, Tensor
         raise DataError("the dataset holds no images")
     x, y = torch.cat(xs), torch.cat(ys)
     return (x, y) if limit is None else (x[:limit], y[:limit])
+
+
+def load_labels(dataset: Dataset) -> Tensor:
+    """All labels of ``dataset``; an in-memory :class:`TensorImageDataset` gives them without
+    converting any image."""
+    if isinstance(dataset, TensorImageDataset):
+        return dataset.labels
+    return load_all(dataset)[1]
+
+
+def load_at(dataset: Dataset, index: Tensor) -> tuple[Tensor, Tensor]:
+    """The images (floats in [0, 1]) and labels at the positions ``index``: a random subset of a
+    held-out split costs the memory of those images in float, not of the whole split."""
+    if isinstance(dataset, BatchSource):
+        return dataset.batch(index)
+    return load_all(Subset(dataset, index.tolist()))
 
 
 def check_images(x: Tensor, shape: Sequence[int] | None = None, what: str = "images") -> None:

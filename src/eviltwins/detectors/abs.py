@@ -20,7 +20,7 @@ from eviltwins.base import (
     Interval,
     OneOf,
 )
-from eviltwins.data import DatasetSpec, load_all
+from eviltwins.data import DatasetSpec, load_at, load_labels
 from eviltwins.detectors.abs_remask import MASK_SIZES
 from eviltwins.detectors.abs_reverse import reverse_candidates
 from eviltwins.detectors.abs_schedule import CANDIDATE_SCHEDULES
@@ -35,7 +35,7 @@ from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.models import layer_or_feature_layer
 from eviltwins.models.fold import fold_batchnorm
 from eviltwins.models.layout import CHANNELS_LAST, channels_last
-from eviltwins.models.precision import PRECISIONS, dtype_of, low_precision
+from eviltwins.models.precision import PRECISIONS, checked_precision, dtype_of
 from eviltwins.models.rewrite import thin_conv_grads
 from eviltwins.results import EvasionClaim, ShownMetric
 from eviltwins.utils import (
@@ -221,22 +221,22 @@ class ABS(ModelInspector):
         start = time.perf_counter()
         g = make_generator(self.seed)
         dev = device_of(model)
-        x_all, y_all = load_all(data.test)
+        y_all = load_labels(data.test)  # images converted only for the seeds and REASR's
         perm = torch.randperm(len(y_all), generator=g)
         seed_idx = torch.cat(
             [perm[y_all[perm] == k][: self.seeds_per_class] for k in range(data.num_classes)]
         )
         rest = perm[~torch.isin(perm, seed_idx)][: self.n_eval]
-        xs, ys = x_all[seed_idx].to(dev), y_all[seed_idx].to(dev)
-        xe, ye = x_all[rest].to(dev), y_all[rest].to(dev)
+        xs, ys = (t.to(dev) for t in load_at(data.test, seed_idx))
+        xe, ye = (t.to(dev) for t in load_at(data.test, rest))
         with (
             eval_mode(model),
             frozen_params(model),
             channels_last(model, xs[:4], self.channels_last) as nhwc,
             fold_batchnorm(model, xs[:4], self.rewrites, keep=(layer,)) as n_folded,
             thin_conv_grads(model, xs[:4], self.rewrites) as n_thin,
-            low_precision(model, xs[:4], self.precision) as precision,
         ):
+            precision = checked_precision(model, xs[:4], self.precision)
             cands, elev, tail_only = self._candidates(model, layer, xs, ys, data.num_classes)
             dtype = dtype_of(precision)
             masks, patterns, rates, unfinished = reverse_candidates(

@@ -36,8 +36,9 @@ from eviltwins.triggers import stamp
 from eviltwins.utils import progress
 
 #: Images per forward/backward pass of step 3 on CPU at up to 32 x 32 pixels (fewer for larger
-#: images, at least :data:`MIN_PASS_IMAGES`); unbounded on a GPU.
-REVERSE_BATCH = 64
+#: images, at least :data:`MIN_PASS_IMAGES`); unbounded on a GPU. At 5 seeds per class and 10
+#: classes (or seed batches of 50) a pass holds two candidates' 100 images.
+REVERSE_BATCH = 128
 #: The fewest images a CPU pass of step 3 holds, whatever the image size.
 MIN_PASS_IMAGES = 16
 

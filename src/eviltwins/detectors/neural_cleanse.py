@@ -23,7 +23,7 @@ from eviltwins.base import (
     Interval,
     OneOf,
 )
-from eviltwins.data import DatasetSpec, load_all
+from eviltwins.data import DatasetSpec, load_at, load_labels
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.detectors.nc_reverse import reverse_labels
 from eviltwins.detectors.nc_schedule import (
@@ -41,7 +41,7 @@ from eviltwins.models.layout import (
     nhwc,
     pixel_scaled,
 )
-from eviltwins.models.precision import PRECISIONS, autocast, dtype_of, low_precision
+from eviltwins.models.precision import PRECISIONS, autocast, checked_precision, dtype_of
 from eviltwins.models.rewrite import pool_before_relu, thin_conv_grads
 from eviltwins.results import EvasionClaim, ShownMetric
 from eviltwins.triggers import stamp
@@ -237,11 +237,11 @@ class NeuralCleanse(ModelInspector):
             raise ParamError(f"labels must lie in 0..{data.num_classes - 1}; got {self.labels}")
         start = time.perf_counter()
         g = make_generator(self.seed)
-        x_all, y_all = load_all(data.test)
-        if not len(x_all):
+        y_all = load_labels(data.test)  # images converted only for the picked inputs
+        if not len(y_all):
             raise ParamError(f"{type(self).__name__} needs held-out images: data.test is empty")
-        pick = torch.randperm(len(x_all), generator=g)[: self.resolved("n_inputs")]
-        x, y = x_all[pick].to(device_of(model)), y_all[pick].to(device_of(model))
+        pick = torch.randperm(len(y_all), generator=g)[: self.resolved("n_inputs")]
+        x, y = (t.to(device_of(model)) for t in load_at(data.test, pick))
         chunk = self.label_chunk or len(labels)
         norms, masks, patterns, succ, steps, sched = [], [], [], [], [], []
         with (
@@ -251,8 +251,8 @@ class NeuralCleanse(ModelInspector):
             fold_batchnorm(model, x[:4], self.rewrites) as n_folded,
             pool_before_relu(model, x[:4], self.rewrites) as n_reordered,
             thin_conv_grads(model, x[:4], self.rewrites) as n_thin,
-            low_precision(model, x[:4], self.precision) as precision,
         ):
+            precision = checked_precision(model, x[:4], self.precision)
             for i in range(0, len(labels), chunk):
                 part = labels[i : i + chunk]
                 out = reverse_labels(self, model, x, y, part, g, nhwc_on, dtype_of(precision))

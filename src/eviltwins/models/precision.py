@@ -15,7 +15,6 @@ within :data:`BF16_RTOL` of their scale; the report records which precision ran.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -57,15 +56,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype)
 
 
-@contextlib.contextmanager
-def low_precision(model: nn.Module, example: Tensor, precision: str = "fp32") -> Iterator[str]:
-    """Which precision the block's hot loop runs ``model`` in: yields "bf16" when
-    :func:`wants_bf16` says so and ``model`` on ``example`` under bfloat16 autocast predicts
-    the float32 classes with logits within :data:`BF16_RTOL` of their scale, else "fp32".
-    The caller wraps its forward passes in :func:`autocast` with :func:`dtype_of` the yield."""
+def checked_precision(model: nn.Module, example: Tensor, precision: str = "fp32") -> str:
+    """The precision a hot loop runs ``model`` in: "bf16" when :func:`wants_bf16` says so and
+    ``model`` on ``example`` under bfloat16 autocast predicts the float32 classes with logits
+    within :data:`BF16_RTOL` of their scale, else "fp32". The caller wraps its forward passes
+    in :func:`autocast` with :func:`dtype_of` the result; the model is not changed."""
     if not wants_bf16(example.device, precision):
-        yield "fp32"
-        return
+        return "fp32"
     with torch.no_grad():
         ref = model(example).float()
         try:
@@ -74,7 +71,7 @@ def low_precision(model: nn.Module, example: Tensor, precision: str = "fp32") ->
             ok = same_logits(out, ref, BF16_RTOL) and torch.equal(out.argmax(-1), ref.argmax(-1))
         except RuntimeError:
             ok = False
-    yield "bf16" if ok else "fp32"
+    return "bf16" if ok else "fp32"
 
 
 def dtype_of(precision: str) -> torch.dtype | None:
@@ -86,8 +83,8 @@ __all__ = [
     "BF16_RTOL",
     "PRECISIONS",
     "autocast",
+    "checked_precision",
     "dtype_of",
-    "low_precision",
     "native_bf16",
     "wants_bf16",
 ]
