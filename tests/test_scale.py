@@ -13,7 +13,7 @@ from torch import nn
 
 from eviltwins.cli import main
 from eviltwins.detectors import ABS, NeuralCleanse
-from eviltwins.detectors.abs_reverse import pass_images, passes, seed_cycle, step_seeds
+from eviltwins.detectors.abs_reverse import pass_images, seed_cycle, step_seeds
 from eviltwins.detectors.abs_stimulation import forward_images
 from eviltwins.detectors.nc_schedule import (
     default_keep,
@@ -23,6 +23,7 @@ from eviltwins.detectors.nc_schedule import (
 from eviltwins.detectors.tabor import TABOR
 from eviltwins.models import build_model
 from eviltwins.models.fold import conv_bn_pairs, fold_batchnorm
+from eviltwins.models.layout import passes
 from eviltwins.models.precision import checked_precision, native_bf16
 
 NC_FAST = {"steps": 60, "n_inputs": 64, "check_every": 5, "patience": 2, "quiet": True}
@@ -313,3 +314,25 @@ def test_inspectors_convert_only_the_images_they_use(digits_badnet, digits_spec,
     nc = NeuralCleanse(**NC_FAST).inspect(model, spec)
     ABS(steps=2, n_eval=50, top_k=2, quiet=True).inspect(model, spec)
     assert nc.scores == ref.scores
+
+
+@pytest.mark.parametrize("det_cls", [NeuralCleanse, TABOR])
+def test_label_image_chunks_give_the_one_pass_step(det_cls, digits_badnet, digits_spec):
+    """A label's mini-batch split over passes (as at 224x224), each chunk's loss weighted by
+    its share of the batch, gives the masks, norms and success of the one-pass run (TABOR's
+    image terms are means over the images too)."""
+    fast = {**NC_FAST, "steps": 30, "labels": [0, 1, 2]}
+    model = digits_badnet.model
+    whole = det_cls(**fast).inspect(model, digits_spec)
+    sizes: list[int] = []  # the batches of the optimisation's passes (gradients on)
+    hook = model.register_forward_pre_hook(
+        lambda _, args: sizes.append(len(args[0])) if torch.is_grad_enabled() else None
+    )
+    try:
+        chunked = det_cls(pass_images=10, **fast).inspect(model, digits_spec)
+    finally:
+        hook.remove()
+    assert max(sizes) <= 10 and 2 in sizes  # 32 images: chunks of 10, 10, 10 and 2
+    assert (chunked.masks - whole.masks).abs().max() < 1e-3
+    assert chunked.scores == pytest.approx(whole.scores, rel=1e-3)
+    assert chunked.details["success"] == pytest.approx(whole.details["success"], abs=1e-6)

@@ -30,7 +30,7 @@ from eviltwins.detectors.abs_remask import project_mask, remask_loss
 from eviltwins.detectors.abs_schedule import reasr, screen_candidates
 from eviltwins.errors import OptimisationError
 from eviltwins.models import feature_tap
-from eviltwins.models.layout import images_per_pass, pixel_scaled
+from eviltwins.models.layout import MIN_PASS_IMAGES, images_per_pass, passes, pixel_scaled
 from eviltwins.models.precision import autocast
 from eviltwins.triggers import stamp
 from eviltwins.utils import progress
@@ -39,8 +39,6 @@ from eviltwins.utils import progress
 #: images, at least :data:`MIN_PASS_IMAGES`); unbounded on a GPU. At 5 seeds per class and 10
 #: classes (or seed batches of 50) a pass holds two candidates' 100 images.
 REVERSE_BATCH = 128
-#: The fewest images a CPU pass of step 3 holds, whatever the image size.
-MIN_PASS_IMAGES = 16
 
 
 def pass_images(device: torch.device, pixels: int) -> int:
@@ -148,21 +146,6 @@ def reverse_candidates(
     return m.cpu(), p.cpu(), rates, unfinished
 
 
-def passes(rows: Tensor, n_images: int, per_pass: int) -> list[tuple[Tensor, slice]]:
-    """The passes of one step: (candidates, image slice) pairs that cover every candidate of
-    ``rows`` with every one of its ``n_images`` images once, at most ``per_pass`` images of
-    stamped copies per pass: whole candidates together while one's images fit, else one
-    candidate at a time in image chunks."""
-    if n_images <= per_pass:
-        per = per_pass // n_images
-        return [(rows[k0 : k0 + per], slice(0, n_images)) for k0 in range(0, len(rows), per)]
-    return [
-        (rows[k : k + 1], slice(i0, min(n_images, i0 + per_pass)))
-        for k in range(len(rows))
-        for i0 in range(0, n_images, per_pass)
-    ]
-
-
 def remask_step(
     model: nn.Module,
     layer: str,
@@ -202,10 +185,8 @@ def remask_step(
 
 
 __all__ = [
-    "MIN_PASS_IMAGES",
     "REVERSE_BATCH",
     "pass_images",
-    "passes",
     "remask_step",
     "reverse_candidates",
     "seed_cycle",

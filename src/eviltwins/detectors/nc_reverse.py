@@ -19,6 +19,7 @@ from eviltwins.detectors.nc_schedule import (
     screen_norms,
 )
 from eviltwins.errors import OptimisationError
+from eviltwins.models.layout import passes
 from eviltwins.utils import progress
 
 
@@ -66,7 +67,7 @@ def reverse_labels(
     ids = torch.arange(n_lab, device=dev)  # the labels still active
     screen_at, keep = det.screen_at(check_every), det.keep or default_keep(n_lab)
     screen = finish = unfinished = None
-    per = max(1, det.pass_images_on(dev, h * w) // det.batch_size)  # labels per pass
+    per_pass = det.pass_images_on(dev, h * w)
     bar = progress(
         total=budget, desc=f"{det.name} labels {labels[0]}..{labels[-1]}", quiet=det.quiet
     )
@@ -78,15 +79,16 @@ def reverse_labels(
                 break
             rows = order[b * det.batch_size : (b + 1) * det.batch_size]
             xb, yb = x[rows], y[rows]
-            # whole labels per forward/backward (``per``): the loss is a sum of per-label
-            # terms, so the passes' gradients add up to the one-batch gradient
+            # passes of at most ``per_pass`` images: whole labels, or one label's images in
+            # chunks, each chunk's loss weighted by its share of the batch; the loss is a sum
+            # of per-label terms, so the passes' gradients add up to the one-batch gradient
             opt.zero_grad(set_to_none=True)
-            acc = torch.empty(len(ids), device=dev)
+            acc = torch.zeros(len(ids), device=dev)
             l1 = torch.empty(len(ids), device=dev)
-            for k0 in range(0, len(ids), per):
-                kk = ids[k0 : k0 + per]
+            for at, s in passes(torch.arange(len(ids), device=dev), len(xb), per_pass):
+                share = (s.stop - s.start) / len(xb)
                 acc_k, l1_k, loss_k = det._pass(
-                    model, xb, yb, w_m, w_p, kk, target, sched.cost, fast, dtype
+                    model, xb[s], yb[s], w_m, w_p, ids[at], target, sched.cost, fast, dtype, share
                 )
                 if not math.isfinite(loss_k):
                     bar.close()
@@ -95,7 +97,8 @@ def reverse_labels(
                         "the model's outputs on stamped inputs are NaN/inf or huge; check the "
                         f"model, or lower lr (now {det.lr:g})"
                     )
-                acc[k0 : k0 + per], l1[k0 : k0 + per] = acc_k, l1_k
+                acc[at] += acc_k * share
+                l1[at] = l1_k
             opt.step()
             acc_sum[ids] += acc
             l1_sum[ids] += l1

@@ -36,6 +36,7 @@ from eviltwins.metrics import anomaly_index
 from eviltwins.models.fold import fold_batchnorm
 from eviltwins.models.layout import (
     CHANNELS_LAST,
+    MIN_PASS_IMAGES,
     channels_last,
     images_per_pass,
     nhwc,
@@ -310,12 +311,13 @@ class NeuralCleanse(ModelInspector):
 
     def pass_images_on(self, device: torch.device, pixels: int = 1024) -> int:
         """Images per forward/backward pass: ``pass_images``, else on CPU 64 images of up to
-        32 x 32 ``pixels`` (fewer for larger images, so memory stays near that of 64 such
-        images: one label, 32 images, per pass at 224 x 224) and unbounded on a GPU
-        (:func:`~eviltwins.models.layout.images_per_pass`)."""
+        32 x 32 ``pixels`` (fewer for larger images, at least 16, so memory stays near that of
+        64 such images: a label's 32 images in two passes at 224 x 224) and unbounded on a GPU
+        (:func:`~eviltwins.models.layout.images_per_pass`); a label whose mini-batch does not fit
+        is split over passes (:func:`~eviltwins.models.layout.passes`)."""
         if self.pass_images is not None:
             return int(self.pass_images)
-        return images_per_pass(device, pixel_scaled(CPU_PASS_IMAGES, pixels))
+        return images_per_pass(device, pixel_scaled(CPU_PASS_IMAGES, pixels, MIN_PASS_IMAGES))
 
     def _pass(
         self,
@@ -329,11 +331,15 @@ class NeuralCleanse(ModelInspector):
         cost: Tensor,
         fast: bool,
         dtype: torch.dtype | None = None,
+        share: float = 1.0,
     ) -> tuple[Tensor, Tensor, float]:
         """One forward and backward pass for labels ``kk`` on the mini-batch ``xb`` / ``yb``: the
         loss CE(f((1 - m) x + m p), y) + cost_y ||m||_1 (+ :meth:`_extra_loss`) summed over the
         labels, back-propagated into their rows of ``w_m`` / ``w_p`` (not when it is not finite);
-        returns each label's attack success on the batch, its mask L1 and the loss."""
+        returns each label's attack success on the batch, its mask L1 and the loss. ``share``:
+        ``xb`` is this share of the step's mini-batch (a chunk of it), and each label's loss is
+        weighted by it, so the chunks' losses add up to the mini-batch's (the CE and TABOR's
+        image terms are means over the images, the other terms do not depend on them)."""
         c, h, w = xb.shape[1:]
         m = (torch.tanh(w_m[kk]) + 1) / 2  # (k, 1, H, W)
         p = (torch.tanh(w_p[kk]) + 1) / 2  # (k, C, H, W)
@@ -347,7 +353,7 @@ class NeuralCleanse(ModelInspector):
         )
         l1 = m.abs().sum(dim=(1, 2, 3))
         loss = ce.view(len(kk), len(xb)).mean(1) + cost[kk] * l1
-        loss = (loss + self._extra_loss(model, xb, yb, m, p, target[kk], fast)).sum()
+        loss = share * (loss + self._extra_loss(model, xb, yb, m, p, target[kk], fast)).sum()
         if torch.isfinite(loss):
             loss.backward()
         with torch.no_grad():

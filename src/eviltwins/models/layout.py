@@ -31,6 +31,26 @@ def images_per_pass(device: torch.device, cpu_images: int) -> int:
     return cpu_images if device.type == "cpu" else 1 << 30
 
 
+#: The fewest images a CPU pass of a detector's optimisation holds, whatever the image size.
+MIN_PASS_IMAGES = 16
+
+
+def passes(rows: Tensor, n_images: int, per_pass: int) -> list[tuple[Tensor, slice]]:
+    """The passes of one optimisation step over ``rows`` (labels or candidates, each with its
+    own trigger) and their ``n_images`` images: (rows, image slice) pairs that cover every row
+    with every image once, at most ``per_pass`` stamped images per pass: whole rows together
+    while one row's images fit, else one row at a time in image chunks. The step's loss is a
+    sum of per-row terms, so the passes' gradients add up to the one-pass gradient."""
+    if n_images <= per_pass:
+        per = per_pass // n_images
+        return [(rows[k0 : k0 + per], slice(0, n_images)) for k0 in range(0, len(rows), per)]
+    return [
+        (rows[k : k + 1], slice(i0, min(n_images, i0 + per_pass)))
+        for k in range(len(rows))
+        for i0 in range(0, n_images, per_pass)
+    ]
+
+
 def pixel_scaled(images: int, pixels: int, floor: int = 1) -> int:
     """``images`` for inputs of up to 32 x 32 ``pixels``, proportionally fewer for larger
     ones, at least ``floor``: how many images a pass holds so that its activations stay near
