@@ -215,7 +215,7 @@ def test_larger_images_get_smaller_cpu_passes():
     nc, cpu = NeuralCleanse(), torch.device("cpu")
     assert nc.pass_images_on(cpu, 28 * 28) == nc.pass_images_on(cpu, 32 * 32) == 64
     assert nc.pass_images_on(cpu, 64 * 64) == 16
-    assert nc.pass_images_on(cpu, 224 * 224) == 1  # one label (32 images) per pass
+    assert nc.pass_images_on(cpu, 224 * 224) == 16  # a label's 32 images in two passes
     assert NeuralCleanse(pass_images=8).pass_images_on(cpu, 224 * 224) == 8
     assert nc.pass_images_on(torch.device("cuda"), 224 * 224) > 10**6
 
