@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from eviltwins.models import get_layer
-from eviltwins.models.layout import pixel_scaled
+from eviltwins.models.layout import MIN_PASS_IMAGES, pixel_scaled
 
 # Stimulation batch bound: the stimulated copies of the layer's output, in floats (64 MB).
 STIMULATION_ELEMENTS = 1 << 24
@@ -26,7 +26,7 @@ def forward_images(x: Tensor) -> int:
     are not images), proportionally fewer for larger images, at least 16 (16 at 224 x 224),
     so that one forward's activations stay near those of 128 images of 32 x 32."""
     pixels = x.shape[-2] * x.shape[-1] if x.ndim == 4 else 1024
-    return pixel_scaled(128, pixels, 16)
+    return pixel_scaled(128, pixels, MIN_PASS_IMAGES)
 
 
 def low_high_split(n_levels: int) -> int:
@@ -90,8 +90,9 @@ def stimulated(
     in forwards of :func:`forward_images` images). With ``base``, the layer's output on
     ``xs`` computed once by the caller, the expanded path replicates it instead and the
     model's layers before ``layer`` run on :data:`STUB_IMAGES` images only (their output is
-    replaced), not on every seed for every batch of channels; a stub that changes the result (a later layer mixing in a tensor of the stub's batch)
-    shows in the caller's check against the plain path.
+    replaced), not on every seed for every batch of channels; a stub that changes the result
+    (a later layer mixing in a tensor of the stub's batch) shows in the caller's check against
+    the plain path.
     """
     n_s, n_rep = len(xs), len(vals)
     ch_all = chans.repeat_interleave(n_lv * n_s)
