@@ -278,12 +278,13 @@ class _PlainDataset(torch.utils.data.Dataset):
     """A dataset with no tensor access: items one at a time, as a user's own class gives them."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
+        self.x, self.y, self.reads = x, y, 0
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        self.reads += 1
         return self.x[i], int(self.y[i])
 
 
@@ -294,6 +295,7 @@ def test_inspectors_convert_only_the_images_they_use(digits_badnet, digits_spec,
     from dataclasses import replace
 
     from eviltwins.data import TensorImageDataset, load_all, load_at, load_labels
+    from eviltwins.utils import CHECK_IMAGES
 
     x, y = load_all(digits_spec.test)
     u8 = TensorImageDataset((x * 255).round().to(torch.uint8), y)
@@ -314,6 +316,12 @@ def test_inspectors_convert_only_the_images_they_use(digits_badnet, digits_spec,
     nc = NeuralCleanse(**NC_FAST).inspect(model, spec)
     ABS(steps=2, n_eval=50, top_k=2, quiet=True).inspect(model, spec)
     assert nc.scores == ref.scores
+    # a dataset read item by item: NeuralCleanse's pick needs only the split's length, so it
+    # reads its 64 images and the 64 of the finite-output check, and no other
+    plain = _PlainDataset(whole_x, whole_y)
+    again = NeuralCleanse(**NC_FAST).inspect(model, replace(digits_spec, test=plain))
+    assert plain.reads == CHECK_IMAGES + NC_FAST["n_inputs"] < len(plain)
+    assert again.scores == ref.scores
 
 
 @pytest.mark.parametrize("det_cls", [NeuralCleanse, TABOR])

@@ -250,7 +250,7 @@ def load_all(dataset: Dataset, limit: int | None = None) -> tuple[Tensor, Tensor
             return dataset.tensors()
         return to_float(dataset.images[:limit]), dataset.labels[:limit]  # only those converted
     xs, ys, seen = [], [], 0
-    for x, y in iter_batches(dataset, 256):
+    for x, y in iter_batches(dataset, 256 if limit is None else max(1, min(256, limit))):
         xs.append(x)
         ys.append(y)
         seen += len(y)
@@ -263,11 +263,13 @@ def load_all(dataset: Dataset, limit: int | None = None) -> tuple[Tensor, Tensor
 
 
 def load_labels(dataset: Dataset) -> Tensor:
-    """All labels of ``dataset``; an in-memory :class:`TensorImageDataset` gives them without
-    converting any image."""
+    """All labels of ``dataset``: an in-memory :class:`TensorImageDataset` gives them without
+    converting any image; any other dataset is read batch by batch and only the labels are
+    kept, so the memory is that of one batch, not of the split."""
     if isinstance(dataset, TensorImageDataset):
         return dataset.labels
-    return load_all(dataset)[1]
+    ys = [y for _, y in iter_batches(dataset, 256)]
+    return torch.cat(ys) if ys else torch.zeros(0, dtype=torch.long)
 
 
 def load_at(dataset: Dataset, index: Tensor) -> tuple[Tensor, Tensor]:

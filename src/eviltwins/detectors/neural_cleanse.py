@@ -23,7 +23,7 @@ from eviltwins.base import (
     Interval,
     OneOf,
 )
-from eviltwins.data import DatasetSpec, load_at, load_labels
+from eviltwins.data import DatasetSpec, load_at
 from eviltwins.detectors.base import DETECTORS, InspectionReport, ModelInspector
 from eviltwins.detectors.nc_reverse import reverse_labels
 from eviltwins.detectors.nc_schedule import (
@@ -238,10 +238,10 @@ class NeuralCleanse(ModelInspector):
             raise ParamError(f"labels must lie in 0..{data.num_classes - 1}; got {self.labels}")
         start = time.perf_counter()
         g = make_generator(self.seed)
-        y_all = load_labels(data.test)  # images converted only for the picked inputs
-        if not len(y_all):
+        if not len(data.test):
             raise ParamError(f"{type(self).__name__} needs held-out images: data.test is empty")
-        pick = torch.randperm(len(y_all), generator=g)[: self.resolved("n_inputs")]
+        # a random pick by position: only the picked images are read and converted
+        pick = torch.randperm(len(data.test), generator=g)[: self.resolved("n_inputs")]
         x, y = (t.to(device_of(model)) for t in load_at(data.test, pick))
         chunk = self.label_chunk or len(labels)
         norms, masks, patterns, succ, steps, sched = [], [], [], [], [], []
