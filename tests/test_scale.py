@@ -13,7 +13,7 @@ from torch import nn
 
 from eviltwins.cli import main
 from eviltwins.detectors import ABS, NeuralCleanse
-from eviltwins.detectors.abs_reverse import pass_images, seed_cycle, step_seeds
+from eviltwins.detectors.abs_reverse import seed_cycle, step_seeds
 from eviltwins.detectors.abs_stimulation import forward_images
 from eviltwins.detectors.nc_schedule import (
     default_keep,
@@ -21,9 +21,9 @@ from eviltwins.detectors.nc_schedule import (
     projected_norms,
 )
 from eviltwins.detectors.tabor import TABOR
-from eviltwins.models import build_model
+from eviltwins.models import build_model, layout
 from eviltwins.models.fold import conv_bn_pairs, fold_batchnorm
-from eviltwins.models.layout import passes
+from eviltwins.models.layout import pass_size, passes
 from eviltwins.models.precision import checked_precision, native_bf16
 
 NC_FAST = {"steps": 60, "n_inputs": 64, "check_every": 5, "patience": 2, "quiet": True}
@@ -214,7 +214,9 @@ def test_a_copy_is_not_needed_to_keep_the_model(digits_badnet, digits_spec):
 def test_larger_images_get_smaller_cpu_passes():
     nc, cpu = NeuralCleanse(), torch.device("cpu")
     assert nc.pass_images_on(cpu, 28 * 28) == nc.pass_images_on(cpu, 32 * 32) == 64
+    assert nc.pass_images_on(cpu, 32 * 32, torch.bfloat16) == 128  # the same bytes
     assert nc.pass_images_on(cpu, 64 * 64) == 16
+    assert nc.pass_images_on(cpu, 64 * 64, torch.bfloat16) == 32
     assert nc.pass_images_on(cpu, 224 * 224) == 16  # a label's 32 images in two passes
     assert NeuralCleanse(pass_images=8).pass_images_on(cpu, 224 * 224) == 8
     assert nc.pass_images_on(torch.device("cuda"), 224 * 224) > 10**6
@@ -244,8 +246,9 @@ def test_passes_cover_every_candidate_image_pair_once():
     assert sorted(pairs) == [(k, i) for k in (0, 2, 3) for i in range(50)]
     assert max(s.stop - s.start for _, s in split) == 16
     cpu = torch.device("cpu")
-    assert pass_images(cpu, 32 * 32) == 128 and pass_images(cpu, 224 * 224) == 16
-    assert pass_images(torch.device("cuda"), 224 * 224) > 10**6
+    assert pass_size(cpu, 32 * 32) == 64 and pass_size(cpu, 32 * 32, torch.bfloat16) == 128
+    assert pass_size(cpu, 224 * 224) == pass_size(cpu, 224 * 224, torch.bfloat16) == 16
+    assert pass_size(torch.device("cuda"), 224 * 224) > 10**6
     sizes = [forward_images(torch.empty(1, 3, s, s)) for s in (28, 32, 224)]
     assert sizes == [128, 128, 16] and forward_images(torch.empty(1, 20)) == 128
 
@@ -253,12 +256,10 @@ def test_passes_cover_every_candidate_image_pair_once():
 def test_abs_image_chunks_and_seed_batches(digits_badnet, digits_spec, monkeypatch):
     """Splitting a candidate's images over passes (mask penalty once) gives the steps of one
     pass; a ``seed_batch`` that covers every seed is the default; a smaller one runs."""
-    import eviltwins.detectors.abs_reverse as rev
-
     fast = {"steps": 6, "n_eval": 100, "top_k": 3, "quiet": True}
     ref = ABS(**fast).inspect(digits_badnet.model, digits_spec)
-    monkeypatch.setattr(rev, "REVERSE_BATCH", 7)
-    monkeypatch.setattr(rev, "MIN_PASS_IMAGES", 7)  # 50 seeds: 8 passes per candidate
+    monkeypatch.setattr(layout, "CPU_PASS_IMAGES", 7)
+    monkeypatch.setattr(layout, "MIN_PASS_IMAGES", 7)  # 50 seeds: 8 passes per candidate
     chunked = ABS(**fast).inspect(digits_badnet.model, digits_spec)
     monkeypatch.undo()
     assert chunked.details["candidates"] == ref.details["candidates"]

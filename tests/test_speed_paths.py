@@ -110,7 +110,7 @@ def test_neural_cleanse_fast_path_matches_the_plain_path(
         "pool_before_relu": 2,
         "thin_conv_grads": 1,
     }
-    assert nc_default[0].details["pass_images"] == 64
+    assert nc_default[0].details["pass_images"] == 64  # float32
     first_steps.assert_close(nc_default, plain)
     _assert_same_verdict(nc_default[0], plain[0])
 
@@ -241,11 +241,11 @@ def test_abs_chunked_reverse_gives_the_batched_gradients(
     digits_badnet, digits_spec, monkeypatch, first_steps
 ):
     from eviltwins.detectors import ABS
-    from eviltwins.detectors import abs_reverse as abs_mod
+    from eviltwins.models import layout
 
     kw = dict(steps=6, n_eval=200, quiet=True)
     one = first_steps.run(ABS(**kw), digits_badnet.model, digits_spec, 6)
-    monkeypatch.setattr(abs_mod, "REVERSE_BATCH", 10_000)  # every candidate in one batch
+    monkeypatch.setattr(layout, "CPU_PASS_IMAGES", 10_000)  # every candidate in one batch
     whole = first_steps.run(ABS(**kw), digits_badnet.model, digits_spec, 6)
     assert one[0].details["candidates"] == whole[0].details["candidates"]  # before step 3
     assert one[0].details["stimulation"] == "layers after the stimulated one"

@@ -85,9 +85,9 @@ class ABS(ModelInspector):
 
     Speed (same method): step 1 runs the layers before ``layer`` once and only the layers
     after it per stimulated copy (checked on the first channel; ``details["stimulation"]``);
-    steps 3 and 4 run in passes of at most 64 and 128 images (step 3: fewer for images larger
-    than 32 x 32, :mod:`~eviltwins.detectors.abs_reverse`); ``channels_last`` and
-    ``rewrites`` (batch norm folded, thin first convolution) as in :class:`NeuralCleanse`.
+    step 3 runs in passes of at most 64 images, 128 in bfloat16, and step 4 in forwards of 128
+    (fewer for images larger than 32 x 32, :mod:`~eviltwins.models.layout`); ``channels_last``
+    and ``rewrites`` (batch norm folded, thin first convolution) as in :class:`NeuralCleanse`.
     ``schedule="k-arm"`` screens every candidate for ``screen_steps`` (a quarter of ``steps``)
     and finishes the ``keep`` best (:mod:`~eviltwins.detectors.abs_schedule`);
     ``seed_batch`` runs each step of 3 on that many seed images, a class-balanced batch, as

@@ -5,9 +5,10 @@ images or on a class-balanced batch of them per step, with the optional candidat
 
 Passes: the loss is a sum of per-candidate terms, each a sum over the seed images, so the
 gradient of a step is the sum of the gradients of any partition of the (candidate, image)
-pairs. A pass holds whole candidates while their images fit in :func:`pass_images`; beyond
-that (large images, many seeds) one candidate's images are split over passes, and its mask
-penalty enters with the first of them only.
+pairs. A pass holds whole candidates while their images fit in one pass
+(:func:`~eviltwins.models.layout.pass_size`); beyond that (large images, many seeds) one
+candidate's images are split over passes, and its mask penalty enters with the first of them
+only.
 
 Seed batches (``seed_batch``): with every seed image in every step (TrojanZoo's ABS, and the
 default) the cost of a step grows with the number of classes (``seeds_per_class`` images per
@@ -30,22 +31,10 @@ from eviltwins.detectors.abs_remask import project_mask, remask_loss
 from eviltwins.detectors.abs_schedule import reasr, screen_candidates
 from eviltwins.errors import OptimisationError
 from eviltwins.models import feature_tap
-from eviltwins.models.layout import MIN_PASS_IMAGES, images_per_pass, passes, pixel_scaled
+from eviltwins.models.layout import pass_size, passes
 from eviltwins.models.precision import autocast
 from eviltwins.triggers import stamp
 from eviltwins.utils import progress
-
-#: Images per forward/backward pass of step 3 on CPU at up to 32 x 32 pixels (fewer for larger
-#: images, at least :data:`MIN_PASS_IMAGES`); unbounded on a GPU. At 5 seeds per class and 10
-#: classes (or seed batches of 50) a pass holds two candidates' 100 images.
-REVERSE_BATCH = 128
-
-
-def pass_images(device: torch.device, pixels: int) -> int:
-    """Images per forward/backward pass of step 3: :data:`REVERSE_BATCH` images of up to
-    32 x 32 ``pixels``, proportionally fewer for larger images (at least
-    :data:`MIN_PASS_IMAGES`), so that memory stays bounded on CPU; unbounded on a GPU."""
-    return images_per_pass(device, pixel_scaled(REVERSE_BATCH, pixels, MIN_PASS_IMAGES))
 
 
 def seed_cycle(ys: Tensor) -> Tensor:
@@ -99,7 +88,7 @@ def reverse_candidates(
     rows = torch.arange(n_k, device=dev)
     batched = det.seed_batch is not None and det.seed_batch < len(xs)
     cycle = seed_cycle(ys) if batched else None
-    per_pass = pass_images(dev, h * w)
+    per_pass = pass_size(dev, h * w, dtype)
     bar = progress(total=det.steps, desc="abs reverse-engineering", quiet=det.quiet)
     screen_at = det.screen_at()
     held = None  # the unfinished candidates' screen parameters
@@ -185,8 +174,6 @@ def remask_step(
 
 
 __all__ = [
-    "REVERSE_BATCH",
-    "pass_images",
     "remask_step",
     "reverse_candidates",
     "seed_cycle",

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from eviltwins.models import get_layer
-from eviltwins.models.layout import MIN_PASS_IMAGES, pixel_scaled
+from eviltwins.models.layout import CPU_FORWARD_IMAGES, MIN_PASS_IMAGES, pixel_scaled
 
 # Stimulation batch bound: the stimulated copies of the layer's output, in floats (64 MB).
 STIMULATION_ELEMENTS = 1 << 24
@@ -22,11 +22,12 @@ STUB_IMAGES = 2
 
 def forward_images(x: Tensor) -> int:
     """Images per gradient-free forward of ABS (the plain stimulation path, the seeds' layer
-    output, REASR) on inputs like ``x``: 128 images of up to 32 x 32 pixels (or inputs that
-    are not images), proportionally fewer for larger images, at least 16 (16 at 224 x 224),
-    so that one forward's activations stay near those of 128 images of 32 x 32."""
+    output, REASR) on inputs like ``x``: :data:`~eviltwins.models.layout.CPU_FORWARD_IMAGES`
+    images of up to 32 x 32 pixels (or inputs that are not images), proportionally fewer for
+    larger images, at least 16 (16 at 224 x 224), so that one forward's activations stay near
+    those of a pass at 32 x 32."""
     pixels = x.shape[-2] * x.shape[-1] if x.ndim == 4 else 1024
-    return pixel_scaled(128, pixels, MIN_PASS_IMAGES)
+    return pixel_scaled(CPU_FORWARD_IMAGES, pixels, MIN_PASS_IMAGES)
 
 
 def low_high_split(n_levels: int) -> int:

@@ -67,7 +67,7 @@ def reverse_labels(
     ids = torch.arange(n_lab, device=dev)  # the labels still active
     screen_at, keep = det.screen_at(check_every), det.keep or default_keep(n_lab)
     screen = finish = unfinished = None
-    per_pass = det.pass_images_on(dev, h * w)
+    per_pass = det.pass_images_on(dev, h * w, dtype)
     bar = progress(
         total=budget, desc=f"{det.name} labels {labels[0]}..{labels[-1]}", quiet=det.quiet
     )

@@ -36,20 +36,15 @@ from eviltwins.metrics import anomaly_index
 from eviltwins.models.fold import fold_batchnorm
 from eviltwins.models.layout import (
     CHANNELS_LAST,
-    MIN_PASS_IMAGES,
     channels_last,
-    images_per_pass,
     nhwc,
-    pixel_scaled,
+    pass_size,
 )
 from eviltwins.models.precision import PRECISIONS, autocast, checked_precision, dtype_of
 from eviltwins.models.rewrite import pool_before_relu, thin_conv_grads
 from eviltwins.results import EvasionClaim, ShownMetric
 from eviltwins.triggers import stamp
 from eviltwins.utils import device_of, eval_mode, frozen_params, make_generator
-
-# Images per forward/backward pass on CPU (see NeuralCleanse.pass_images_on).
-CPU_PASS_IMAGES = 64
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Pang et al. (CCS 2020), Section 5.3.1: 1,600 random inputs, 10 epochs, batch 32:
@@ -90,7 +85,7 @@ class NeuralCleanse(ModelInspector):
     finishes only the ``keep`` most promising ones (after K-Arm, Shen et al., ICML 2021; see
     :mod:`eviltwins.detectors.nc_schedule` for how the other labels enter the MAD test).
 
-    Same method, other order of arithmetic: passes of ``pass_images`` images (64 on CPU);
+    Same method, other order of arithmetic: passes of ``pass_images`` images (on CPU 64, 128 in bfloat16);
     ``channels_last`` (auto); ``rewrites`` (batch norm folded into its convolution,
     ReLU -> max-pool run pool-first, thin first convolutions' input gradient as one matrix
     product), each checked on a few inputs first (:mod:`eviltwins.models.fold`,
@@ -291,7 +286,7 @@ class NeuralCleanse(ModelInspector):
                     "pool_before_relu": n_reordered,
                     "thin_conv_grads": n_thin,
                 },
-                "pass_images": self.pass_images_on(x.device, x[0, 0].numel()),
+                "pass_images": self.pass_images_on(x.device, x[0, 0].numel(), dtype_of(precision)),
                 "precision": precision,
                 "schedule": self.schedule,
                 **merged_schedules(sched),
@@ -309,15 +304,18 @@ class NeuralCleanse(ModelInspector):
         at = math.ceil(wanted / check_every) * check_every
         return at if at < self.budget_steps() else None
 
-    def pass_images_on(self, device: torch.device, pixels: int = 1024) -> int:
-        """Images per forward/backward pass: ``pass_images``, else on CPU 64 images of up to
-        32 x 32 ``pixels`` (fewer for larger images, at least 16, so memory stays near that of
-        64 such images: a label's 32 images in two passes at 224 x 224) and unbounded on a GPU
-        (:func:`~eviltwins.models.layout.images_per_pass`); a label whose mini-batch does not fit
-        is split over passes (:func:`~eviltwins.models.layout.passes`)."""
+    def pass_images_on(
+        self, device: torch.device, pixels: int = 1024, dtype: torch.dtype | None = None
+    ) -> int:
+        """Images per forward/backward pass: ``pass_images``, else on CPU, for images of up to
+        32 x 32 ``pixels``, 64 in float32 and 128 in bfloat16 ``dtype`` (two and four labels'
+        mini-batches; fewer for larger images, at least 16: a label's 32 images in two passes
+        at 224 x 224) and unbounded on a GPU (:func:`~eviltwins.models.layout.pass_size`); a
+        label whose mini-batch does not fit is split over passes
+        (:func:`~eviltwins.models.layout.passes`)."""
         if self.pass_images is not None:
             return int(self.pass_images)
-        return images_per_pass(device, pixel_scaled(CPU_PASS_IMAGES, pixels, MIN_PASS_IMAGES))
+        return pass_size(device, pixels, dtype)
 
     def _pass(
         self,

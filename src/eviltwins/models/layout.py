@@ -25,14 +25,33 @@ CHANNELS_LAST = OneOf(None, True, False)
 
 def images_per_pass(device: torch.device, cpu_images: int) -> int:
     """How many images a detector's hot loop sends through the model at a time: ``cpu_images``
-    on CPU, where a pass whose activations stay in cache runs faster (the small CNN's
-    forward+backward 1.3x on MNIST and 1.7x on 32x32 digits at 64 images than at 320; its
-    forward 1.8x at 128 than at 2,048), else unbounded (a GPU wants one large batch)."""
+    on CPU, where a bounded pass keeps memory bounded and runs faster than one large batch,
+    else unbounded (a GPU wants one large batch)."""
     return cpu_images if device.type == "cpu" else 1 << 30
 
 
-#: The fewest images a CPU pass of a detector's optimisation holds, whatever the image size.
+#: Images a CPU forward/backward pass of a detector's optimisation (NeuralCleanse, ABS's
+#: reverse engineering) holds at up to 32 x 32 pixels in float32, and as many more as a
+#: narrower type fits in the same bytes (128 in bfloat16): the activations' bytes per pass
+#: stay the same, under the allocator's reuse bound for a ResNet-18's widest maps
+#: (:mod:`eviltwins.allocator`), while a batch-norm ResNet or VGG gets passes large enough to
+#: amortise each layer's fixed cost.
+CPU_PASS_IMAGES = 64
+#: Images a CPU gradient-free forward of a detector holds at up to 32 x 32 pixels (no
+#: activations are kept for a backward pass).
+CPU_FORWARD_IMAGES = 128
+#: The fewest images a CPU pass of a detector holds, whatever the image size.
 MIN_PASS_IMAGES = 16
+
+
+def pass_size(device: torch.device, pixels: int = 1024, dtype: torch.dtype | None = None) -> int:
+    """Images per forward/backward pass of a detector's optimisation on inputs of ``pixels``
+    pixels whose model runs in ``dtype`` (None: float32): on CPU :data:`CPU_PASS_IMAGES` x
+    4 / the type's bytes at up to 32 x 32 (64 in float32, 128 in bfloat16), proportionally
+    fewer for larger images (at least :data:`MIN_PASS_IMAGES`: 16 at 224 x 224), so that
+    memory stays near that of a pass at 32 x 32; unbounded on a GPU."""
+    images = CPU_PASS_IMAGES * 4 // (dtype or torch.float32).itemsize
+    return images_per_pass(device, pixel_scaled(images, pixels, MIN_PASS_IMAGES))
 
 
 def passes(rows: Tensor, n_images: int, per_pass: int) -> list[tuple[Tensor, slice]]:
