@@ -82,7 +82,7 @@ def test_labels_to_finish_keeps_the_smallest_and_what_the_screen_flags():
     shrink = projected_norms(norms, screen, keep, unfinished)
     assert shrink == pytest.approx(0.5)  # median of 5/10 and 23.5/47
     assert norms[0] == pytest.approx(25.0) and norms[3] == 49.0  # finished: untouched
-    assert [default_keep(n) for n in (3, 10, 43, 100)] == [2, 3, 7, 10]
+    assert [default_keep(n) for n in (3, 10, 20, 43, 100)] == [3, 3, 3, 5, 7]
 
 
 def test_tabor_accepts_the_label_schedule():

@@ -95,9 +95,11 @@ LABEL_SCHEDULES = ("full", "k-arm")
 
 
 def default_keep(n_labels: int) -> int:
-    """Labels finished after the screen by default: the nearest integer to sqrt(n), at least 2
-    (3 of 10, 7 of 43, 10 of 100)."""
-    return max(2, round(n_labels**0.5))
+    """Labels finished after the screen by default (besides those the screen's outlier test
+    flags): the nearest integer to sqrt(n / 2), at least 3, so that the median shrink of the
+    finished labels (:func:`projected_norms`) is a clean label's even when one of them is a
+    backdoor's (3 of 10 or of 20, 5 of 43, 7 of 100)."""
+    return max(3, round((n_labels / 2) ** 0.5))
 
 
 def screen_norms(best_l1: Tensor, last_l1: Tensor) -> Tensor:
