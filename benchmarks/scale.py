@@ -7,6 +7,7 @@ and without, and how the cost grows with the number of classes.
     python -m benchmarks.scale --scan resnet18:10:32    # one full `scan`, end to end
     python -m benchmarks.scale --model runs/r18         # the same on a trained model folder
     python -m benchmarks.scale --scan resnet18-imagenet:10:224 --steps 3   # memory, quickly
+    python -m benchmarks.scale --write-43 DIR       # a 43-class tree of real images to train
     python -m benchmarks --scale                    # the same as --rows
 
 The cost of an optimisation step does not depend on the weights, so the timed models are
@@ -65,6 +66,40 @@ def images(n: int, side: int, classes: int, seed: int = 0) -> tuple[torch.Tensor
     x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear")
     x = (x - x.amin()) / (x.amax() - x.amin()).clamp_min(1e-6)
     return x.expand(-1, 3, -1, -1).contiguous(), torch.randint(classes, (n,), generator=g)
+
+
+def write_43_classes(out: Path, train_per_class: int = 300, test_per_class: int = 40) -> Path:
+    """A 43-class tree of real images (GTSRB's class count) for timing a trained model: the
+    10 MNIST digits and 10 Fashion-MNIST items upright and rotated by 90 degrees (40 classes)
+    and the digits 0-2 upside down, ``*_per_class`` seeded random images each (distinct
+    images for a class's rotations), written as ``out/{train,test}/<class>/<i>.png`` in
+    3 x 32 x 32 RGB (bilinear), the on-disk form ``eviltwins train --dataset`` reads."""
+    import numpy as np
+    from PIL import Image
+
+    from eviltwins.data import load_all, load_dataset
+
+    for split, per in (("train", train_per_class), ("test", test_per_class)):
+        g = np.random.default_rng(1)
+        classes = []
+        for tag, name in (("m", "mnist"), ("f", "fashion-mnist")):
+            spec = load_dataset(name)
+            x, y = load_all(spec.train if split == "train" else spec.test)
+            x, y = (x[:, 0] * 255).round().to(torch.uint8).numpy(), y.numpy()
+            for k in range(10):
+                idx = g.permutation(np.flatnonzero(y == k))
+                classes.append((f"{tag}{k}", x[idx[:per]], 0))
+                classes.append((f"{tag}{k}r90", x[idx[per : 2 * per]], 1))
+                if tag == "m" and k < 3:
+                    classes.append((f"{tag}{k}r180", x[idx[2 * per : 3 * per]], 2))
+        for cls, imgs, quarter_turns in classes:
+            folder = out / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, a in enumerate(imgs):
+                a = np.ascontiguousarray(np.rot90(a, quarter_turns))
+                im = Image.fromarray(a).resize((32, 32), Image.BILINEAR).convert("RGB")
+                im.save(folder / f"{i}.png")
+    return out
 
 
 def setting(arch: str, classes: int, side: int, n: int = 400) -> tuple[Any, DatasetSpec]:
@@ -242,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="cap the scan's budgets (memory)")
     ap.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--write-43", type=Path, default=None, help="write the 43-class tree there")
     args = ap.parse_args(argv)
+    if args.write_43 is not None:
+        print(write_43_classes(args.write_43))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     found: list[dict] = []
 
