@@ -85,10 +85,10 @@ class NeuralCleanse(ModelInspector):
     finishes only the ``keep`` most promising ones (after K-Arm, Shen et al., ICML 2021; see
     :mod:`eviltwins.detectors.nc_schedule` for how the other labels enter the MAD test).
 
-    Same method, other order of arithmetic: passes of ``pass_images`` images (on CPU 64, 128 in bfloat16);
-    ``channels_last`` (auto); ``rewrites`` (batch norm folded into its convolution,
-    ReLU -> max-pool run pool-first, thin first convolutions' input gradient as one matrix
-    product), each checked on a few inputs first (:mod:`eviltwins.models.fold`,
+    Same method, other order of arithmetic: passes of ``pass_images`` images (on CPU 64, 128
+    in bfloat16); ``channels_last`` (auto); ``rewrites`` (batch norm folded into its
+    convolution, ReLU -> max-pool run pool-first, thin first convolutions' input gradient as
+    one matrix product), each checked on a few inputs first (:mod:`eviltwins.models.fold`,
     :mod:`eviltwins.models.rewrite`). ``precision="bf16"`` (or ``"auto"`` on hardware with
     native bfloat16) runs the model under bfloat16 autocast (:mod:`eviltwins.models.precision`):
     an approximation, recorded in ``details["precision"]``.
