@@ -79,11 +79,11 @@ def write_43_classes(out: Path, train_per_class: int = 300, test_per_class: int 
 
     from eviltwins.data import load_all, load_dataset
 
+    specs = {tag: load_dataset(name) for tag, name in (("m", "mnist"), ("f", "fashion-mnist"))}
     for split, per in (("train", train_per_class), ("test", test_per_class)):
         g = np.random.default_rng(1)
         classes = []
-        for tag, name in (("m", "mnist"), ("f", "fashion-mnist")):
-            spec = load_dataset(name)
+        for tag, spec in specs.items():
             x, y = load_all(spec.train if split == "train" else spec.test)
             x, y = (x[:, 0] * 255).round().to(torch.uint8).numpy(), y.numpy()
             for k in range(10):

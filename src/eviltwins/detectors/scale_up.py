@@ -16,7 +16,7 @@ from eviltwins.data import DatasetSpec
 from eviltwins.detectors.base import DETECTORS, InputFilter, as_images, quantile_threshold
 from eviltwins.evasion import EVASIONS, EvasionTerm, StepOutputs
 from eviltwins.metrics import prediction_entropy
-from eviltwins.models.layout import images_per_pass
+from eviltwins.models.layout import CPU_FORWARD_IMAGES, images_per_pass
 from eviltwins.results import EvasionClaim, ShownMetric
 from eviltwins.utils import device_of, eval_mode, is_real
 
@@ -24,8 +24,7 @@ from eviltwins.utils import device_of, eval_mode, is_real
 SCALES = (3, 5, 7, 9, 11)
 #: The authors' threshold T on SPC (BackdoorBox ``SCALE_UP``: ``self.T = 0.5``).
 SPC_THRESHOLD = 0.5
-#: Images per forward on CPU (cache-sized, as STRIP's) and at most on any device.
-CPU_FORWARD = 128
+#: Images per forward at most on any device (on CPU, :data:`CPU_FORWARD_IMAGES`).
 MAX_FORWARD = 2048
 
 
@@ -44,7 +43,7 @@ def scaled_predictions(model: nn.Module, x: Tensor, scales: Sequence[float]) -> 
     devices; no loop over inputs or scales."""
     device = device_of(model)
     copies = len(scales) + 1
-    per = max(1, min(images_per_pass(device, CPU_FORWARD), MAX_FORWARD) // copies)
+    per = max(1, min(images_per_pass(device, CPU_FORWARD_IMAGES), MAX_FORWARD) // copies)
     out = []
     with torch.no_grad(), eval_mode(model):
         for xb in x.split(per):

@@ -17,7 +17,7 @@ from eviltwins.detectors.base import DETECTORS, InputFilter, as_images, low_side
 from eviltwins.errors import ParamError
 from eviltwins.evasion import EVASIONS, EvasionTerm, StepOutputs
 from eviltwins.metrics import prediction_entropy
-from eviltwins.models.layout import images_per_pass
+from eviltwins.models.layout import CPU_FORWARD_IMAGES, images_per_pass
 from eviltwins.results import EvasionClaim, ShownMetric
 from eviltwins.utils import device_of, eval_mode, make_generator
 
@@ -52,10 +52,6 @@ def _mix(x: Tensor, overlays: Tensor, blend: str) -> Tensor:
     return (x[:, None] + overlays).clamp(0, 1)
 
 
-# Images per forward on CPU (see eviltwins.models.layout.images_per_pass).
-CPU_FORWARD = 128
-
-
 def overlay_entropy(
     model: nn.Module,
     x: Tensor,
@@ -69,7 +65,7 @@ def overlay_entropy(
 ) -> Tensor:
     """Mean prediction entropy of each input of ``x`` superimposed with ``n`` random images of
     ``pool``; the N overlays of ``batch_size // n`` inputs are drawn and mixed together, then
-    go through the model (in forwards of ``CPU_FORWARD`` images on CPU).
+    go through the model (in forwards of ``CPU_FORWARD_IMAGES`` images on CPU).
 
     ``exclude_self``: ``x`` *is* ``pool`` (calibration on the overlay pool), so input i is
     never overlaid with ``pool[i]`` (its overlays are drawn uniformly from the other images).
@@ -91,8 +87,8 @@ def overlay_entropy(
             else:
                 idx = torch.randint(0, len(pool), (len(xb), n), generator=generator)
             mixed = _mix(xb, pool[idx].to(device), blend).reshape(-1, *xb.shape[1:])
-            # cache-sized forwards on CPU (CPU_FORWARD images); the same overlays
-            chunk = images_per_pass(device, CPU_FORWARD)
+            # bounded forwards on CPU (CPU_FORWARD_IMAGES images); the same overlays
+            chunk = images_per_pass(device, CPU_FORWARD_IMAGES)
             logits = torch.cat([model(part) for part in mixed.split(chunk)])
             h = prediction_entropy(logits, base=log_base).view(len(xb), n)
             out.append(h.mean(1).cpu())

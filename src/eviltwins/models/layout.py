@@ -37,8 +37,9 @@ def images_per_pass(device: torch.device, cpu_images: int) -> int:
 #: (:mod:`eviltwins.allocator`), while a batch-norm ResNet or VGG gets passes large enough to
 #: amortise each layer's fixed cost.
 CPU_PASS_IMAGES = 64
-#: Images a CPU gradient-free forward of a detector holds at up to 32 x 32 pixels (no
-#: activations are kept for a backward pass).
+#: Images a CPU gradient-free forward of a detector holds (ABS's stimulation and REASR at up
+#: to 32 x 32 pixels, fewer for larger images; STRIP's and SCALE-UP's forwards): no
+#: activations are kept for a backward pass.
 CPU_FORWARD_IMAGES = 128
 #: The fewest images a CPU pass of a detector holds, whatever the image size.
 MIN_PASS_IMAGES = 16
