@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -19,8 +20,11 @@ from eviltwins.detectors.nc_schedule import (
     default_keep,
     labels_to_finish,
     projected_norms,
+    scheduled_index,
+    screen_counts,
 )
 from eviltwins.detectors.tabor import TABOR
+from eviltwins.metrics import anomaly_index
 from eviltwins.models import build_model, layout
 from eviltwins.models.fold import conv_bn_pairs, fold_batchnorm
 from eviltwins.models.layout import pass_size, passes
@@ -33,7 +37,8 @@ NC_FAST = {"steps": 60, "n_inputs": 64, "check_every": 5, "patience": 2, "quiet"
 @pytest.fixture(scope="module")
 def nc_pair(digits_badnet, digits_spec):
     full = NeuralCleanse(**NC_FAST).inspect(digits_badnet.model, digits_spec)
-    karm = NeuralCleanse(schedule="k-arm", keep=3, **NC_FAST).inspect(
+    # a screen of 40 steps: the masks have shrunk there (at 15 they have not)
+    karm = NeuralCleanse(schedule="k-arm", keep=3, screen_steps=40, **NC_FAST).inspect(
         digits_badnet.model, digits_spec
     )
     return full, karm
@@ -42,12 +47,12 @@ def nc_pair(digits_badnet, digits_spec):
 def test_k_arm_finishes_labels_exactly_as_the_full_budget(nc_pair):
     full, karm = nc_pair
     d = karm.details
-    assert d["schedule"] == "k-arm" and d["screen_at"] == 15  # a fifth of 60, on a check
+    assert d["schedule"] == "k-arm" and d["screen_at"] == 40
     unfinished = set(d["unfinished"])
     assert 1 <= len(unfinished) <= 7  # 3 kept (plus any the screen flags), the rest stop
     for lab in range(10):
         if lab in unfinished:
-            assert d["steps"][lab] == 15
+            assert d["steps"][lab] == 40
         else:  # the same steps, the same norm, to the last digit
             assert d["steps"][lab] == full.details["steps"][lab]
             assert karm.scores[lab] == full.scores[lab]
@@ -56,6 +61,10 @@ def test_k_arm_finishes_labels_exactly_as_the_full_budget(nc_pair):
     for lab in unfinished:
         assert karm.scores[lab] == pytest.approx(d["screen_norms"][lab] * shrink, rel=1e-5)
     assert 0 < shrink <= 1.0  # the finished labels' masks only shrink after the screen
+    # each index: the smaller of the end norms' and the screen norms' (both over all labels)
+    assert d["screen_counted"] is True
+    both = np.minimum(anomaly_index(karm.scores), anomaly_index(d["screen_norms"]))
+    assert karm.anomaly == pytest.approx(both.tolist(), abs=1e-9)
 
 
 def test_k_arm_flags_the_backdoor_like_the_full_budget(nc_pair):
@@ -83,6 +92,36 @@ def test_labels_to_finish_keeps_the_smallest_and_what_the_screen_flags():
     assert shrink == pytest.approx(0.5)  # median of 5/10 and 23.5/47
     assert norms[0] == pytest.approx(25.0) and norms[3] == 49.0  # finished: untouched
     assert [default_keep(n) for n in (3, 10, 20, 43, 100)] == [3, 3, 3, 5, 7]
+    # the screen by default: a fifth of the budget, rounded up to a check
+    assert NeuralCleanse(schedule="k-arm", **NC_FAST).screen_at(5) == 15
+
+
+def test_a_label_is_flagged_only_as_an_outlier_at_the_screen_and_at_the_end():
+    # the clean labels' norms spread out after the screen; projected with one shrink they do
+    # not, and label 0 (finished, exact) would pass the threshold on the end norms alone
+    screen = [130.0, 160.0, 150.0, 170.0, 140.0, 180.0, 165.0, 155.0]
+    end = [65.0, 96.0, 90.0, 102.0, 84.0, 108.0, 99.0, 93.0]  # all but 0 projected at 0.6
+    assert anomaly_index(end)[0] > 2.0 >= anomaly_index(screen)[0]
+    idx = scheduled_index(end, screen)
+    assert idx[0] == pytest.approx(anomaly_index(screen)[0]) and idx[0] <= 2.0
+    # a backdoor's label, an outlier at the screen and at the end, keeps its end index
+    screen[0], end[0] = 40.0, 12.0
+    idx = scheduled_index(end, screen)
+    assert idx[0] == min(anomaly_index(end)[0], anomaly_index(screen)[0]) and idx[0] > 2.0
+    # no screen (the full schedule): the end norms' index
+    assert scheduled_index(end, None).tolist() == anomaly_index(end).tolist()
+
+
+def test_the_screen_counts_once_its_masks_have_shrunk():
+    # the digits BadNet's screen norms (target 0, 32x32: random masks start at L1 512): after
+    # 15 of 60 steps the masks have grown to reach the success rate and the target is no
+    # outlier yet; after 100 of 500 steps they have shrunk and it is
+    early = [562.0, 618.0, 593.0, 577.0, 589.0, 576.0, 621.0, 612.0, 573.0, 582.0]
+    late = [64.0, 198.0, 157.0, 162.0, 161.0, 159.0, 199.0, 188.0, 162.0, 156.0]
+    assert not screen_counts(early, 32 * 32) and screen_counts(late, 32 * 32)
+    assert anomaly_index(early)[0] < 2.0 < anomaly_index(late)[0]
+    # the cut: a median at 0.75 of the start does not count yet, just below it does
+    assert not screen_counts([384.0] * 3, 32 * 32) and screen_counts([383.0] * 3, 32 * 32)
 
 
 def test_tabor_accepts_the_label_schedule():

@@ -151,6 +151,8 @@ def reverse_labels(
             info["shrink"] = projected_norms(norms, screen, finish, unfinished)
             info["unfinished"] = [labels[i] for i in unfinished.nonzero().flatten().tolist()]
             info["screen_norms"] = screen.tolist()
+        elif screen_at is not None:  # every label stopped before the screen: its end norm
+            info["shrink"], info["screen_norms"] = 1.0, norms.tolist()
     return norms.tolist(), best_m, best_p, best_succ.tolist(), steps_run.tolist(), info
 
 

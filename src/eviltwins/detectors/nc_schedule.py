@@ -11,13 +11,20 @@ shared mini-batches, so a finished label runs exactly the steps, and reaches exa
 it reaches when every label gets the whole budget. An unfinished label enters the MAD test
 with its screen norm scaled by the finished labels' median shrink from the screen to the end
 (:func:`projected_norms`): the anomaly index is scale-free, so when the clean labels shrink
-alike after the screen the finished labels' indices are those of the full run.
+alike after the screen the finished labels' indices are those of the full run. They do not
+shrink alike: the clean labels' norms spread out as the optimisation goes on, so on clean
+models both the index on the projected end norms and the index on the screen's norms (every
+label after the same steps, nothing projected) run above the full run's; a label's index is the
+smaller of the two (:func:`scheduled_index`), once the masks have shrunk at the screen. A label
+is thus flagged only when it is an outlier at the screen *and* at the end; one the screen flags
+is always finished.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -90,6 +97,10 @@ def next_cost(state: CostState, ok: Tensor, init_cost: float, patience: int) -> 
     )
 
 
+#: The screen's norms count once their median is below this share of the masks' starting L1
+#: (:func:`screen_counts`).
+SCREEN_SHRUNK = 0.75
+
 #: NeuralCleanse's label schedules: every label the whole budget, or K-Arm-style scheduling.
 LABEL_SCHEDULES = ("full", "k-arm")
 
@@ -133,6 +144,25 @@ def projected_norms(norms: Tensor, screen: Tensor, finished: Tensor, unfinished:
     return float(ratio)
 
 
+def screen_counts(screen: list[float], pixels: int) -> bool:
+    """Whether the screen's norms enter the anomaly index (:func:`scheduled_index`): once their
+    median is below :data:`SCREEN_SHRUNK` x the L1 of the random masks the labels start from
+    (uniform in [0, 1]: half the ``pixels``). Before, the cost schedule has not held the masks
+    under the L1 penalty for long: they have grown to reach the success rate, hold about the
+    same L1, and a backdoor's label is not yet an outlier."""
+    return float(np.median(np.asarray(screen, dtype=np.float64))) < SCREEN_SHRUNK * pixels / 2
+
+
+def scheduled_index(norms: list[float], screen: list[float] | None) -> np.ndarray:
+    """Each label's anomaly index under the ``k-arm`` label schedule: the smaller of its index
+    on the end norms (``norms``: the finished labels' exact, the others projected) and its
+    index on the ``screen`` norms of every label; the end norms' index alone when ``screen``
+    is None (the ``full`` schedule, a screen as long as the budget, or one that does not
+    count yet: :func:`screen_counts`)."""
+    end = anomaly_index(norms)
+    return end if screen is None else np.minimum(end, anomaly_index(screen))
+
+
 def merged_schedules(parts: list[dict]) -> dict:
     """The report's record of the label schedule over the label chunks: the screen's end
     (``screen_at``, None when no screen ran), the ``unfinished`` labels, the ``shrink`` factor
@@ -150,11 +180,14 @@ __all__ = [
     "COST_DOWN",
     "COST_UP",
     "LABEL_SCHEDULES",
+    "SCREEN_SHRUNK",
     "CostState",
     "default_keep",
     "labels_to_finish",
     "merged_schedules",
     "next_cost",
     "projected_norms",
+    "scheduled_index",
     "screen_norms",
+    "screen_counts",
 ]

@@ -29,10 +29,11 @@ from eviltwins.detectors.nc_reverse import reverse_labels
 from eviltwins.detectors.nc_schedule import (
     LABEL_SCHEDULES,
     merged_schedules,
+    scheduled_index,
+    screen_counts,
 )
 from eviltwins.errors import ParamError
 from eviltwins.evasion import EVASIONS, EvasionTerm
-from eviltwins.metrics import anomaly_index
 from eviltwins.models.fold import fold_batchnorm
 from eviltwins.models.layout import (
     CHANNELS_LAST,
@@ -82,7 +83,8 @@ class NeuralCleanse(ModelInspector):
 
     Label schedule: ``schedule="full"`` (default) gives every label the budget;
     ``schedule="k-arm"`` screens every label for ``screen_steps`` (a fifth of the budget) and
-    finishes only the ``keep`` most promising ones (after K-Arm, Shen et al., ICML 2021; see
+    finishes only the ``keep`` most promising ones (after K-Arm, Shen et al., ICML 2021); a
+    label's index is then the smaller of its index on the end norms and on the screen's (see
     :mod:`eviltwins.detectors.nc_schedule` for how the other labels enter the MAD test).
 
     Same method, other order of arithmetic: passes of ``pass_images`` images (on CPU 64, 128
@@ -258,7 +260,11 @@ class NeuralCleanse(ModelInspector):
                 succ += out[3]
                 steps += out[4]
                 sched.append(out[5])
-        idx = anomaly_index(norms) if len(norms) > 2 else [0.0] * len(norms)
+        merged = merged_schedules(sched)
+        screen = merged["screen_norms"]
+        merged["screen_counted"] = screen is not None and screen_counts(screen, x[0, 0].numel())
+        screen = screen if merged["screen_counted"] else None
+        idx = scheduled_index(norms, screen) if len(norms) > 2 else [0.0] * len(norms)
         flagged = [lab for lab, a in zip(labels, idx, strict=True) if a > self.threshold]
         return InspectionReport(
             self.name,
@@ -289,7 +295,7 @@ class NeuralCleanse(ModelInspector):
                 "pass_images": self.pass_images_on(x.device, x[0, 0].numel(), dtype_of(precision)),
                 "precision": precision,
                 "schedule": self.schedule,
-                **merged_schedules(sched),
+                **merged,
             },
             labels=[int(lab) for lab in labels],
         )
