@@ -73,6 +73,19 @@ def test_k_arm_flags_the_backdoor_like_the_full_budget(nc_pair):
     assert 0 not in karm.details["unfinished"]
 
 
+def test_k_arm_stops_every_label_at_a_screen_that_flags_nothing(digits_clean, digits_spec):
+    res, _ = digits_clean
+    # at 50 of 60 steps the clean model's largest screen index is 2.3: below a threshold of 3
+    nc = NeuralCleanse(schedule="k-arm", keep=3, screen_steps=50, threshold=3.0, **NC_FAST)
+    rep = nc.inspect(res.model, digits_spec)
+    d = rep.details
+    assert d["screen_counted"] and rep.flagged == [] and d["shrink"] == [1.0]
+    assert max(d["steps"]) == 50  # no label ran past the screen
+    assert sorted(d["unfinished"]) == [lab for lab in range(10) if d["steps"][lab] == 50]
+    both = np.minimum(anomaly_index(rep.scores), anomaly_index(d["screen_norms"]))
+    assert rep.anomaly == pytest.approx(both.tolist(), abs=1e-9)
+
+
 def test_the_full_schedule_is_the_default_and_spends_every_step(nc_pair):
     full, _ = nc_pair
     assert NeuralCleanse().schedule == "full" and NeuralCleanse().precision == "fp32"
@@ -92,6 +105,12 @@ def test_labels_to_finish_keeps_the_smallest_and_what_the_screen_flags():
     assert shrink == pytest.approx(0.5)  # median of 5/10 and 23.5/47
     assert norms[0] == pytest.approx(25.0) and norms[3] == 49.0  # finished: untouched
     assert [default_keep(n) for n in (3, 10, 20, 43, 100)] == [3, 3, 3, 5, 7]
+    # a screen that counts and flags nothing finishes no label; one that flags finishes as above
+    no_outlier = torch.tensor([50.0, 46.0, 52.0, 49.0, 51.0, 48.0, 53.0, 47.0])
+    assert not labels_to_finish(no_outlier, running, 2, threshold=2.0, counts=True).any()
+    assert (
+        labels_to_finish(screen, running, 2, threshold=2.0, counts=True).tolist() == keep.tolist()
+    )
     # the screen by default: a fifth of the budget, rounded up to a check
     assert NeuralCleanse(schedule="k-arm", **NC_FAST).screen_at(5) == 15
 

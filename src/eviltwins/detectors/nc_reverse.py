@@ -16,6 +16,7 @@ from eviltwins.detectors.nc_schedule import (
     labels_to_finish,
     next_cost,
     projected_norms,
+    screen_counts,
     screen_norms,
 )
 from eviltwins.errors import OptimisationError
@@ -132,7 +133,8 @@ def reverse_labels(
                     ids = active.nonzero().squeeze(1)
                 if step == screen_at:  # k-arm: the rest of the budget to the best labels
                     screen = screen_norms(best_l1, avg_l1)
-                    finish = labels_to_finish(screen, active, keep, det.threshold)
+                    counts = screen_counts(screen.tolist(), h * w)
+                    finish = labels_to_finish(screen, active, keep, det.threshold, counts)
                     unfinished = active & ~finish
                     active &= finish
                     ids = active.nonzero().squeeze(1)

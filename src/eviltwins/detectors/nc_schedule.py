@@ -6,6 +6,7 @@ and the label schedule, which spends the budget on the labels whose triggers shr
 Label schedule ``k-arm``: every label is optimised for a short screen (``screen_steps``); the
 rest of the budget goes to the ``keep`` labels whose masks are then smallest and to any label
 the screen's own outlier test would flag (:func:`labels_to_finish`); the others stop there.
+When the screen counts and flags nothing, every label stops there (no label could be flagged).
 Each label's optimisation depends only on its own mask, pattern, cost and Adam state and the
 shared mini-batches, so a finished label runs exactly the steps, and reaches exactly the norm,
 it reaches when every label gets the whole budget. An unfinished label enters the MAD test
@@ -119,17 +120,24 @@ def screen_norms(best_l1: Tensor, last_l1: Tensor) -> Tensor:
     return torch.where(torch.isfinite(best_l1), best_l1, last_l1)
 
 
-def labels_to_finish(screen: Tensor, running: Tensor, keep: int, threshold: float) -> Tensor:
+def labels_to_finish(
+    screen: Tensor, running: Tensor, keep: int, threshold: float, counts: bool = False
+) -> Tensor:
     """The labels that get the rest of the budget after the screen (K-Arm's arms worth pulling):
     among those still ``running``, the ``keep`` with the smallest screen norms (the triggers
     that shrank most), and every one whose anomaly index on the screen norms of all labels
-    exceeds ``threshold`` (a label the screen alone would flag is always finished)."""
+    exceeds ``threshold`` (a label the screen alone would flag is always finished). None when
+    the screen ``counts`` (:func:`screen_counts`) and flags no label: a label's index is then
+    at most its screen index (:func:`scheduled_index`), so finishing could flag none."""
+    if len(screen) > 2:
+        flagged = torch.tensor(anomaly_index(screen.tolist()), device=screen.device) > threshold
+        if counts and not bool((flagged & running).any()):
+            return torch.zeros_like(running)
     finish = torch.zeros_like(running)
     order = torch.where(running, screen, torch.full_like(screen, float("inf"))).argsort()
     finish[order[: min(keep, int(running.sum()))]] = True
     if len(screen) > 2:
-        index = torch.tensor(anomaly_index(screen.tolist()), device=screen.device)
-        finish |= index > threshold
+        finish |= flagged
     return finish & running
 
 
