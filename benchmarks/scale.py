@@ -225,14 +225,16 @@ def scan_once(
 
 
 def _work(reports: dict) -> dict:
-    """What the scan's inspectors did: NeuralCleanse's label-steps and labels run past its
-    screen, ABS's candidates and those run past its screen."""
+    """What the scan's inspectors did: NeuralCleanse's label-steps, labels run past its screen,
+    flagged labels and largest index; ABS's candidates and those run past its screen."""
     out: dict = {}
     if (nc := reports.get("neural-cleanse")) is not None:
         steps = nc.details.get("steps") or []
         unfinished = nc.details.get("unfinished") or []
         out["nc_label_steps"] = int(sum(steps))
         out["nc_labels_finished"] = len(steps) - len(unfinished)
+        out["nc_flagged"] = list(nc.flagged)
+        out["nc_max_index"] = round(max(nc.anomaly, default=0.0), 2)
     if (ab := reports.get("abs")) is not None:
         cands = ab.details.get("candidates") or []
         out["abs_candidates"] = len(cands)

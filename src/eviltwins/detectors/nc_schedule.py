@@ -196,6 +196,6 @@ __all__ = [
     "next_cost",
     "projected_norms",
     "scheduled_index",
-    "screen_norms",
     "screen_counts",
+    "screen_norms",
 ]
