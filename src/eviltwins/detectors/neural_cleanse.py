@@ -83,8 +83,9 @@ class NeuralCleanse(ModelInspector):
 
     Label schedule: ``schedule="full"`` (default) gives every label the budget;
     ``schedule="k-arm"`` screens every label for ``screen_steps`` (a fifth of the budget) and
-    finishes only the ``keep`` most promising ones (after K-Arm, Shen et al., ICML 2021); a
-    label's index is then the smaller of its index on the end norms and on the screen's (see
+    finishes only the ``keep`` most promising ones and those the screen flags, none when a
+    screen that counts flags none (after K-Arm, Shen et al., ICML 2021); a label's index is the
+    smaller of its index on the end norms and on the screen's (see
     :mod:`eviltwins.detectors.nc_schedule` for how the other labels enter the MAD test).
 
     Same method, other order of arithmetic: passes of ``pass_images`` images (on CPU 64, 128
