@@ -37,8 +37,9 @@ NC_FAST = {"steps": 60, "n_inputs": 64, "check_every": 5, "patience": 2, "quiet"
 @pytest.fixture(scope="module")
 def nc_pair(digits_badnet, digits_spec):
     full = NeuralCleanse(**NC_FAST).inspect(digits_badnet.model, digits_spec)
-    # a screen of 40 steps: the masks have shrunk there (at 15 they have not)
-    karm = NeuralCleanse(schedule="k-arm", keep=3, screen_steps=40, **NC_FAST).inspect(
+    # a screen of 45 steps: the masks have shrunk there (median L1 about 300 of the 512 they
+    # start from; at 15 steps they have not)
+    karm = NeuralCleanse(schedule="k-arm", keep=3, screen_steps=45, **NC_FAST).inspect(
         digits_badnet.model, digits_spec
     )
     return full, karm
@@ -47,12 +48,12 @@ def nc_pair(digits_badnet, digits_spec):
 def test_k_arm_finishes_labels_exactly_as_the_full_budget(nc_pair):
     full, karm = nc_pair
     d = karm.details
-    assert d["schedule"] == "k-arm" and d["screen_at"] == 40
+    assert d["schedule"] == "k-arm" and d["screen_at"] == 45
     unfinished = set(d["unfinished"])
     assert 1 <= len(unfinished) <= 7  # 3 kept (plus any the screen flags), the rest stop
     for lab in range(10):
         if lab in unfinished:
-            assert d["steps"][lab] == 40
+            assert d["steps"][lab] == 45
         else:  # the same steps, the same norm, to the last digit
             assert d["steps"][lab] == full.details["steps"][lab]
             assert karm.scores[lab] == full.scores[lab]

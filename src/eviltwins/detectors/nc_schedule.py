@@ -129,15 +129,14 @@ def labels_to_finish(
     exceeds ``threshold`` (a label the screen alone would flag is always finished). None when
     the screen ``counts`` (:func:`screen_counts`) and flags no label: a label's index is then
     at most its screen index (:func:`scheduled_index`), so finishing could flag none."""
+    flagged = torch.zeros_like(running)
     if len(screen) > 2:
         flagged = torch.tensor(anomaly_index(screen.tolist()), device=screen.device) > threshold
         if counts and not bool((flagged & running).any()):
             return torch.zeros_like(running)
-    finish = torch.zeros_like(running)
+    finish = flagged.clone()
     order = torch.where(running, screen, torch.full_like(screen, float("inf"))).argsort()
     finish[order[: min(keep, int(running.sum()))]] = True
-    if len(screen) > 2:
-        finish |= flagged
     return finish & running
 
 
